@@ -1,0 +1,181 @@
+"""Typed configuration schema and value checks.
+
+The dataclasses below are registered with Hydra's ConfigStore as ``_schema``; the
+defaults list of ``conf/config.yaml`` starts with it, so every option file and every
+command-line override is type-checked by OmegaConf at composition time. Checks that
+need more than a type (``depth.layers >= 1``, a batch that fits the training split)
+live in :func:`validate` and :func:`validate_against_data`, which raise
+:class:`ConfigError` naming the offending key before any training starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig
+
+__all__ = [
+    "ConfigError",
+    "DatasetConfig",
+    "LayoutConfig",
+    "DepthConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "TrackingConfig",
+    "Config",
+    "register_schema",
+    "validate",
+    "validate_against_data",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration value is impossible; the message starts with the key."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+@dataclass
+class DatasetConfig:
+    name: str = MISSING
+    batch_size: int = MISSING
+    #: Fraction of rows held out as test split (ignored where the dataset has a fixed split).
+    test_fraction: float = 0.1
+    #: Seed of the hold-out split, independent of the model instances' seeds.
+    split_seed: int = 0
+    #: Feature columns to keep (names or 0-based positions); null keeps the default set.
+    columns: Optional[list[Any]] = None
+    #: ``dataset=csv`` only: the CSV file to read.
+    path: Optional[str] = None
+    #: Train on standardized features; reported bpd stays in raw units either way.
+    standardize: bool = False
+    #: Raw files of a known dataset, in reading order: file name -> {url, sha256, rows,
+    #: member}. ``member`` names the file inside the archive at ``url``; ``rows`` and
+    #: ``sha256`` are checked on load. Empty for ``dataset=csv``.
+    files: dict[str, Any] = field(default_factory=dict)
+    #: Files (keys of ``files``) forming a fixed test split; empty means a seeded hold-out.
+    test_files: list[str] = field(default_factory=list)
+    #: Column names of a headerless file in file order; null means line 1 is a header.
+    names: Optional[list[str]] = None
+    #: Field separator: a single character, or ``\s+`` for runs of whitespace.
+    sep: str = ","
+    #: Columns that are not features (class labels, ids): read as text, never used.
+    labels: list[str] = field(default_factory=list)
+    #: Feature columns used when ``columns`` is null; null means every non-label column.
+    default_columns: Optional[list[Any]] = None
+
+
+@dataclass
+class LayoutConfig:
+    #: parity | random | opt
+    name: str = MISSING
+
+
+@dataclass
+class DepthConfig:
+    #: Number of layers L (affine constant + affine coupling each).
+    layers: int = MISSING
+
+
+@dataclass
+class ModelConfig:
+    #: Number of conditioning features per coupling; null means floor(d / 2).
+    m: Optional[int] = None
+    #: Start the first constant transform as the standardising map of the training data.
+    data_init: bool = True
+
+
+@dataclass
+class TrainConfig:
+    #: SGD steps of the final training (paper: 1250).
+    steps: int = 1250
+    momentum: float = 0.9
+    #: CyclicLR bounds and half-cycle length in steps.
+    base_lr: float = 1e-4
+    max_lr: float = 1e-2
+    step_size_up: int = 125
+    mode: str = "triangular"
+
+
+@dataclass
+class TrackingConfig:
+    #: MLflow tracking URI; null means MLFLOW_TRACKING_URI or ./mlflow.db of the launch directory.
+    uri: Optional[str] = None
+    experiment: str = "flowsweep"
+    #: Tag shared by every run of one multirun; null derives it from the sweep directory.
+    sweep_id: Optional[str] = None
+
+
+@dataclass
+class Config:
+    dataset: DatasetConfig = MISSING
+    layout: LayoutConfig = MISSING
+    depth: DepthConfig = MISSING
+    search: Any = MISSING
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    seed: int = 0
+    instances: int = 20
+    data_dir: Optional[str] = None
+    #: Show progress bars (they stay quiet anyway when stderr is not a terminal).
+    progress: bool = True
+
+
+def register_schema() -> None:
+    """Register :class:`Config` as ``_schema`` (idempotent)."""
+    ConfigStore.instance().store(name="_schema", node=Config)
+
+
+_LAYOUTS = ("parity", "random", "opt")
+_SCHEDULE_MODES = ("triangular", "triangular2", "exp_range")
+
+
+def _at_least(cfg: DictConfig, key: str, low: float) -> None:
+    from omegaconf import OmegaConf
+
+    value = OmegaConf.select(cfg, key)
+    if value is None or value < low:
+        raise ConfigError(key, f"must be >= {low}, got {value}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check values that types cannot express; raise :class:`ConfigError` on the first."""
+    _at_least(cfg, "depth.layers", 1)
+    _at_least(cfg, "instances", 1)
+    _at_least(cfg, "train.steps", 1)
+    _at_least(cfg, "train.step_size_up", 1)
+    _at_least(cfg, "dataset.batch_size", 1)
+    if cfg.layout.name not in _LAYOUTS:
+        raise ConfigError("layout.name", f"must be one of {_LAYOUTS}, got {cfg.layout.name!r}")
+    if cfg.train.mode not in _SCHEDULE_MODES:
+        raise ConfigError("train.mode", f"must be one of {_SCHEDULE_MODES}, got {cfg.train.mode!r}")
+    if not 0 < cfg.train.base_lr <= cfg.train.max_lr:
+        raise ConfigError("train.base_lr", "needs 0 < train.base_lr <= train.max_lr")
+    if not 0.0 <= cfg.train.momentum < 1.0:
+        raise ConfigError("train.momentum", f"must be in [0, 1), got {cfg.train.momentum}")
+    if not 0.0 < cfg.dataset.test_fraction < 1.0:
+        raise ConfigError("dataset.test_fraction", f"must be in (0, 1), got {cfg.dataset.test_fraction}")
+    if cfg.model.m is not None and cfg.model.m < 1:
+        raise ConfigError("model.m", f"must be >= 1, got {cfg.model.m}")
+
+
+def validate_against_data(cfg: DictConfig, d: int, n_train: int) -> int:
+    """Check the keys that depend on the data; return the resolved ``m``."""
+    if cfg.layout.name == "opt" and d < 2:
+        raise ConfigError("layout", f"layout=opt needs at least 2 features, the data has d={d}")
+    if d < 2:
+        raise ConfigError("dataset", f"a coupling flow needs at least 2 features, the data has d={d}")
+    m = d // 2 if cfg.model.m is None else cfg.model.m
+    if not 1 <= m <= d - 1:
+        raise ConfigError("model.m", f"must be in 1..d-1 = 1..{d - 1}, got {m}")
+    if cfg.dataset.batch_size > n_train:
+        raise ConfigError(
+            "dataset.batch_size",
+            f"{cfg.dataset.batch_size} is larger than the training split ({n_train} rows)",
+        )
+    return m

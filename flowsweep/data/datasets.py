@@ -1,0 +1,193 @@
+"""Load a dataset as train/test float32 tensors: parse, check, split and standardize.
+
+Known datasets (magic, turbine, sonar, yeast) are described entirely by their option
+file in ``conf/dataset/``: raw files with address, sha256 and row count, column names,
+label columns and the default features. ``dataset=csv`` reads any CSV file with a
+header row from ``dataset.path``. Without a fixed test file, the test split is a
+seeded random hold-out of ``round(test_fraction * n)`` rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ..config import DatasetConfig
+from .sources import DataError, Located, expected_hash, locate, sha256_hex
+from .tables import read_table
+
+__all__ = ["Dataset", "load_dataset"]
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: == on tensors is elementwise, not a bool
+class Dataset:
+    """A dataset split into train and test, in model space.
+
+    ``train`` is ``[n_train, d]`` and ``test`` is ``[n_test, d]``, float32, one column
+    per name in ``columns``. When standardized, ``log_det`` (nats per sample) is the
+    sum of the log train std per feature: raw-unit NLL = model-space NLL + ``log_det``;
+    in raw units it is 0.0.
+    """
+
+    name: str
+    columns: tuple[str, ...]
+    train: torch.Tensor
+    test: torch.Tensor
+    log_det: float
+
+    @property
+    def d(self) -> int:
+        """Number of features."""
+        return int(self.train.shape[1])
+
+    def __repr__(self) -> str:
+        return (
+            f"Dataset(name={self.name!r}, d={self.d}, n_train={len(self.train)}, "
+            f"n_test={len(self.test)}, log_det={self.log_det:.4f})"
+        )
+
+
+def load_dataset(cfg: Union[DictConfig, Mapping[str, Any], DatasetConfig], data_dir: Optional[str] = None) -> Dataset:
+    """Load the dataset that the ``dataset`` config node describes.
+
+    ``data_dir`` is a folder laid out as ``<data_dir>/<name>/<file>``; files missing
+    there come from the cache or are downloaded (see :mod:`flowsweep.data.sources`).
+    Raises :class:`DataError` naming the file or key and what to do.
+    """
+    spec = _as_dict(cfg)
+    name = str(spec["name"])
+    if spec["files"]:
+        if spec["path"]:
+            raise DataError(
+                f"dataset.path is only read by dataset=csv; dataset {name} reads {list(spec['files'])} "
+                f"from data_dir / the cache. Drop dataset.path or use dataset=csv."
+            )
+        columns, parts = _read_known(name, spec, data_dir)
+    else:
+        columns, parts = _read_csv(spec)
+    test_files = list(spec["test_files"])
+    if test_files:
+        train = np.concatenate([x for f, x in parts.items() if f not in test_files])
+        test = np.concatenate([parts[f] for f in test_files])
+    else:
+        train, test = _hold_out(np.concatenate(list(parts.values())), float(spec["test_fraction"]), int(spec["split_seed"]), name)
+    log_det = 0.0
+    if spec["standardize"]:
+        train, test, log_det = _standardize(train, test, columns, name)
+    return Dataset(
+        name=name,
+        columns=tuple(columns),
+        train=torch.from_numpy(np.ascontiguousarray(train, dtype=np.float32)),
+        test=torch.from_numpy(np.ascontiguousarray(test, dtype=np.float32)),
+        log_det=log_det,
+    )
+
+
+def _as_dict(cfg: Union[DictConfig, Mapping[str, Any], DatasetConfig]) -> dict[str, Any]:
+    if isinstance(cfg, DatasetConfig):
+        cfg = OmegaConf.structured(cfg)
+    values = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    spec: dict[str, Any] = {}
+    for f in dataclasses.fields(DatasetConfig):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        spec[f.name] = values.get(f.name, default)
+    if spec["name"] in (None, "???"):
+        raise DataError("dataset.name: missing; choose a dataset, e.g. dataset=magic or dataset=csv.")
+    return spec
+
+
+def _read_known(name: str, spec: dict[str, Any], data_dir: Optional[str]) -> tuple[list[str], dict[str, np.ndarray]]:
+    files: dict[str, dict[str, Any]] = spec["files"]
+    unknown = [f for f in spec["test_files"] if f not in files]
+    if unknown or (files and len(spec["test_files"]) == len(files)):
+        raise DataError(f"dataset.test_files: {spec['test_files']} must be some but not all of dataset.files {list(files)}.")
+    located = locate(name, files, data_dir)
+    columns: Optional[list[str]] = None
+    parts: dict[str, np.ndarray] = {}
+    for fname, where in located.items():
+        file_spec = files[fname]
+        hint = _repair_hint(where, file_spec)
+        data = where.path.read_bytes()  # read once: parsed and hashed from memory
+        x, cols = read_table(
+            data, str(where.path), names=spec["names"], sep=spec["sep"], labels=spec["labels"],
+            wanted=_wanted(spec), key=_key(spec), hint=hint,
+        )  # fmt: skip
+        rows = file_spec.get("rows")
+        if rows is not None and len(x) != int(rows):
+            raise DataError(
+                f"{where.path}: {len(x)} data rows, expected {rows}; the file is truncated or not the UCI original. {hint}"
+            )
+        expected = expected_hash(file_spec)
+        if expected and not where.verified:
+            # Final guard: a change that still parses (a digit flipped) must not go unnoticed.
+            actual = sha256_hex(data)
+            if actual != expected:
+                raise DataError(f"{where.path}: sha256 is {actual}, expected {expected}; the file is corrupted. {hint}")
+        if columns is not None and cols != columns:
+            raise DataError(f"{where.path}: columns {cols} differ from those of the other files, {columns}. {hint}")
+        columns, parts[fname] = cols, x
+    assert columns is not None
+    return columns, parts
+
+
+def _read_csv(spec: dict[str, Any]) -> tuple[list[str], dict[str, np.ndarray]]:
+    if not spec["path"]:
+        raise DataError("dataset.path is not set: dataset=csv needs the CSV file to read, e.g. dataset.path=/data/my.csv.")
+    path = Path(str(spec["path"])).expanduser()
+    if not path.is_file():
+        raise DataError(f"{path}: no such file (dataset.path). Point dataset.path at a CSV file with a header row.")
+    hint = "Fix the file, or choose other columns with dataset.columns."
+    x, columns = read_table(
+        path.read_bytes(), str(path), names=spec["names"], sep=spec["sep"], labels=spec["labels"],
+        wanted=_wanted(spec), key=_key(spec), hint=hint,
+    )  # fmt: skip
+    return columns, {path.name: x}
+
+
+def _wanted(spec: dict[str, Any]) -> Optional[list[Any]]:
+    return spec["columns"] if spec["columns"] is not None else spec["default_columns"]
+
+
+def _key(spec: dict[str, Any]) -> str:
+    return "dataset.columns" if spec["columns"] is not None else "dataset.default_columns"
+
+
+def _repair_hint(where: Located, file_spec: dict[str, Any]) -> str:
+    url = file_spec.get("url") or "the UCI repository"
+    if where.origin == "data_dir":
+        return f"Replace it with the original from {url}."
+    return f"Delete it so that it is downloaded again from {url}, or replace it with the original."
+
+
+def _hold_out(x: np.ndarray, fraction: float, seed: int, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Split rows into train and a random test set of ``round(fraction * n)`` rows."""
+    n = len(x)
+    n_test = round(fraction * n)
+    if not 0 < n_test < n:
+        raise DataError(
+            f"dataset.test_fraction: {fraction} of the {n} rows of {name} leaves {n_test} test and "
+            f"{n - n_test} train rows; both splits need at least one row."
+        )
+    # Its own generator, seeded by split_seed only: the split stays the same whatever the model seeds.
+    order = np.random.default_rng(seed).permutation(n)
+    return x[np.sort(order[n_test:])], x[np.sort(order[:n_test])]
+
+
+def _standardize(train: np.ndarray, test: np.ndarray, columns: list[str], name: str) -> tuple[np.ndarray, np.ndarray, float]:
+    """Scale both splits by the train mean and std (ddof=0); return them and sum(log std)."""
+    mean = train.mean(axis=0)
+    std = train.std(axis=0)
+    constant = [c for c, s in zip(columns, std) if not s > 0]
+    if constant:
+        raise DataError(
+            f"dataset.standardize: column(s) {constant} of {name} are constant in the training split "
+            f"(std 0); leave them out with dataset.columns or set dataset.standardize=false."
+        )
+    return (train - mean) / std, (test - mean) / std, float(np.log(std).sum())

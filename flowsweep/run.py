@@ -1,0 +1,178 @@
+"""One job: a dataset × layout × depth (× search), ``instances`` models trained as one batch.
+
+Order matters for failure handling: every check that can reject the input (types,
+values, data files, tracking store) runs before the first MLflow run exists, so bad
+input leaves nothing behind; once runs exist, a crash ends them FAILED.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+
+from flowsweep import plots
+from flowsweep.config import ConfigError, validate, validate_against_data
+from flowsweep.data import Dataset, load_dataset
+from flowsweep.engine import BatchedCouplingFlow
+from flowsweep.search import StructureOptimizer
+from flowsweep.search.runner import SearchSettings, run_searches
+from flowsweep.seeding import derive_seed, torch_generator
+from flowsweep.structure import Structure, parity_structure, random_structure
+from flowsweep.tracking import SWEEP_ID_ENV, RunGroup, check_reachable, ensure_experiment, flatten, resolve_tracking_uri
+from flowsweep.training import Schedule, evaluate_bpd, train
+
+__all__ = ["run_job", "build_optimizers", "fingerprint"]
+
+#: Stream keys under an instance's seed (fixed so results never depend on code order).
+_RANDOM_LAYOUT_KEY, _SEARCH_KEY = 1, 2
+
+
+def _launch_dir() -> str:
+    return HydraConfig.get().runtime.cwd if HydraConfig.initialized() else os.getcwd()
+
+
+def _sweep_id(cfg: DictConfig) -> str:
+    if cfg.tracking.sweep_id:
+        return str(cfg.tracking.sweep_id)
+    if os.environ.get(SWEEP_ID_ENV):
+        return os.environ[SWEEP_ID_ENV]
+    if HydraConfig.initialized():
+        hc = HydraConfig.get()
+        return str(hc.sweep.dir if hc.mode.name == "MULTIRUN" else hc.run.dir)
+    return "interactive"
+
+
+def fingerprint(cfg: DictConfig) -> str:
+    """Hash of everything that determines a job's numbers (not where they are logged)."""
+    content = OmegaConf.to_container(cfg, resolve=True)
+    for volatile in ("tracking", "progress", "data_dir"):
+        content.pop(volatile, None)
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def build_optimizers(cfg: DictConfig, d: int, m: int, seeds: list[int]) -> list[StructureOptimizer]:
+    """One optimizer per instance from the ``search`` group (``_target_`` + its keys)."""
+    try:
+        return [instantiate(cfg.search, d=d, m=m, depth=cfg.depth.layers, seed=derive_seed(s, _SEARCH_KEY))
+                for s in seeds]
+    except ConfigError:
+        raise
+    except Exception as error:  # instantiate wraps unknown keys and bad targets
+        cause = error.__cause__ or error
+        if isinstance(cause, ConfigError):
+            raise cause from None
+        raise ConfigError("search", f"cannot build the optimizer: {cause}") from None
+
+
+def _fixed_structures(cfg: DictConfig, d: int, m: int, seeds: list[int]) -> list[Structure]:
+    if cfg.layout.name == "parity":
+        return [parity_structure(d, m, cfg.depth.layers)] * len(seeds)
+    return [random_structure(d, m, cfg.depth.layers, np.random.default_rng(derive_seed(s, _RANDOM_LAYOUT_KEY)))
+            for s in seeds]
+
+
+def run_job(cfg: DictConfig) -> float:
+    """Validate, train (searching first for ``layout=opt``), log; returns the mean test bpd."""
+    started = time.perf_counter()
+    validate(cfg)
+    uri = resolve_tracking_uri(cfg.tracking.uri, _launch_dir())
+    check_reachable(uri)
+    data = load_dataset(cfg.dataset, cfg.data_dir)
+    m = validate_against_data(cfg, data.d, data.train.shape[0])
+    seeds = [derive_seed(cfg.seed, i) for i in range(cfg.instances)]
+    optimizers = build_optimizers(cfg, data.d, m, seeds) if cfg.layout.name == "opt" else None
+
+    client = MlflowClient(uri)
+    experiment_id = ensure_experiment(client, uri, cfg.tracking.experiment)
+    search_name = str(cfg.search.name) if optimizers else "none"
+    common = flatten(OmegaConf.to_container(cfg, resolve=True))
+    common.update(dataset=cfg.dataset.name, layout=cfg.layout.name, depth=str(cfg.depth.layers), search=search_name)
+    label = f"{cfg.dataset.name}-{cfg.layout.name}-L{cfg.depth.layers}"
+    runs = RunGroup(
+        client, experiment_id,
+        names=[f"{label}-i{i:02d}" for i in range(cfg.instances)],
+        params=[{**common, "instance": str(i), "instance_seed": str(s)} for i, s in enumerate(seeds)],
+        tags={"sweep_id": _sweep_id(cfg), "fingerprint": fingerprint(cfg)},
+    )
+    try:
+        search_time = None
+        if optimizers:
+            settings = SearchSettings(cfg.dataset.batch_size, cfg.train, cfg.model.data_init,
+                                      cfg.dataset.split_seed, cfg.progress)
+            search_time = run_searches(optimizers, data, settings)
+            structures = [(o.best or o.history[0]).structure for o in optimizers]
+        else:
+            structures = _fixed_structures(cfg, data.d, m, seeds)
+        result = _train_final(cfg, data, structures, seeds)
+        result["wall_time_s"] = time.perf_counter() - started
+        _log(runs, cfg, structures, result, optimizers, search_time)
+    except BaseException:
+        runs.close(failed=True)
+        raise
+    runs.close()
+    test = result["test_bpd"][~result["diverged"]]
+    return float(test.mean()) if len(test) else math.inf
+
+
+def _train_final(cfg: DictConfig, data: Dataset, structures: list[Structure], seeds: list[int]) -> dict:
+    generators = [torch_generator(s) for s in seeds]
+    flow = BatchedCouplingFlow(structures, generators)
+    if cfg.model.data_init:
+        flow.initialize_from_data(data.train)
+    began = time.perf_counter()
+    trained = train(flow, data.train, cfg.dataset.batch_size, Schedule.from_config(cfg.train), generators, data.log_det)
+    train_time = time.perf_counter() - began
+    train_bpd = evaluate_bpd(flow, data.train, data.log_det).numpy()
+    test_bpd = evaluate_bpd(flow, data.test, data.log_det).numpy()
+    diverged = trained.diverged.numpy() | ~np.isfinite(train_bpd) | ~np.isfinite(test_bpd)
+    return {"curve": trained.curve.numpy(), "train_bpd": train_bpd, "test_bpd": test_bpd, "diverged": diverged,
+            "num_params": flow.num_parameters(), "train_time_s": train_time}
+
+
+def _log(runs: RunGroup, cfg: DictConfig, structures: list[Structure], result: dict,
+         optimizers: Optional[list[StructureOptimizer]], search_time: Optional[float]) -> None:
+    for i, structure in enumerate(structures):
+        diverged = bool(result["diverged"][i])
+        runs.curve(i, "batch_bpd", result["curve"][:, i], first_step=1)
+        for key in ("train_bpd", "test_bpd"):
+            runs.metric(i, key, math.inf if diverged else result[key][i])
+        runs.metric(i, "diverged", float(diverged))
+        runs.metric(i, "num_params", result["num_params"])
+        runs.metric(i, "wall_time_s", result["wall_time_s"])
+        runs.metric(i, "train_time_s", result["train_time_s"])
+        runs.metric(i, "pair_coverage", structure.pair_coverage())
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            (folder / "masks.json").write_text(json.dumps(structure.to_dict(), indent=1))
+            plots.save_mask_heatmap(structure, folder / "masks.png")
+            plots.save_bpd_curve(result["curve"][:, i], folder / "bpd_curve.png", title=f"instance {i}")
+            if optimizers:
+                _log_search(runs, i, optimizers[i], search_time, folder)
+            runs.artifacts(i, tmp)
+
+
+def _log_search(runs: RunGroup, i: int, optimizer: StructureOptimizer, search_time: float, folder: Path) -> None:
+    trials = optimizer.history
+    runs.curve(i, "search_trial_bpd", [t.value for t in trials])
+    runs.curve(i, "search_accepted", [float(t.accepted) for t in trials])
+    best_by_trial = np.minimum.accumulate([t.value if t.accepted else math.inf for t in trials])
+    runs.curve(i, "search_best_bpd", best_by_trial)
+    runs.metric(i, "search_time_s", search_time)
+    runs.metric(i, "search_trials", len(trials))
+    runs.metric(i, "search_diverged_trials", sum(t.state.value == "diverged" for t in trials))
+    (folder / "search_trials.json").write_text(json.dumps([t.to_dict() for t in trials]))
+    plots.save_search_trajectory(np.array([t.value for t in trials]), best_by_trial, folder / "search_trajectory.png",
+                                 title=f"instance {i}")

@@ -1,0 +1,172 @@
+"""MLflow bookkeeping: where runs go, one run per model instance, batched logging.
+
+The tracking URI is resolved once against the directory the user launched from, so
+runs never scatter into Hydra's per-job output folders. The experiment is created by
+:class:`TrackingCallback` in the launching process, before jobs fan out. Metrics are
+buffered per run and written with ``log_batch`` when the job ends, because one
+``log_metric`` call costs milliseconds on a sqlite store.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional, Sequence
+from urllib.parse import urlparse
+
+import mlflow
+from hydra.experimental.callback import Callback
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig
+
+from flowsweep.config import ConfigError
+
+__all__ = [
+    "SWEEP_ID_ENV",
+    "resolve_tracking_uri",
+    "check_reachable",
+    "ensure_experiment",
+    "RunGroup",
+    "TrackingCallback",
+]
+
+#: Set by the callback in the launching process; jobs (and their workers) inherit it.
+SWEEP_ID_ENV = "FLOWSWEEP_SWEEP_ID"
+
+
+def resolve_tracking_uri(uri: Optional[str], base_dir: str) -> str:
+    """Absolute tracking URI: ``uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<base_dir>/mlflow.db``.
+
+    Relative sqlite and file paths are made absolute against ``base_dir``.
+    """
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    if uri.startswith("sqlite:///"):
+        path = uri[len("sqlite:///") :]
+        if not os.path.isabs(path) and path != ":memory:":
+            return "sqlite:///" + os.path.join(os.path.abspath(base_dir), path)
+        return uri
+    scheme = urlparse(uri).scheme
+    if scheme in ("", "file"):
+        path = uri[len("file:") :] if scheme == "file" else uri
+        return Path(base_dir, path).resolve().as_uri() if not os.path.isabs(path) else uri
+    return uri
+
+
+def check_reachable(uri: str, timeout_s: float = 3.0) -> None:
+    """Fail fast on an HTTP tracking server nobody answers at (MLflow itself retries for minutes)."""
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("http", "https"):
+        return
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        socket.create_connection((parsed.hostname, port), timeout=timeout_s).close()
+    except OSError as error:
+        raise ConfigError("tracking.uri", f"cannot reach the MLflow server at {uri}: {error}") from None
+
+
+def _artifact_location(uri: str, experiment: str) -> Optional[str]:
+    """Artifacts of a local store live beside it, not in whatever directory a job runs in."""
+    if uri.startswith("sqlite:///"):
+        root = Path(uri[len("sqlite:///") :]).parent
+    elif urlparse(uri).scheme in ("", "file"):
+        root = Path(urlparse(uri).path)
+    else:
+        return None
+    return (root / "mlartifacts" / experiment).as_uri()
+
+
+def ensure_experiment(client: MlflowClient, uri: str, name: str) -> str:
+    """Id of experiment ``name``, created if missing (tolerates a concurrent creator)."""
+    existing = client.get_experiment_by_name(name)
+    if existing is not None:
+        return existing.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=_artifact_location(uri, name))
+    except mlflow.exceptions.MlflowException:
+        existing = client.get_experiment_by_name(name)
+        if existing is None:
+            raise
+        return existing.experiment_id
+
+
+def flatten(node: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """``{"train": {"steps": 5}}`` → ``{"train.steps": "5"}``."""
+    out: dict[str, str] = {}
+    for key, value in node.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = str(value)
+    return out
+
+
+class RunGroup:
+    """The MLflow runs of one job, one per model instance, written in batches.
+
+    Runs are created RUNNING; :meth:`close` ends them FINISHED, or FAILED when the
+    job raised — a crashed job never leaves a FINISHED run behind.
+    """
+
+    def __init__(self, client: MlflowClient, experiment_id: str, names: Sequence[str],
+                 params: Sequence[Mapping[str, str]], tags: Mapping[str, str]):
+        self.client = client
+        self.run_ids = []
+        for name, run_params in zip(names, params):
+            run = client.create_run(experiment_id, run_name=name, tags=dict(tags))
+            self.run_ids.append(run.info.run_id)
+            client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in run_params.items()])
+        self._metrics: list[list[Metric]] = [[] for _ in self.run_ids]
+        self._tags: list[list[RunTag]] = [[] for _ in self.run_ids]
+
+    def __len__(self) -> int:
+        return len(self.run_ids)
+
+    def metric(self, run: int, key: str, value: float, step: int = 0) -> None:
+        self._metrics[run].append(Metric(key, float(value), int(time.time() * 1000), step))
+
+    def curve(self, run: int, key: str, values: Iterable[float], first_step: int = 0) -> None:
+        stamp = int(time.time() * 1000)
+        self._metrics[run].extend(Metric(key, float(v), stamp, first_step + s) for s, v in enumerate(values))
+
+    def tag(self, run: int, key: str, value: str) -> None:
+        self._tags[run].append(RunTag(key, value))
+
+    def artifacts(self, run: int, directory: str) -> None:
+        self.client.log_artifacts(self.run_ids[run], directory)
+
+    def flush(self) -> None:
+        for run_id, metrics, tags in zip(self.run_ids, self._metrics, self._tags):
+            if metrics or tags:
+                self.client.log_batch(run_id, metrics=metrics, tags=tags)
+        self._metrics = [[] for _ in self.run_ids]
+        self._tags = [[] for _ in self.run_ids]
+
+    def close(self, failed: bool = False) -> None:
+        status = RunStatus.to_string(RunStatus.FAILED if failed else RunStatus.FINISHED)
+        if not failed:
+            self.flush()
+        for run_id in self.run_ids:
+            self.client.set_terminated(run_id, status)
+
+
+class TrackingCallback(Callback):
+    """Hydra callback: resolve the store and create the experiment once, before jobs start.
+
+    It also fixes the ``sweep_id`` that tags every run of one multirun.
+    """
+
+    def _prepare(self, config: DictConfig, sweep_id: str) -> None:
+        uri = resolve_tracking_uri(config.tracking.uri, os.getcwd())
+        check_reachable(uri)
+        ensure_experiment(MlflowClient(uri), uri, config.tracking.experiment)
+        os.environ[SWEEP_ID_ENV] = config.tracking.sweep_id or sweep_id
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._prepare(config, str(config.hydra.sweep.dir))
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._prepare(config, str(config.hydra.run.dir))

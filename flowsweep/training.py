@@ -1,0 +1,134 @@
+"""The one training loop: minibatch SGD with a cyclic learning rate for K models at once.
+
+Structure-search trials and final training both call :func:`train`. Each model draws
+its own random minibatches from its own generator, so a model's numbers do not depend
+on which other models share the batch. A model whose loss turns non-finite is marked
+diverged and frozen (its gradients and momentum are zeroed from then on); the others
+go on untouched. The loop never syncs with the host per step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from flowsweep.engine import BatchedCouplingFlow
+
+__all__ = ["Schedule", "TrainResult", "train", "evaluate_bpd", "nats_to_bpd"]
+
+#: Minibatch indices are drawn this many steps at a time (fixed, so streams never depend on K).
+_INDEX_CHUNK = 64
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """SGD with momentum and PyTorch's ``CyclicLR``; ``step_size_up`` in SGD steps."""
+
+    steps: int
+    base_lr: float
+    max_lr: float
+    step_size_up: int
+    mode: str = "triangular"
+    momentum: float = 0.9
+
+    @classmethod
+    def from_config(cls, train_cfg, steps: Optional[int] = None) -> Schedule:
+        return cls(
+            steps=int(train_cfg.steps if steps is None else steps),
+            base_lr=float(train_cfg.base_lr),
+            max_lr=float(train_cfg.max_lr),
+            step_size_up=int(train_cfg.step_size_up),
+            mode=str(train_cfg.mode),
+            momentum=float(train_cfg.momentum),
+        )
+
+
+@dataclass
+class TrainResult:
+    """Per-step minibatch bpd ``curve`` ``[steps, K]`` and the ``diverged`` flags ``[K]``."""
+
+    curve: Tensor
+    diverged: Tensor
+
+
+def nats_to_bpd(nll: Tensor, d: int, log_det: float = 0.0) -> Tensor:
+    """Mean negative log-likelihood per sample (nats, model space) → bits per dimension, raw units."""
+    return (nll + log_det) / (d * math.log(2.0))
+
+
+def _minibatches(data: Tensor, batch_size: int, steps: int, generators: Sequence[torch.Generator]):
+    """Yield ``[K, B, d]`` minibatches, one independent stream per generator."""
+    n = data.shape[0]
+    for start in range(0, steps, _INDEX_CHUNK):
+        chunk = min(_INDEX_CHUNK, steps - start)
+        index = torch.stack([torch.randint(n, (chunk, batch_size), generator=g) for g in generators], dim=1)
+        for step in range(chunk):
+            yield data[index[step]]
+
+
+def train(
+    flow: BatchedCouplingFlow,
+    data: Tensor,
+    batch_size: int,
+    schedule: Schedule,
+    generators: Sequence[torch.Generator],
+    log_det: float = 0.0,
+    frozen: Optional[Tensor] = None,
+) -> TrainResult:
+    """Train all K models of ``flow`` on ``data`` ``[n, d]`` for ``schedule.steps`` steps.
+
+    Arguments:
+        generators: One per model; they drive the minibatch draws.
+        log_det: Preprocessing log-determinant (nats per sample) so bpd is in raw units.
+        frozen: Optional bool ``[K]`` of models not to train (they count as diverged).
+
+    Returns:
+        The minibatch bpd curve (``inf``/``nan`` where a model diverged) and the flags.
+    """
+    params = list(flow.parameters())
+    alive = torch.ones(flow.k, dtype=torch.bool) if frozen is None else ~frozen.clone()
+    optimizer = torch.optim.SGD(params, lr=schedule.base_lr, momentum=schedule.momentum)
+    scheduler = torch.optim.lr_scheduler.CyclicLR(
+        optimizer,
+        base_lr=schedule.base_lr,
+        max_lr=schedule.max_lr,
+        step_size_up=schedule.step_size_up,
+        mode=schedule.mode,
+        cycle_momentum=False,
+    )
+    curve = torch.empty(schedule.steps, flow.k)
+    for step, batch in enumerate(_minibatches(data, batch_size, schedule.steps, generators)):
+        nll = -flow.log_prob(batch).mean(1)
+        alive &= torch.isfinite(nll)
+        curve[step] = nll.detach()
+        optimizer.zero_grad(set_to_none=False)
+        torch.where(alive, nll, torch.zeros_like(nll)).sum().backward()
+        _freeze(optimizer, params, alive)
+        optimizer.step()
+        scheduler.step()
+    diverged = ~(alive & flow.finite_models())
+    return TrainResult(curve=nats_to_bpd(curve, flow.d, log_det), diverged=diverged)
+
+
+def _freeze(optimizer: torch.optim.Optimizer, params: Sequence[Tensor], alive: Tensor) -> None:
+    """Zero gradient and momentum of dead models (``where``, since NaN * 0 is NaN)."""
+    for p in params:
+        keep = alive.view(-1, *([1] * (p.dim() - 1)))
+        p.grad = torch.where(keep, p.grad, torch.zeros((), dtype=p.dtype))
+        buffer = optimizer.state.get(p, {}).get("momentum_buffer")
+        if buffer is not None:
+            buffer.mul_(keep)
+
+
+@torch.no_grad()
+def evaluate_bpd(flow: BatchedCouplingFlow, data: Tensor, log_det: float = 0.0, chunk: int = 8192) -> Tensor:
+    """Mean bpd (raw units) of each model on the whole of ``data`` ``[n, d]``: ``[K]``, ``inf`` if not finite."""
+    total = torch.zeros(flow.k, dtype=torch.float64)
+    for start in range(0, data.shape[0], chunk):
+        total += -flow.log_prob(data[start : start + chunk]).double().sum(1)
+    bpd = nats_to_bpd(total / data.shape[0], flow.d, log_det)
+    return torch.where(torch.isfinite(bpd), bpd, torch.full_like(bpd, math.inf))

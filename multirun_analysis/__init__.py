@@ -1,0 +1,1 @@
+"""Cross-sweep tables and figures from MLflow runs."""

@@ -1,0 +1,41 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from omegaconf import DictConfig, OmegaConf
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The raw UCI folder (``<dataset>/<file>``): ``FLOWSWEEP_DATA_DIR``, else ``<repo>/../shared/datasets``."""
+    env = os.environ.get("FLOWSWEEP_DATA_DIR")
+    path = Path(env).expanduser() if env else REPO.parent / "shared" / "datasets"
+    if not path.is_dir():
+        pytest.skip(
+            f"raw UCI data folder {path} not found: set FLOWSWEEP_DATA_DIR to a folder laid out "
+            f"as <dataset>/<file> (magic/magic04.data, turbine/gt_2011.csv, ...)"
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def dataset_cfg() -> Callable[..., DictConfig]:
+    """Factory: ``dataset_cfg("magic", standardize=True)`` composes ``conf/dataset/magic.yaml``
+    over the ``DatasetConfig`` schema with plain OmegaConf, then applies the overrides."""
+    from flowsweep.config import DatasetConfig
+
+    def make(name: str, **overrides: Any) -> DictConfig:
+        cfg = OmegaConf.merge(OmegaConf.structured(DatasetConfig), OmegaConf.load(REPO / "conf" / "dataset" / f"{name}.yaml"))
+        for key, value in overrides.items():
+            cfg[key] = value
+        return cfg
+
+    return make
