@@ -1,0 +1,109 @@
+"""Aggregate model instances into cells: mean ± std of train/test bpd per group of params.
+
+A cell is one combination of the ``group_by`` params (default dataset × depth × layout).
+Runs of several sweeps fall into the same cell when their ``group_by`` params match.
+Diverged instances are counted (``n_diverged``) and left out of mean and std, which are
+over the remaining finite instances (std with ``ddof=1``; NaN when fewer than two).
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Iterable, Sequence
+
+import pandas as pd
+
+from multirun_analysis.load import AnalysisError
+
+__all__ = [
+    "DEFAULT_GROUP_BY",
+    "LAYOUT_ORDER",
+    "SPLITS",
+    "UNSET",
+    "group_frame",
+    "ordered_values",
+    "aggregate",
+    "mixed_params",
+]
+
+DEFAULT_GROUP_BY = ("dataset", "depth", "layout")
+#: Column order of the paper's tables; other layouts follow alphabetically.
+LAYOUT_ORDER = ("parity", "random", "opt")
+SPLITS = ("train", "test")
+#: Shown for a group param some runs did not log.
+UNSET = "(unset)"
+#: Params that differ between the instances of one cell by design (not a reason to warn).
+_PER_INSTANCE = {"instance", "instance_seed", "instances", "seed", "progress", "data_dir"}
+
+
+def group_frame(runs: pd.DataFrame, group_by: Sequence[str]) -> pd.DataFrame:
+    """The ``group_by`` params of every run as string columns named after the params."""
+    missing = [key for key in group_by if f"params.{key}" not in runs.columns]
+    if missing:
+        known = sorted(c[len("params."):] for c in runs.columns if c.startswith("params."))
+        hints = {key: difflib.get_close_matches(key, known, n=3) for key in missing}
+        text = "; ".join(f"{k!r}" + (f" (did you mean {', '.join(h)}?)" if h else "") for k, h in hints.items())
+        raise AnalysisError(f"--group-by: no such param in the runs: {text}")
+    return pd.DataFrame({key: runs[f"params.{key}"].fillna(UNSET).astype(str) for key in group_by},
+                        index=runs.index)
+
+
+def _rank(key: str, value: str) -> tuple:
+    if key == "layout" and value in LAYOUT_ORDER:
+        return (0, LAYOUT_ORDER.index(value), "")
+    try:
+        return (1, float(value), value)
+    except ValueError:
+        return (2, 0.0, value)
+
+
+def ordered_values(key: str, values: Iterable[str]) -> list[str]:
+    """Distinct values in table order: the paper's layout order, numbers numerically, text alphabetically."""
+    return sorted(set(values), key=lambda v: _rank(key, v))
+
+
+def _sorted(frame: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    positions = {k: {v: i for i, v in enumerate(ordered_values(k, frame[k]))} for k in keys}
+    order = pd.DataFrame({k: frame[k].map(positions[k]) for k in keys}).sort_values(list(keys)).index
+    return frame.loc[order].reset_index(drop=True)
+
+
+def aggregate(runs: pd.DataFrame, group_by: Sequence[str] = DEFAULT_GROUP_BY) -> pd.DataFrame:
+    """Long form: one row per cell with the group params, ``n``, ``n_diverged`` and
+    ``{train,test}_bpd_{mean,std}`` over the non-diverged instances."""
+    keys = list(group_by)
+    if not keys:
+        raise AnalysisError("--group-by needs at least one param")
+    for split in SPLITS:
+        if f"metrics.{split}_bpd" not in runs.columns:
+            raise AnalysisError(f"the runs have no {split}_bpd metric: are they flowsweep runs?")
+    data = group_frame(runs, keys)
+    for split in SPLITS:
+        data[split] = runs[f"metrics.{split}_bpd"].astype(float).where(~runs["diverged"])
+    data["diverged"] = runs["diverged"].astype(int)
+    out = data.groupby(keys, sort=False).agg(
+        n=("diverged", "size"),
+        n_diverged=("diverged", "sum"),
+        train_bpd_mean=("train", "mean"),
+        train_bpd_std=("train", "std"),
+        test_bpd_mean=("test", "mean"),
+        test_bpd_std=("test", "std"),
+    ).reset_index()
+    return _sorted(out, keys)
+
+
+def mixed_params(runs: pd.DataFrame, group_by: Sequence[str]) -> list[str]:
+    """Params (other than per-instance ones) whose value differs between runs of one cell.
+
+    Non-empty typically when sweeps with different settings are combined: add the params
+    to ``--group-by`` to separate them.
+    """
+    keys = list(group_by)
+    names = [c[len("params."):] for c in runs.columns if c.startswith("params.")]
+    names = [n for n in names if n not in keys and n not in _PER_INSTANCE and not n.startswith("tracking.")]
+    if not names or not len(runs):
+        return []
+    groups = group_frame(runs, keys)
+    values = runs[[f"params.{n}" for n in names]].fillna(UNSET).astype(str)
+    counts = values.groupby([groups[k] for k in keys]).nunique().max()
+    return sorted(c[len("params."):] for c in counts.index[counts > 1])

@@ -1,0 +1,163 @@
+"""Read the runs of one or more sweeps from MLflow into a pandas frame, one row per model instance.
+
+Only FINISHED runs are analysed; FAILED (and still RUNNING or KILLED) runs are counted
+and reported, never mixed in. A run is *diverged* when it logged ``diverged=1`` or a
+train/test bpd that is not a finite number: MLflow's sqlite store saves ``inf`` as the
+largest float, so values above :data:`DIVERGED_ABOVE` count as infinite too.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+from urllib.parse import unquote, urlparse
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from flowsweep.tracking import resolve_tracking_uri
+
+__all__ = ["AnalysisError", "SweepRuns", "SUMMARY_TAG", "DIVERGED_ABOVE", "LATEST", "resolve_uri", "load_runs"]
+
+#: Tag of the summary runs ``--log-to-mlflow`` writes; such runs are never analysed.
+SUMMARY_TAG = "multirun_analysis.summary"
+#: bpd values above this are treated as ``inf`` (sqlite stores ``inf`` as ~1.8e308).
+DIVERGED_ABOVE = 1e300
+#: ``--sweep latest``: the sweep whose most recent run started last.
+LATEST = "latest"
+
+
+class AnalysisError(Exception):
+    """Nothing to analyse (no store, experiment, sweep or runs); the message is for the user."""
+
+
+@dataclass
+class SweepRuns:
+    """The FINISHED runs of the selected sweeps plus what was left out."""
+
+    frame: pd.DataFrame
+    uri: str
+    experiment: str
+    sweeps: list[str]
+    ignored: dict[str, int]
+
+    def describe(self) -> str:
+        """One line for stderr: how many runs from how many sweeps, what was ignored."""
+        sweeps = f"{len(self.sweeps)} sweep" + ("s" if len(self.sweeps) != 1 else "")
+        text = f"{len(self.frame)} FINISHED runs from {sweeps} of experiment {self.experiment!r}"
+        if self.ignored:
+            text += "; ignored " + ", ".join(f"{n} {status}" for status, n in sorted(self.ignored.items()))
+        return text
+
+
+def resolve_uri(uri: Optional[str]) -> str:
+    """Like flowsweep: ``uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///./mlflow.db``, made absolute."""
+    return resolve_tracking_uri(uri, os.getcwd())
+
+
+def _check_store(uri: str) -> None:
+    """A local store must exist: MLflow would silently create an empty one."""
+    parsed = urlparse(uri)
+    if uri.startswith("sqlite:///"):
+        path = unquote(uri[len("sqlite:///"):])
+    elif parsed.scheme in ("", "file"):
+        path = unquote(parsed.path)
+    else:
+        return
+    if path != ":memory:" and not Path(path).exists():
+        raise AnalysisError(f"no MLflow store at {path} (tracking URI {uri}); pass --tracking-uri")
+
+
+@contextmanager
+def _tracking_uri(uri: str) -> Iterator[None]:
+    """``mlflow.search_runs`` reads the global URI (and sets the env var): restore both afterwards."""
+    previous_env = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(None)
+        if previous_env is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = previous_env
+
+
+def _quoted(value: str) -> str:
+    quote = "'" if "'" not in value else '"'
+    return f"{quote}{value}{quote}"
+
+
+def _search(experiment_id: str, filter_string: str = "", **kwargs) -> pd.DataFrame:
+    frame = mlflow.search_runs([experiment_id], filter_string=filter_string, **kwargs)
+    if len(frame) and f"tags.{SUMMARY_TAG}" in frame.columns:
+        frame = frame[frame[f"tags.{SUMMARY_TAG}"].isna()]
+    return frame
+
+
+def _known_sweeps(experiment_id: str, limit: int = 5) -> str:
+    frame = _search(experiment_id, "tags.sweep_id LIKE '%'", order_by=["attributes.start_time DESC"])
+    known = list(dict.fromkeys(frame["tags.sweep_id"])) if len(frame) else []
+    if not known:
+        return "the experiment has no runs with a sweep_id tag"
+    more = f" (and {len(known) - limit} more)" if len(known) > limit else ""
+    return "known sweeps, newest first: " + ", ".join(known[:limit]) + more
+
+
+def _resolve_sweep(experiment_id: str, sweep: str) -> tuple[str, pd.DataFrame]:
+    """Runs of one sweep id; ``latest`` and paths relative to the working directory are accepted."""
+    if sweep == LATEST:
+        newest = _search(experiment_id, "tags.sweep_id LIKE '%'", order_by=["attributes.start_time DESC"],
+                         max_results=1)
+        if not len(newest):
+            raise AnalysisError("--sweep latest: the experiment has no runs with a sweep_id tag")
+        sweep = newest["tags.sweep_id"].iloc[0]
+    for candidate in dict.fromkeys([sweep, os.path.abspath(sweep)]):
+        frame = _search(experiment_id, f"tags.sweep_id = {_quoted(candidate)}")
+        if len(frame):
+            return candidate, frame
+    raise AnalysisError(f"unknown sweep id {sweep!r}: {_known_sweeps(experiment_id)}")
+
+
+def _mark_diverged(frame: pd.DataFrame) -> pd.DataFrame:
+    frame = frame.copy()
+    flag = pd.Series(False, index=frame.index)
+    if "metrics.diverged" in frame.columns:
+        flag |= frame["metrics.diverged"].fillna(0) > 0
+    for key in ("metrics.train_bpd", "metrics.test_bpd"):
+        if key in frame.columns:
+            values = frame[key].astype(float)
+            flag |= ~np.isfinite(values) | (values.abs() > DIVERGED_ABOVE)
+    frame["diverged"] = flag
+    return frame
+
+
+def load_runs(uri: str, experiment: str, sweeps: Optional[Sequence[str]] = None) -> SweepRuns:
+    """FINISHED runs of ``sweeps`` (ids or ``latest``; ``None``/empty: every run) of ``experiment``.
+
+    Raises :class:`AnalysisError` for a missing store or experiment, an unknown sweep id,
+    or when no FINISHED run remains.
+    """
+    _check_store(uri)
+    found = MlflowClient(uri).get_experiment_by_name(experiment)
+    if found is None:
+        raise AnalysisError(f"unknown experiment {experiment!r} in {uri}")
+    with _tracking_uri(uri):
+        if sweeps:
+            parts = dict(_resolve_sweep(found.experiment_id, s) for s in dict.fromkeys(sweeps))
+            frame = pd.concat(parts.values(), ignore_index=True)
+        else:
+            frame = _search(found.experiment_id)
+    if not len(frame):
+        raise AnalysisError(f"experiment {experiment!r} has no runs in {uri}")
+    selected = list(parts) if sweeps else list(dict.fromkeys(frame.get("tags.sweep_id", pd.Series()).dropna()))
+    ignored = dict(Counter(frame.loc[frame["status"] != "FINISHED", "status"]))
+    finished = frame[frame["status"] == "FINISHED"].reset_index(drop=True)
+    if not len(finished):
+        left = ", ".join(f"{n} {s}" for s, n in sorted(ignored.items()))
+        raise AnalysisError(f"no FINISHED runs to analyse in experiment {experiment!r} ({left})")
+    return SweepRuns(_mark_diverged(finished), uri, experiment, selected, ignored)
