@@ -91,14 +91,16 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
+    """Types only: the values live in ``conf/config.yaml``."""
+
     #: SGD steps of the final training (paper: 1250).
-    steps: int = 1250
-    momentum: float = 0.9
+    steps: int = MISSING
+    momentum: float = MISSING
     #: CyclicLR bounds and half-cycle length in steps.
-    base_lr: float = 1e-4
-    max_lr: float = 1e-2
-    step_size_up: int = 125
-    mode: str = "triangular"
+    base_lr: float = MISSING
+    max_lr: float = MISSING
+    step_size_up: int = MISSING
+    mode: str = MISSING
 
 
 @dataclass

@@ -45,14 +45,14 @@ def save_bpd_curve(curve: np.ndarray, path: Path, title: str = "") -> None:
     fig.savefig(path)
 
 
-def save_search_trajectory(values: np.ndarray, best: np.ndarray, path: Path, title: str = "") -> None:
-    """Trial values (dots, non-finite ones left out) and best-so-far (line) against iteration."""
+def save_search_trajectory(iterations: np.ndarray, values: np.ndarray, best: np.ndarray, path: Path,
+                           title: str = "") -> None:
+    """Trial values (dots at their iteration, non-finite ones left out) and best-so-far per iteration (line)."""
     fig = Figure(figsize=(4.5, 3.0), dpi=_DPI)
     ax = fig.add_subplot()
-    t = np.arange(len(values))
     finite = np.isfinite(values)
-    ax.scatter(t[finite], values[finite], s=4, alpha=0.5, label="trial")
-    ax.step(t, best, where="post", color="C3", lw=1.2, label="best so far")
+    ax.scatter(iterations[finite], values[finite], s=4, alpha=0.5, label="trial")
+    ax.step(np.arange(len(best)), best, where="post", color="C3", lw=1.2, label="best so far")
     ax.set_xlabel("iteration")
     ax.set_ylabel("trial bpd")
     ax.set_title(title, fontsize=9)

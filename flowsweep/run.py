@@ -165,14 +165,21 @@ def _log(runs: RunGroup, cfg: DictConfig, structures: list[Structure], result: d
 
 
 def _log_search(runs: RunGroup, i: int, optimizer: StructureOptimizer, search_time: float, folder: Path) -> None:
+    """Search metrics at step = iteration t; every trial (diverged ones too) in ``search_trials.json``."""
     trials = optimizer.history
-    runs.curve(i, "search_trial_bpd", [t.value for t in trials])
-    runs.curve(i, "search_accepted", [float(t.accepted) for t in trials])
-    best_by_trial = np.minimum.accumulate([t.value if t.accepted else math.inf for t in trials])
-    runs.curve(i, "search_best_bpd", best_by_trial)
+    finite = [t for t in trials if math.isfinite(t.value)]  # diverged trials: in the JSON, not the chart
+    for trial in finite:
+        runs.metric(i, "search_trial_bpd", trial.value, step=trial.iteration)
+    accepted = {t.iteration for t in trials if t.accepted}
+    for t, best in enumerate(optimizer.best_trace):
+        runs.metric(i, "search_accepted", float(t in accepted), step=t)
+        if math.isfinite(best):
+            runs.metric(i, "search_best_bpd", best, step=t)
     runs.metric(i, "search_time_s", search_time)
     runs.metric(i, "search_trials", len(trials))
-    runs.metric(i, "search_diverged_trials", sum(t.state.value == "diverged" for t in trials))
+    runs.metric(i, "search_diverged_trials", len(trials) - len(finite))
     (folder / "search_trials.json").write_text(json.dumps([t.to_dict() for t in trials]))
-    plots.save_search_trajectory(np.array([t.value for t in trials]), best_by_trial, folder / "search_trajectory.png",
-                                 title=f"instance {i}")
+    plots.save_search_trajectory(
+        np.array([t.iteration for t in trials]), np.array([t.value for t in trials]),
+        np.array(optimizer.best_trace), folder / "search_trajectory.png", title=f"instance {i}",
+    )
