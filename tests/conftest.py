@@ -39,3 +39,23 @@ def dataset_cfg() -> Callable[..., DictConfig]:
         return cfg
 
     return make
+
+
+def _search_runs(uri: str, **kwargs: Any):
+    """``mlflow.search_runs`` against ``uri``, leaving the global tracking URI (and its env var) as it was."""
+    import mlflow
+
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        return mlflow.search_runs(**kwargs)
+    finally:
+        mlflow.set_tracking_uri(previous)
+        if previous is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+@pytest.fixture(scope="session")
+def search_runs() -> Callable[..., Any]:
+    """``search_runs(uri, experiment_names=[...])``: a DataFrame of runs, as ``mlflow.search_runs`` gives."""
+    return _search_runs
