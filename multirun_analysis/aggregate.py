@@ -1,7 +1,8 @@
 """Aggregate model instances into cells: mean ± std of train/test bpd per group of params.
 
-A cell is one combination of the ``group_by`` params (default dataset × depth × layout).
-Runs of several sweeps fall into the same cell when their ``group_by`` params match.
+A cell is one combination of the ``group_by`` params (default dataset × depth × layout;
+``tags.<name>`` groups by a tag, e.g. ``tags.sweep_id``). Runs of several sweeps fall into
+the same cell when their ``group_by`` params match.
 Diverged instances are counted (``n_diverged``) and left out of mean and std, which are
 over the remaining finite instances (std with ``ddof=1``; NaN when fewer than two).
 """
@@ -9,7 +10,7 @@ over the remaining finite instances (std with ``ddof=1``; NaN when fewer than tw
 from __future__ import annotations
 
 import difflib
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 import pandas as pd
 
@@ -21,6 +22,7 @@ __all__ = [
     "SPLITS",
     "UNSET",
     "group_frame",
+    "split_keys",
     "ordered_values",
     "aggregate",
     "mixed_params",
@@ -36,16 +38,30 @@ UNSET = "(unset)"
 _PER_INSTANCE = {"instance", "instance_seed", "instances", "seed", "progress", "data_dir"}
 
 
+def _column(key: str) -> str:
+    return key if key.startswith("tags.") else f"params.{key}"
+
+
 def group_frame(runs: pd.DataFrame, group_by: Sequence[str]) -> pd.DataFrame:
-    """The ``group_by`` params of every run as string columns named after the params."""
-    missing = [key for key in group_by if f"params.{key}" not in runs.columns]
+    """The ``group_by`` params (or ``tags.*``) of every run as string columns named after the keys."""
+    missing = [key for key in group_by if _column(key) not in runs.columns]
     if missing:
         known = sorted(c[len("params."):] for c in runs.columns if c.startswith("params."))
         hints = {key: difflib.get_close_matches(key, known, n=3) for key in missing}
         text = "; ".join(f"{k!r}" + (f" (did you mean {', '.join(h)}?)" if h else "") for k, h in hints.items())
         raise AnalysisError(f"--group-by: no such param in the runs: {text}")
-    return pd.DataFrame({key: runs[f"params.{key}"].fillna(UNSET).astype(str) for key in group_by},
+    return pd.DataFrame({key: runs[_column(key)].fillna(UNSET).astype(str) for key in group_by},
                         index=runs.index)
+
+
+def split_keys(group_by: Sequence[str]) -> tuple[Optional[str], str, list[str]]:
+    """``(table key, row key, column keys)``: the first key splits tables (when there are
+    two or more), the next gives the rows, the rest the columns."""
+    keys = list(group_by)
+    if not keys:
+        raise AnalysisError("--group-by needs at least one param")
+    table_key = keys[0] if len(keys) > 1 else None
+    return table_key, keys[1 if table_key else 0], keys[2:]
 
 
 def _rank(key: str, value: str) -> tuple:
@@ -72,8 +88,7 @@ def aggregate(runs: pd.DataFrame, group_by: Sequence[str] = DEFAULT_GROUP_BY) ->
     """Long form: one row per cell with the group params, ``n``, ``n_diverged`` and
     ``{train,test}_bpd_{mean,std}`` over the non-diverged instances."""
     keys = list(group_by)
-    if not keys:
-        raise AnalysisError("--group-by needs at least one param")
+    split_keys(keys)
     for split in SPLITS:
         if f"metrics.{split}_bpd" not in runs.columns:
             raise AnalysisError(f"the runs have no {split}_bpd metric: are they flowsweep runs?")
@@ -96,7 +111,8 @@ def mixed_params(runs: pd.DataFrame, group_by: Sequence[str]) -> list[str]:
     """Params (other than per-instance ones) whose value differs between runs of one cell.
 
     Non-empty typically when sweeps with different settings are combined: add the params
-    to ``--group-by`` to separate them.
+    to ``--group-by`` to separate them. ``search.*`` is ignored for runs that did not
+    search (``search=none``), which log the unused search config too.
     """
     keys = list(group_by)
     names = [c[len("params."):] for c in runs.columns if c.startswith("params.")]
@@ -105,5 +121,10 @@ def mixed_params(runs: pd.DataFrame, group_by: Sequence[str]) -> list[str]:
         return []
     groups = group_frame(runs, keys)
     values = runs[[f"params.{n}" for n in names]].fillna(UNSET).astype(str)
+    if "params.search" in runs.columns:
+        unused = (runs["params.search"] == "none").to_numpy()
+        for name in names:
+            if name.startswith("search."):
+                values.loc[unused, f"params.{name}"] = None
     counts = values.groupby([groups[k] for k in keys]).nunique().max()
     return sorted(c[len("params."):] for c in counts.index[counts > 1])

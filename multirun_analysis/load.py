@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from flowsweep.tracking import resolve_tracking_uri
+from flowsweep.config import ConfigError
+from flowsweep.tracking import check_reachable, resolve_tracking_uri
 
 __all__ = ["AnalysisError", "SweepRuns", "SUMMARY_TAG", "DIVERGED_ABOVE", "LATEST", "resolve_uri", "load_runs"]
 
@@ -62,13 +63,17 @@ def resolve_uri(uri: Optional[str]) -> str:
 
 
 def _check_store(uri: str) -> None:
-    """A local store must exist: MLflow would silently create an empty one."""
+    """A local store must exist (MLflow would silently create an empty one); a server must answer."""
     parsed = urlparse(uri)
     if uri.startswith("sqlite:///"):
         path = unquote(uri[len("sqlite:///"):])
     elif parsed.scheme in ("", "file"):
         path = unquote(parsed.path)
     else:
+        try:
+            check_reachable(uri)
+        except ConfigError as error:
+            raise AnalysisError(str(error).removeprefix(f"{error.key}: ") + " (pass --tracking-uri)") from None
         return
     if path != ":memory:" and not Path(path).exists():
         raise AnalysisError(f"no MLflow store at {path} (tracking URI {uri}); pass --tracking-uri")
@@ -76,13 +81,14 @@ def _check_store(uri: str) -> None:
 
 @contextmanager
 def _tracking_uri(uri: str) -> Iterator[None]:
-    """``mlflow.search_runs`` reads the global URI (and sets the env var): restore both afterwards."""
+    """``mlflow.search_runs`` reads the global URI (and setting it sets the env var): restore both."""
     previous_env = os.environ.get("MLFLOW_TRACKING_URI")
+    previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
     mlflow.set_tracking_uri(uri)
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(None)
+        mlflow.set_tracking_uri(previous)
         if previous_env is not None:
             os.environ["MLFLOW_TRACKING_URI"] = previous_env
 

@@ -3,30 +3,37 @@
 Generally the first ``group_by`` param splits the tables, the second gives the rows and
 the rest the columns (more than one: a column MultiIndex, e.g. layout × search.warm_start).
 Cells read "mean ± std" over the non-diverged instances, plus "(k div.)" when k > 0;
-the lowest mean of each row is the best: bold in Markdown and LaTeX (pandas Styler's
-``highlight_min`` with ``to_latex(convert_css=True)``), a trailing ``*`` in text.
+the lowest mean of each row is the best: bold in Markdown and LaTeX (a pandas Styler
+with a CSS ``font-weight: bold`` on the best cells and ``to_latex(convert_css=True)``),
+a trailing ``*`` in text.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
 
-from multirun_analysis.aggregate import ordered_values
+from multirun_analysis.aggregate import ordered_values, split_keys
 
 __all__ = ["Table", "FORMATS", "build_tables", "render", "render_text", "render_markdown", "render_latex"]
 
-FORMATS = ("text", "markdown", "latex", "csv")
+#: The paper-form renderings (``csv`` is the long-form aggregate, see the CLI).
+FORMATS = ("text", "markdown", "latex")
 _LATEX_SPECIAL = {c: "\\" + c for c in "&%$#_{}"}
 
 
 @dataclass
 class Table:
-    """One table: numeric means (NaN where every instance diverged), the cell texts, the best mask."""
+    """One table: ``[rows, columns]`` frames of means (NaN where every instance diverged),
+    stds, instance counts and diverged counts (NaN where a combination has no runs).
+
+    ``value`` is the table key's value (``None`` when there is one table of all runs).
+    """
 
     title: str
     split: str
@@ -34,6 +41,12 @@ class Table:
     stds: pd.DataFrame
     n: pd.DataFrame
     n_diverged: pd.DataFrame
+    value: Optional[str] = None
+
+    @property
+    def slug(self) -> str:
+        """The title as a file-name part."""
+        return re.sub(r"[^A-Za-z0-9._-]+", "_", self.title).strip("_") or "table"
 
     @property
     def best(self) -> pd.DataFrame:
@@ -50,11 +63,14 @@ class Table:
         return out
 
     def caption(self) -> str:
+        """What the cells are: split, statistic, instance counts, the best-per-row rule."""
         counts = self.n.to_numpy().ravel()
         counts = counts[~np.isnan(counts)].astype(int)
         low, high = (counts.min(), counts.max()) if len(counts) else (0, 0)
         n = f"n = {low}" if low == high else f"n = {low}-{high}"
-        return f"{self.title}: {self.split} bpd, mean ± std over {n} instances per cell; lowest mean per row marked"
+        diverged = ", diverged ones (div.) counted and left out" if np.nansum(self.n_diverged.to_numpy()) else ""
+        return (f"{self.title}: {self.split} bpd, mean ± std over {n} instances per cell{diverged}; "
+                "lowest mean per row marked")
 
 
 def _cell(mean: float, std: float, n: float, n_div: float, precision: int, pm: str) -> str:
@@ -78,9 +94,7 @@ def _ordered_columns(columns: pd.Index) -> pd.Index:
 
 def build_tables(agg: pd.DataFrame, group_by: Sequence[str], split: str = "test") -> list[Table]:
     """Split the aggregate into tables (first key), rows (second key), columns (the rest)."""
-    keys = list(group_by)
-    table_key = keys[0] if len(keys) > 1 else None
-    row_key, col_keys = keys[1 if table_key else 0], keys[2:]
+    table_key, row_key, col_keys = split_keys(group_by)
     values = {"means": f"{split}_bpd_mean", "stds": f"{split}_bpd_std", "n": "n", "n_diverged": "n_diverged"}
     tables = []
     parts = agg.groupby(table_key, sort=False) if table_key else [("all runs", agg)]
@@ -99,7 +113,7 @@ def build_tables(agg: pd.DataFrame, group_by: Sequence[str], split: str = "test"
                 frame.columns.name = None
             frames[name] = frame.astype(float)
         label = f"{table_key} = {title}" if table_key and table_key != "dataset" else str(title)
-        tables.append(Table(title=label, split=split, **frames))
+        tables.append(Table(title=label, split=split, value=title if table_key else None, **frames))
     return tables
 
 
@@ -130,20 +144,17 @@ def _latex_escape(text: str) -> str:
 
 
 def render_latex(table: Table, precision: int = 3) -> str:
-    """pandas Styler: ``highlight_min`` bolds the best cell of a row, ``format`` writes mean $\\pm$ std."""
-    means = table.means.copy()
-    means.index.name = _latex_escape(means.index.name)
-    means.columns.names = [None if n is None else _latex_escape(n) for n in means.columns.names]
-    styler = means.style.highlight_min(axis=1, props="font-weight: bold;")
+    """pandas Styler over the cell texts: CSS bold on the best cells, converted by ``to_latex``."""
     cells = table.cells(precision, pm=r"$\pm$")
-    cells.index, cells.columns = means.index, means.columns
-    for row in means.index:
-        for col in means.columns:
-            styler.format(lambda _, text=cells.loc[row, col]: text, subset=pd.IndexSlice[[row], [col]])
+    cells.index.name = None if cells.index.name is None else _latex_escape(cells.index.name)
+    cells.columns.names = [None if n is None else _latex_escape(n) for n in cells.columns.names]
+    bold = np.where(table.best.to_numpy(), "font-weight: bold;", "")
+    styler = cells.style.apply(lambda _: bold, axis=None)
     styler.format_index(escape="latex", axis=0).format_index(escape="latex", axis=1)
     caption = _latex_escape(table.caption()).replace("±", r"$\pm$") + " (bold)"
-    return styler.to_latex(convert_css=True, hrules=True, multicol_align="c", caption=caption,
-                           position_float="centering")
+    column_format = "l" * cells.index.nlevels + "r" * len(cells.columns)
+    return styler.to_latex(convert_css=True, hrules=True, column_format=column_format, multicol_align="c",
+                           caption=caption, position_float="centering")
 
 
 def render(tables: Sequence[Table], fmt: str, precision: int = 3) -> str:

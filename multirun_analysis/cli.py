@@ -1,0 +1,98 @@
+"""``python -m multirun_analysis``: the paper's tables (and figures) from flowsweep's MLflow runs.
+
+    python -m multirun_analysis --format markdown                    # every run of experiment flowsweep
+    python -m multirun_analysis --sweep latest --split train --out results --log-to-mlflow
+    python -m multirun_analysis --group-by dataset depth layout search.warm_start
+
+Tables go to stdout, one line about what was read (and any warning) to stderr. Nothing
+to analyse (no store, experiment, sweep, runs or group-by param) is one error line on
+stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+from typing import Optional, Sequence
+
+from mlflow.tracking import MlflowClient
+
+from flowsweep.config import TrackingConfig
+from multirun_analysis.aggregate import DEFAULT_GROUP_BY, SPLITS, aggregate, mixed_params
+from multirun_analysis.load import LATEST, AnalysisError, load_runs, resolve_uri
+from multirun_analysis.report import log_summary, write_report
+from multirun_analysis.tables import FORMATS, build_tables, render
+
+__all__ = ["PROG", "build_parser", "main"]
+
+PROG = "multirun_analysis"
+#: Exit status for "nothing to analyse" (argparse uses the same for bad options).
+_EXIT_ERROR = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line; every option has a default, so no argument is required."""
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {PROG}",
+        description="Aggregate flowsweep's MLflow runs over instances (mean ± std of train/test bpd, "
+                    "diverged instances counted and left out) into the paper's tables and figures.")
+    parser.add_argument("--tracking-uri", metavar="URI",
+                        help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the "
+                             "current directory, as for flowsweep)")
+    parser.add_argument("--experiment", default=TrackingConfig.experiment,
+                        help="experiment name (default: %(default)s)")
+    parser.add_argument("--sweep", nargs="+", metavar="ID",
+                        help=f"sweep ids (the runs' sweep_id tag, e.g. multirun/2026-01-31/12-00-00) or "
+                             f"'{LATEST}'; several combine into one table (default: every run)")
+    parser.add_argument("--split", choices=SPLITS, default="test", help="bpd shown in the tables (default: %(default)s)")
+    parser.add_argument("--format", choices=(*FORMATS, "csv"), default="text",
+                        help="stdout format; csv is the long-form aggregate, one row per cell (default: %(default)s)")
+    parser.add_argument("--group-by", nargs="+", default=list(DEFAULT_GROUP_BY), metavar="PARAM",
+                        help="params (or tags.NAME) that make a cell: the first splits tables, the second gives "
+                             "rows, the rest columns (default: %(default)s)")
+    parser.add_argument("--out", type=Path, metavar="DIR",
+                        help="write tables in every format, aggregate.csv and PNG figures into DIR")
+    parser.add_argument("--figures", action=argparse.BooleanOptionalAction, default=True,
+                        help="draw figures into --out (reads every run's batch_bpd history; default: on)")
+    parser.add_argument("--log-to-mlflow", action="store_true",
+                        help="log the --out files (a temp folder without --out) as one summary run")
+    parser.add_argument("--precision", type=int, default=3, help="decimals in the tables (default: %(default)s)")
+    return parser
+
+
+def _analyse(args: argparse.Namespace) -> None:
+    group_by = list(dict.fromkeys(args.group_by))
+    runs = load_runs(resolve_uri(args.tracking_uri), args.experiment, args.sweep)
+    print(f"{PROG}: {runs.describe()}", file=sys.stderr)
+    agg = aggregate(runs.frame, group_by)
+    mixed = mixed_params(runs.frame, group_by)
+    if mixed:
+        print(f"{PROG}: warning: some cells mix runs whose settings differ in {', '.join(mixed)}; "
+              "add them to --group-by to separate them", file=sys.stderr)
+    tables = build_tables(agg, group_by, args.split)
+    sys.stdout.write(agg.to_csv(index=False) if args.format == "csv" else render(tables, args.format, args.precision))
+    if args.out is None and not args.log_to_mlflow:
+        return
+    client = MlflowClient(runs.uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = args.out or Path(tmp)
+        written = write_report(out, client, runs, agg, tables, group_by, args.precision, args.figures)
+        if args.out is not None:
+            print(f"{PROG}: wrote {len(written)} files to {out}", file=sys.stderr)
+        if args.log_to_mlflow:
+            settings = {"group_by": " ".join(group_by), "split": args.split, "sweeps": " ".join(args.sweep or ["all"])}
+            run_id = log_summary(client, runs, out, settings)
+            print(f"{PROG}: logged summary run {run_id} to experiment {runs.experiment!r}", file=sys.stderr)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line; returns the exit status (0, or 2 when there is nothing to analyse)."""
+    args = build_parser().parse_args(argv)
+    try:
+        _analyse(args)
+    except AnalysisError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return _EXIT_ERROR
+    return 0

@@ -1,0 +1,154 @@
+"""The analysis figures, one PNG per table (per dataset by default).
+
+* ``bpd_<table>.png``: mean bpd against the row key (depth), one line per column
+  (layout), a band of ± one std; the numbers of the table.
+* ``batch_bpd_<table>.png``: the mean minibatch-bpd curve of each cell, one panel per
+  row value (depth), one line per column (layout); diverged instances left out.
+* ``search_<table>.png``: best-so-far search value against iteration, mean over the
+  instances that searched (``search_best_bpd``), one line per row value (depth) and
+  column (search settings).
+
+Figures are ``matplotlib.figure.Figure`` objects (no pyplot state).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from mlflow.tracking import MlflowClient
+
+from multirun_analysis.aggregate import group_frame, ordered_values, split_keys
+from multirun_analysis.histories import cell_means, metric_histories
+from multirun_analysis.tables import Table
+
+__all__ = ["bpd_figure", "curves_figure", "write_figures"]
+
+_DPI = 100
+_PANEL = (4.0, 3.0)
+
+
+def _positions(labels: Sequence[str]) -> tuple[np.ndarray, bool]:
+    """Numeric x positions when every label is a number, else 0, 1, 2, ..."""
+    try:
+        return np.array([float(v) for v in labels]), True
+    except ValueError:
+        return np.arange(len(labels), dtype=float), False
+
+
+def _label(values: Sequence[str]) -> str:
+    return " / ".join(map(str, values)) if isinstance(values, tuple) else str(values)
+
+
+def bpd_figure(table: Table) -> Figure:
+    """Mean bpd against the table's rows, one line per column, ± std as a band."""
+    fig = Figure(figsize=(5.0, 3.5), dpi=_DPI)
+    ax = fig.add_subplot()
+    x, numeric = _positions(list(table.means.index))
+    for column in table.means.columns:
+        mean = table.means[column].to_numpy(float)
+        std = np.nan_to_num(table.stds[column].to_numpy(float))
+        line, = ax.plot(x, mean, marker="o", ms=3, label=_label(column))
+        ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
+    if not numeric:
+        ax.set_xticks(x, list(table.means.index))
+    ax.set_xlabel(str(table.means.index.name))
+    ax.set_ylabel(f"{table.split} bpd (mean ± std)")
+    ax.set_title(table.title, fontsize=10)
+    ax.legend(fontsize=8, title=" / ".join(str(n) for n in table.means.columns.names if n), title_fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def curves_figure(curves: pd.DataFrame, title: str, xlabel: str, ylabel: str,
+                  panel_level: Optional[str] = None) -> Figure:
+    """One line per column of ``curves`` (``[steps, cells]``), one panel per value of ``panel_level``.
+
+    Lines are labelled by the column levels (other than the panel's) whose value varies.
+    """
+    if not isinstance(curves.columns, pd.MultiIndex):
+        curves = curves.set_axis(pd.MultiIndex.from_arrays([curves.columns]), axis=1)
+    levels = list(curves.columns.names)
+    panels = ordered_values(panel_level, curves.columns.get_level_values(panel_level)) if panel_level else [None]
+    line_levels = [n for n in levels if n != panel_level]
+    varying = [n for n in line_levels if curves.columns.get_level_values(n).nunique() > 1] or line_levels
+    cols = min(len(panels), 4)
+    rows = math.ceil(len(panels) / cols)
+    fig = Figure(figsize=(_PANEL[0] * cols, _PANEL[1] * rows), dpi=_DPI)
+    axes = fig.subplots(rows, cols, squeeze=False, sharey=True).ravel()
+    colors: dict[str, str] = {}
+    for ax, panel in zip(axes, panels):
+        part = curves if panel is None else curves.xs(panel, level=panel_level, axis=1, drop_level=False)
+        for column in _ordered(part.columns):
+            label = _label(tuple(column[levels.index(n)] for n in varying))
+            color = colors.setdefault(label, f"C{len(colors) % 10}")
+            series = part[column].dropna()
+            ax.plot(series.index, series.to_numpy(), lw=1.0, color=color, label=label)
+        ax.set_title(title if panel is None else f"{title}, {panel_level} = {panel}", fontsize=9)
+        ax.set_xlabel(xlabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if varying:
+            ax.legend(fontsize=7, title=" / ".join(varying), title_fontsize=7)
+    for ax in axes[:: cols]:
+        ax.set_ylabel(ylabel)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    return fig
+
+
+def _ordered(columns: pd.MultiIndex) -> list[tuple]:
+    ranks = [{v: i for i, v in enumerate(ordered_values(n, columns.get_level_values(n)))} for n in columns.names]
+    return sorted(columns, key=lambda c: tuple(r[v] for r, v in zip(ranks, c)))
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    fig.savefig(path)
+    return path
+
+
+def write_figures(client: MlflowClient, runs: pd.DataFrame, tables: Sequence[Table], group_by: Sequence[str],
+                  out: Path) -> list[Path]:
+    """All three figures for every table into ``out``; returns the files written.
+
+    ``runs`` is the loaded frame (one row per run, with ``run_id`` and ``diverged``);
+    the tables come from :func:`multirun_analysis.tables.build_tables` with the same ``group_by``.
+    """
+    table_key, row_key, _ = split_keys(group_by)
+    groups = group_frame(runs, group_by).set_index(runs["run_id"])
+    searched = runs.get("metrics.search_best_bpd", pd.Series(np.nan, index=runs.index)).notna()
+    batch = _mean_curves(client, runs.loc[~runs["diverged"], "run_id"], "batch_bpd", groups)
+    search = _mean_curves(client, runs.loc[searched, "run_id"], "search_best_bpd", groups)
+    written = []
+    for table in tables:
+        written.append(_save(bpd_figure(table), out / f"bpd_{table.slug}.png"))
+        for name, curves, kwargs in (
+            ("batch_bpd", batch, dict(xlabel="SGD step", ylabel="minibatch bpd (mean)", panel_level=row_key)),
+            ("search", search, dict(xlabel="search iteration", ylabel="best-so-far bpd (mean)")),
+        ):
+            part = _table_part(curves, table_key, table)
+            if part is not None:
+                written.append(_save(curves_figure(part, table.title, **kwargs), out / f"{name}_{table.slug}.png"))
+    return written
+
+
+def _mean_curves(client: MlflowClient, run_ids: pd.Series, key: str, groups: pd.DataFrame) -> pd.DataFrame:
+    if run_ids.empty:
+        return pd.DataFrame()
+    return cell_means(metric_histories(client, list(run_ids), key), groups.loc[list(run_ids)])
+
+
+def _table_part(curves: pd.DataFrame, table_key: Optional[str], table: Table) -> Optional[pd.DataFrame]:
+    """The cells of one table (all cells without a table key); ``None`` when it has none."""
+    if curves.empty:
+        return None
+    if table_key is None:
+        return curves
+    values = curves.columns.get_level_values(table_key)
+    part = curves.loc[:, values == table.value]
+    return part.droplevel(table_key, axis=1) if part.shape[1] else None
