@@ -38,6 +38,10 @@ class ConfigError(ValueError):
         super().__init__(f"{key}: {message}")
         self.key = key
 
+    def __reduce__(self) -> tuple:
+        # Picklable, so a failed job's error crosses process boundaries (joblib, submitit).
+        return type(self), (self.key, str(self)[len(self.key) + 2 :])
+
 
 @dataclass
 class DatasetConfig:
@@ -126,6 +130,8 @@ class Config:
     data_dir: Optional[str] = None
     #: Show progress bars (they stay quiet anyway when stderr is not a terminal).
     progress: bool = True
+    #: Train again even if FINISHED runs of this exact config exist (see flowsweep.resume).
+    rerun: bool = False
 
 
 def register_schema() -> None:

@@ -20,18 +20,19 @@ import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from flowsweep import plots
 from flowsweep.config import ConfigError, validate, validate_against_data
 from flowsweep.data import Dataset, load_dataset
 from flowsweep.engine import BatchedCouplingFlow
+from flowsweep.resume import resume_job
 from flowsweep.search import StructureOptimizer
 from flowsweep.search.runner import SearchSettings, run_searches
 from flowsweep.seeding import derive_seed, torch_generator
 from flowsweep.structure import Structure, parity_structure, random_structure
-from flowsweep.tracking import SWEEP_ID_ENV, RunGroup, check_reachable, ensure_experiment, flatten, resolve_tracking_uri
+from flowsweep.tracking import (SWEEP_ID_ENV, RunGroup, check_reachable, ensure_experiment, flatten, open_client,
+                                resolve_tracking_uri)
 from flowsweep.training import Schedule, evaluate_bpd, train
 
 __all__ = ["run_job", "build_optimizers", "fingerprint"]
@@ -58,7 +59,7 @@ def _sweep_id(cfg: DictConfig) -> str:
 def fingerprint(cfg: DictConfig) -> str:
     """Hash of everything that determines a job's numbers (not where they are logged)."""
     content = OmegaConf.to_container(cfg, resolve=True)
-    for volatile in ("tracking", "progress", "data_dir"):
+    for volatile in ("tracking", "progress", "data_dir", "rerun"):
         content.pop(volatile, None)
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -95,8 +96,11 @@ def run_job(cfg: DictConfig) -> float:
     seeds = [derive_seed(cfg.seed, i) for i in range(cfg.instances)]
     optimizers = build_optimizers(cfg, data.d, m, seeds) if cfg.layout.name == "opt" else None
 
-    client = MlflowClient(uri)
+    client = open_client(uri)
     experiment_id = ensure_experiment(client, uri, cfg.tracking.experiment)
+    finished = resume_job(client, experiment_id, fingerprint(cfg), cfg.instances, cfg.rerun)
+    if finished is not None:  # this config's runs already FINISHED (a resumed sweep)
+        return finished
     search_name = str(cfg.search.name) if optimizers else "none"
     common = flatten(OmegaConf.to_container(cfg, resolve=True))
     common.update(dataset=cfg.dataset.name, layout=cfg.layout.name, depth=str(cfg.depth.layers), search=search_name)

@@ -1,10 +1,10 @@
 """MLflow bookkeeping: where runs go, one run per model instance, batched logging.
 
 The tracking URI is resolved once against the directory the user launched from, so
-runs never scatter into Hydra's per-job output folders. The experiment is created by
-:class:`TrackingCallback` in the launching process, before jobs fan out. Metrics are
-buffered per run and written with ``log_batch`` when the job ends, because one
-``log_metric`` call costs milliseconds on a sqlite store.
+runs never scatter into Hydra's per-job output folders. In a multirun the experiment
+is created by :class:`flowsweep.callbacks.TrackingCallback` in the launching process,
+before jobs fan out. Metrics are buffered per run and written with ``log_batch`` when
+the job ends, because one ``log_metric`` call costs milliseconds on a sqlite store.
 """
 
 from __future__ import annotations
@@ -17,24 +17,22 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 from urllib.parse import urlparse
 
 import mlflow
-from hydra.experimental.callback import Callback
+from filelock import FileLock
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
-from omegaconf import DictConfig
 
+from flowsweep.callbacks import SWEEP_ID_ENV
 from flowsweep.config import ConfigError
 
 __all__ = [
     "SWEEP_ID_ENV",
     "resolve_tracking_uri",
+    "open_client",
     "check_reachable",
     "ensure_experiment",
     "RunGroup",
-    "TrackingCallback",
 ]
 
-#: Set by the callback in the launching process; jobs (and their workers) inherit it.
-SWEEP_ID_ENV = "FLOWSWEEP_SWEEP_ID"
 
 
 def resolve_tracking_uri(uri: Optional[str], base_dir: str) -> str:
@@ -53,6 +51,25 @@ def resolve_tracking_uri(uri: Optional[str], base_dir: str) -> str:
         path = uri[len("file:") :] if scheme == "file" else uri
         return Path(base_dir, path).resolve().as_uri() if not os.path.isabs(path) else uri
     return uri
+
+
+def _sqlite_path(uri: str) -> Optional[str]:
+    return uri[len("sqlite:///") :] if uri.startswith("sqlite:///") and not uri.endswith(":memory:") else None
+
+
+def open_client(uri: str) -> MlflowClient:
+    """A client of the store at ``uri``; a sqlite store is first opened under a file lock.
+
+    Opening a fresh sqlite store creates its schema, and processes that do so at the
+    same time fail ("duplicate column name"): independent jobs (SLURM array tasks, two
+    terminals) may start together on a new ``mlflow.db``. The lock file lies beside it.
+    """
+    path = _sqlite_path(uri)
+    if path is None:
+        return MlflowClient(uri)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(path + ".lock"):
+        return MlflowClient(uri)
 
 
 def check_reachable(uri: str, timeout_s: float = 3.0) -> None:
@@ -151,22 +168,3 @@ class RunGroup:
             self.flush()
         for run_id in self.run_ids:
             self.client.set_terminated(run_id, status)
-
-
-class TrackingCallback(Callback):
-    """Hydra callback: resolve the store and create the experiment once, before jobs start.
-
-    It also fixes the ``sweep_id`` that tags every run of one multirun.
-    """
-
-    def _prepare(self, config: DictConfig, sweep_id: str) -> None:
-        uri = resolve_tracking_uri(config.tracking.uri, os.getcwd())
-        check_reachable(uri)
-        ensure_experiment(MlflowClient(uri), uri, config.tracking.experiment)
-        os.environ[SWEEP_ID_ENV] = config.tracking.sweep_id or sweep_id
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._prepare(config, str(config.hydra.sweep.dir))
-
-    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._prepare(config, str(config.hydra.run.dir))

@@ -1,0 +1,150 @@
+"""Hydra callbacks of every flowsweep job (``hydra.callbacks`` in ``conf/config.yaml``).
+
+:class:`TrackingCallback` prepares the MLflow store of a multirun before jobs fan out.
+
+:class:`FailureReport` tells which jobs of a multirun failed, and why. Hydra's sweeper
+runs every job of a batch, then re-raises only the *first* failure and exits 1; the
+other failures would be lost in the job logs. The callback records each job's outcome
+as ``<sweep dir>/.flowsweep/jobs/<num>.json`` from the process that ran it (a joblib
+worker, a SLURM node: the sweep directory is shared) and, when the launching process
+exits, prints one line per failed job to stderr::
+
+    flowsweep: 1 of 4 jobs failed (sweep multirun/2026-11-26/21-44-07):
+      #2 dataset.batch_size=5000: ConfigError: dataset.batch_size: 5000 is larger than ...
+
+Both import MLflow only when they use it, so a mistyped override fails in a second.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, NoReturn, Optional
+
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from flowsweep.config import ConfigError
+
+__all__ = ["SWEEP_ID_ENV", "fail", "TrackingCallback", "RECORDS", "FailureReport", "read_records", "format_report"]
+
+#: Set by :class:`TrackingCallback` in the launching process; jobs (and their workers) inherit it.
+SWEEP_ID_ENV = "FLOWSWEEP_SWEEP_ID"
+
+#: Job records, relative to the sweep directory.
+RECORDS = Path(".flowsweep") / "jobs"
+
+
+def _error_text(job_return: JobReturn) -> Optional[str]:
+    if job_return.status != JobStatus.FAILED:
+        return None
+    try:
+        job_return.return_value  # re-raises the job's exception: Hydra's public way to get it
+    except Exception as error:  # noqa: BLE001 - any job error is reported, none is handled
+        return f"{type(error).__name__}: {error}"
+    return "failed without an exception"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    # A reader must never see half a record, whatever the file system.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def read_records(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    """Every job record of a sweep, by job number: ``num``, ``overrides``, ``status``, ``error``."""
+    folder = Path(sweep_dir) / RECORDS
+    records = [json.loads(p.read_text()) for p in folder.glob("*.json")] if folder.is_dir() else []
+    return sorted(records, key=lambda r: r["num"])
+
+
+def format_report(sweep_dir: str | Path) -> Optional[str]:
+    """The failure summary of a sweep, or ``None`` when no recorded job failed."""
+    records = read_records(sweep_dir)
+    failed = [r for r in records if r["status"] == JobStatus.FAILED.name]
+    if not failed:
+        return None
+    # Overrides shared by every job say nothing about which job it was.
+    shared = set.intersection(*(set(r["overrides"]) for r in records)) if len(records) > 1 else set()
+    lines = [f"flowsweep: {len(failed)} of {len(records)} jobs failed (sweep {sweep_dir}):"]
+    for record in failed:
+        which = " ".join(o for o in record["overrides"] if o not in shared) or "(no overrides)"
+        message = (record["error"] or "").strip().splitlines() or ["no message"]
+        lines.append(f"  #{record['num']} {which}: {message[0]}")
+    return "\n".join(lines)
+
+
+def _print_report(sweep_dir: str) -> None:
+    report = format_report(sweep_dir)
+    if report:
+        print(report, file=sys.stderr, flush=True)
+
+
+def fail(error: Exception, code: int = 2) -> NoReturn:
+    """Print ``flowsweep: error: <error>`` on stderr and exit with ``code``, no traceback.
+
+    SystemExit rather than an exception also gets through Hydra's callback runner,
+    which turns exceptions into warnings.
+    """
+    print(f"flowsweep: error: {error}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+class TrackingCallback(Callback):
+    """Fix the ``sweep_id`` that tags every run of one multirun, and in a multirun resolve
+    the store and create the experiment once, before jobs fan out.
+
+    A multirun whose store cannot be reached or used stops there, with one message and
+    exit code 2, instead of failing every job. A single run creates its experiment itself,
+    once its input has checked out, so a mistyped override leaves no store behind.
+    """
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from flowsweep.tracking import check_reachable, ensure_experiment, open_client, resolve_tracking_uri
+
+        os.environ[SWEEP_ID_ENV] = config.tracking.sweep_id or str(config.hydra.sweep.dir)
+        uri = resolve_tracking_uri(config.tracking.uri, os.getcwd())
+        try:
+            check_reachable(uri)
+            ensure_experiment(open_client(uri), uri, config.tracking.experiment)
+        except ConfigError as error:
+            fail(error)
+        except Exception as error:  # noqa: BLE001 - whatever the store says, no job could log
+            fail(ConfigError("tracking.uri", f"cannot use the MLflow store at {uri}: {type(error).__name__}: {error}"))
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        os.environ[SWEEP_ID_ENV] = config.tracking.sweep_id or str(config.hydra.run.dir)
+
+
+class FailureReport(Callback):
+    """Hydra callback: record each multirun job's outcome; print the failed ones at exit."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = str(config.hydra.sweep.dir)
+        # A reused sweep directory (hydra.sweep.dir fixed) must not report old jobs.
+        shutil.rmtree(Path(sweep_dir) / RECORDS, ignore_errors=True)
+        # At exit, because the sweeper raises on the first failure and on_multirun_end never runs.
+        atexit.register(_print_report, sweep_dir)
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if config.hydra.mode != RunMode.MULTIRUN:
+            return
+        num = int(config.hydra.job.num)
+        record = {
+            "num": num,
+            "overrides": list(config.hydra.overrides.task),
+            "status": job_return.status.name,
+            "error": _error_text(job_return),
+            "output_dir": str(config.hydra.runtime.output_dir),
+        }
+        _write_atomic(Path(str(config.hydra.sweep.dir)) / RECORDS / f"{num}.json", json.dumps(record, indent=1))

@@ -1,0 +1,65 @@
+"""The Hydra task behind ``main.py``: run one job; bad input becomes one line on stderr.
+
+In a single run, a :class:`~flowsweep.config.ConfigError` or
+:class:`~flowsweep.data.DataError` is the user's to fix, not a bug: it prints
+``flowsweep: error: <key or file>: <what is wrong>`` and exits 2, without a traceback.
+In a multirun the error goes back to Hydra, so the other jobs still run and
+:class:`~flowsweep.callbacks.FailureReport` lists it at the end. Launchers that run
+jobs in other processes (joblib, submitit) pickle the error on its way back; one that
+cannot be pickled would break the whole sweep, so it is replaced by a
+:class:`RuntimeError` carrying its text.
+"""
+
+from __future__ import annotations
+
+import pickle
+from typing import NoReturn
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from flowsweep.callbacks import fail
+from flowsweep.config import ConfigError, validate
+
+__all__ = ["run_task"]
+
+
+def _in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _picklable(error: Exception) -> Exception:
+    try:
+        pickle.loads(pickle.dumps(error))
+        return error
+    except Exception:
+        return RuntimeError(f"{type(error).__name__}: {error}")
+
+
+def _bad_input(error: Exception) -> NoReturn:
+    if _in_multirun():
+        raise error
+    fail(error)
+
+
+def run_task(cfg: DictConfig) -> float:
+    """Run the job of ``cfg``; returns its mean test bpd (what Hydra sweepers optimise)."""
+    try:
+        # Checks on the config alone come first: an impossible value is reported in a
+        # second, before torch and MLflow load (run_job repeats them for other callers).
+        validate(cfg)
+    except ConfigError as error:
+        _bad_input(error)
+    from flowsweep.data import DataError
+    from flowsweep.run import run_job
+
+    try:
+        return run_job(cfg)
+    except (ConfigError, DataError) as error:
+        _bad_input(error)
+    except Exception as error:
+        safe = _picklable(error) if _in_multirun() else error
+        if safe is error:
+            raise
+        raise safe from error
