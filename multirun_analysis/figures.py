@@ -31,6 +31,8 @@ __all__ = ["bpd_figure", "curves_figure", "write_figures"]
 
 _DPI = 100
 _PANEL = (4.0, 3.0)
+#: The y axis of the minibatch curves stops at this quantile of their values.
+_TOP_QUANTILE = 0.98
 
 
 def _positions(labels: Sequence[str]) -> tuple[np.ndarray, bool]:
@@ -66,10 +68,12 @@ def bpd_figure(table: Table) -> Figure:
 
 
 def curves_figure(curves: pd.DataFrame, title: str, xlabel: str, ylabel: str,
-                  panel_level: Optional[str] = None) -> Figure:
+                  panel_level: Optional[str] = None, top_quantile: Optional[float] = None) -> Figure:
     """One line per column of ``curves`` (``[steps, cells]``), one panel per value of ``panel_level``.
 
     Lines are labelled by the column levels (other than the panel's) whose value varies.
+    ``top_quantile`` caps the y axis at that quantile of all values, so the first few
+    steps of training (bpd far above the rest) do not flatten the curves.
     """
     if not isinstance(curves.columns, pd.MultiIndex):
         curves = curves.set_axis(pd.MultiIndex.from_arrays([curves.columns]), axis=1)
@@ -91,11 +95,17 @@ def curves_figure(curves: pd.DataFrame, title: str, xlabel: str, ylabel: str,
             ax.plot(series.index, series.to_numpy(), lw=1.0, color=color, label=label)
         ax.set_title(title if panel is None else f"{title}, {panel_level} = {panel}", fontsize=9)
         ax.set_xlabel(xlabel)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))
         if varying:
             ax.legend(fontsize=7, title=" / ".join(varying), title_fontsize=7)
     for ax in axes[:: cols]:
         ax.set_ylabel(ylabel)
+    values = curves.to_numpy(float).ravel()
+    values = values[np.isfinite(values)]
+    if top_quantile is not None and len(values):
+        low, high = values.min(), np.quantile(values, top_quantile)
+        if high > low:
+            axes[0].set_ylim(low - 0.05 * (high - low), high)
     for ax in axes[len(panels):]:
         ax.set_visible(False)
     fig.tight_layout()
@@ -128,7 +138,8 @@ def write_figures(client: MlflowClient, runs: pd.DataFrame, tables: Sequence[Tab
     for table in tables:
         written.append(_save(bpd_figure(table), out / f"bpd_{table.slug}.png"))
         for name, curves, kwargs in (
-            ("batch_bpd", batch, dict(xlabel="SGD step", ylabel="minibatch bpd (mean)", panel_level=row_key)),
+            ("batch_bpd", batch, dict(xlabel="SGD step", ylabel="minibatch bpd (mean)", panel_level=row_key,
+                                      top_quantile=_TOP_QUANTILE)),
             ("search", search, dict(xlabel="search iteration", ylabel="best-so-far bpd (mean)")),
         ):
             part = _table_part(curves, table_key, table)
