@@ -1,6 +1,8 @@
 """The Hydra task behind ``main.py``: run one job; bad input becomes one line on stderr.
 
-In a single run, a :class:`~flowsweep.config.ConfigError` or
+The config's values and the data are checked before MLflow and the training code
+load, so bad input is reported within a second or two and creates nothing. In a
+single run, a :class:`~flowsweep.config.ConfigError` or
 :class:`~flowsweep.data.DataError` is the user's to fix, not a bug: it prints
 ``flowsweep: error: <key or file>: <what is wrong>`` and exits 2, without a traceback.
 In a multirun the error goes back to Hydra, so the other jobs still run and
@@ -20,7 +22,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from flowsweep.callbacks import fail
-from flowsweep.config import ConfigError, validate
+from flowsweep.config import ConfigError, validate, validate_against_data
 
 __all__ = ["run_task"]
 
@@ -45,13 +47,20 @@ def _bad_input(error: Exception) -> NoReturn:
 
 def run_task(cfg: DictConfig) -> float:
     """Run the job of ``cfg``; returns its mean test bpd (what Hydra sweepers optimise)."""
+    # The checks of the config, then of the data, come before MLflow and the training
+    # code load: bad input is reported in a second or two and creates nothing. run_job
+    # repeats them for its other callers (loading a dataset again costs milliseconds).
     try:
-        # Checks on the config alone come first: an impossible value is reported in a
-        # second, before torch and MLflow load (run_job repeats them for other callers).
         validate(cfg)
     except ConfigError as error:
         _bad_input(error)
-    from flowsweep.data import DataError
+    from flowsweep.data import DataError, load_dataset
+
+    try:
+        data = load_dataset(cfg.dataset, cfg.data_dir)
+        validate_against_data(cfg, data.d, data.train.shape[0])
+    except (ConfigError, DataError) as error:
+        _bad_input(error)
     from flowsweep.run import run_job
 
     try:

@@ -10,7 +10,6 @@ the job ends, because one ``log_metric`` call costs milliseconds on a sqlite sto
 from __future__ import annotations
 
 import os
-import socket
 import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
@@ -72,16 +71,23 @@ def open_client(uri: str) -> MlflowClient:
         return MlflowClient(uri)
 
 
-def check_reachable(uri: str, timeout_s: float = 3.0) -> None:
-    """Fail fast on an HTTP tracking server nobody answers at (MLflow itself retries for minutes)."""
-    parsed = urlparse(uri)
-    if parsed.scheme not in ("http", "https"):
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast on an HTTP tracking server that does not answer (MLflow itself retries for minutes).
+
+    Any HTTP response counts, an authentication error included: only a server that
+    refuses the connection, cannot be resolved or stays silent for ``timeout_s`` is
+    unreachable.
+    """
+    if urlparse(uri).scheme not in ("http", "https"):
         return
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    import requests  # MLflow's own HTTP client library
+
     try:
-        socket.create_connection((parsed.hostname, port), timeout=timeout_s).close()
-    except OSError as error:
-        raise ConfigError("tracking.uri", f"cannot reach the MLflow server at {uri}: {error}") from None
+        requests.get(uri, timeout=timeout_s, allow_redirects=False).close()
+    except requests.RequestException as error:
+        reason = getattr(error.args[0], "reason", None) if error.args else None  # requests nests the useful part
+        raise ConfigError("tracking.uri", f"cannot reach the MLflow server at {uri}: "
+                                          f"{type(error).__name__}: {reason or error}") from None
 
 
 def _artifact_location(uri: str, experiment: str) -> Optional[str]:

@@ -20,7 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ..config import DatasetConfig
-from .sources import DataError, Located, expected_hash, locate, sha256_hex
+from .sources import DataError, Located, expected_hash, locate, read_file, sha256_hex
 from .tables import read_table
 
 __all__ = ["Dataset", "load_dataset"]
@@ -114,7 +114,7 @@ def _read_known(name: str, spec: dict[str, Any], data_dir: Optional[str]) -> tup
     for fname, where in located.items():
         file_spec = files[fname]
         hint = _repair_hint(where, file_spec)
-        data = where.path.read_bytes()  # read once: parsed and hashed from memory
+        data = read_file(where.path)  # read once: parsed and hashed from memory
         x, cols = read_table(
             data, str(where.path), names=spec["names"], sep=spec["sep"], labels=spec["labels"],
             wanted=_wanted(spec), key=_key(spec), hint=hint,
@@ -141,11 +141,11 @@ def _read_csv(spec: dict[str, Any]) -> tuple[list[str], dict[str, np.ndarray]]:
     if not spec["path"]:
         raise DataError("dataset.path is not set: dataset=csv needs the CSV file to read, e.g. dataset.path=/data/my.csv.")
     path = Path(str(spec["path"])).expanduser()
-    if not path.is_file():
+    if not path.exists():
         raise DataError(f"{path}: no such file (dataset.path). Point dataset.path at a CSV file with a header row.")
     hint = "Fix the file, or choose other columns with dataset.columns."
     x, columns = read_table(
-        path.read_bytes(), str(path), names=spec["names"], sep=spec["sep"], labels=spec["labels"],
+        read_file(path), str(path), names=spec["names"], sep=spec["sep"], labels=spec["labels"],
         wanted=_wanted(spec), key=_key(spec), hint=hint,
     )  # fmt: skip
     return columns, {path.name: x}

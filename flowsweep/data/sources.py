@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 import pooch
 
-__all__ = ["DataError", "Located", "DOWNLOAD_TIMEOUT_S", "cache_dir", "locate", "sha256_hex"]
+__all__ = ["DataError", "Located", "DOWNLOAD_TIMEOUT_S", "cache_dir", "locate", "read_file", "sha256_hex"]
 
 #: Seconds to wait for the server to connect or send data; a failing download should
 #: say so quickly rather than hang a sweep.
@@ -61,6 +61,22 @@ def expected_hash(spec: Mapping[str, Any]) -> Optional[str]:
     return str(value).lower().removeprefix("sha256:")
 
 
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, but a path that cannot even be looked at is an error, not a miss."""
+    try:
+        return path.is_file()
+    except OSError as err:
+        raise DataError(f"{path}: cannot access it ({err.strerror or err}); check the permissions of its folders.") from None
+
+
+def read_file(path: Path) -> bytes:
+    """The bytes of ``path``; an unreadable file is a :class:`DataError` naming it."""
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise DataError(f"{path}: cannot read it ({err.strerror or err}); check its permissions.") from None
+
+
 def locate(dataset: str, files: Mapping[str, Mapping[str, Any]], data_dir: Optional[str]) -> dict[str, Located]:
     """Find every file of ``files`` (name -> spec), downloading missing ones into the cache.
 
@@ -73,7 +89,7 @@ def locate(dataset: str, files: Mapping[str, Mapping[str, Any]], data_dir: Optio
     found: dict[str, Located] = {}
     missing_by_url: dict[str, list[str]] = {}
     for fname, spec in files.items():
-        hit = next(((root / fname, origin) for root, origin in roots if (root / fname).is_file()), None)
+        hit = next(((root / fname, origin) for root, origin in roots if _is_file(root / fname)), None)
         if hit is not None:
             found[fname] = Located(hit[0], verified=False, origin=hit[1])
         else:
