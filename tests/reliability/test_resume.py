@@ -1,0 +1,83 @@
+"""Resume: a multirun killed mid-sweep (SIGKILL), launched again with the same command.
+
+Jobs whose runs FINISHED are skipped, recognised by their config's fingerprint; the
+interrupted job trains again and its partial runs end KILLED; nothing finished is
+lost or doubled. ``rerun=true`` trains a finished config again.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import time
+from collections import Counter
+from pathlib import Path
+
+from .conftest import all_runs, tiny
+
+#: Job 1 trains long enough (1000 steps) to be caught RUNNING; jobs 0 and 2 are tiny.
+SWEEP = ["-m", *tiny("train.steps=5,1000,6"), "hydra.sweep.dir=multirun"]
+
+
+def _statuses(db: Path) -> Counter:
+    # Plain sqlite3, read-only: polling through MLflow would cost more than the jobs.
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=20) as con:
+        return Counter(status for (status,) in con.execute("SELECT status FROM runs"))
+
+
+def _kill_when_second_job_runs(process, db: Path, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "the sweep ended before it could be killed mid-way"
+        counts = _statuses(db)
+        if counts["FINISHED"] == 2 and counts["RUNNING"] == 2:  # job 0 done, job 1 training
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait(30)
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"job 1 never ran: {_statuses(db)}")
+
+
+def _by_steps(uri: str) -> dict[str, Counter]:
+    table: dict[str, Counter] = {}
+    for run in all_runs(uri):
+        table.setdefault(run.data.params["train.steps"], Counter())[run.info.status] += 1
+    return table
+
+
+def test_a_killed_sweep_resumes_where_it_stopped(flowsweep_with_store):
+    app, uri = flowsweep_with_store, flowsweep_with_store.default_uri
+    process = app.popen(*SWEEP, log=app.cwd / "first.log")
+    _kill_when_second_job_runs(process, app.cwd / "mlflow.db")
+    assert _by_steps(uri) == {"5": Counter(FINISHED=2), "1000": Counter(RUNNING=2)}
+    finished_before = {r.info.run_id: r.data.metrics for r in all_runs(uri) if r.info.status == "FINISHED"}
+
+    done = app(*SWEEP)
+    assert done.returncode == 0, done.stderr
+    assert "skipped: this config" in done.stdout + done.stderr
+    # Job 0 skipped (its runs untouched), job 1 again (the killed attempt KILLED), job 2 new.
+    assert _by_steps(uri) == {"5": Counter(FINISHED=2), "1000": Counter(KILLED=2, FINISHED=2),
+                              "6": Counter(FINISHED=2)}
+    after = {r.info.run_id: r for r in all_runs(uri)}
+    assert all(after[run_id].data.metrics == metrics for run_id, metrics in finished_before.items())
+
+    forced = app(*tiny(), "rerun=true")
+    assert forced.returncode == 0, forced.stderr
+    assert _by_steps(uri)["5"] == Counter(FINISHED=4)
+    # The same config and seed give the same numbers in the new process.
+    runs = [r for r in all_runs(uri) if r.data.params["train.steps"] == "5"]
+    by_instance = {}
+    for run in runs:
+        by_instance.setdefault(run.data.params["instance"], set()).add(run.data.metrics["test_bpd"])
+    assert all(len(values) == 1 for values in by_instance.values()), by_instance
+
+
+def test_a_finished_config_is_not_trained_twice(flowsweep_with_store):
+    app, uri = flowsweep_with_store, flowsweep_with_store.default_uri
+    first = app(*tiny())
+    assert first.returncode == 0, first.stderr
+    again = app(*tiny(), "progress=true")  # progress is not part of the fingerprint
+    assert again.returncode == 0, again.stderr
+    assert "skipped: this config" in again.stdout + again.stderr
+    assert Counter(r.info.status for r in all_runs(uri)) == Counter(FINISHED=2)
