@@ -138,7 +138,7 @@ def postgres_cluster(database: str = "mlflow") -> Iterator[str]:
         run(str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(log), "-w", "-t", "120", "start")
         started = True
         run(str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "flowsweep", database)
-        yield f"postgresql://flowsweep@127.0.0.1:{port}/{database}"
+        yield f"postgresql+psycopg2://flowsweep@127.0.0.1:{port}/{database}"  # SQLAlchemy 2.1 would pick psycopg 3
     finally:
         if started:
             subprocess.run([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
