@@ -7,13 +7,15 @@ an affine constant transform followed by an affine coupling (the method's layer)
     (s, t) = tanh(W[k, l] u_B + b[k, l])            # u_B: the m conditioning features
     y_A = u_A * exp(s) + t,   y_B = u_B              # u_A: the d - m transformed ones
 
-How it is fast on a CPU (the shapes are tiny, so memory passes and kernel count
-decide): activations are kept feature-major, ``[K, d, N]``, and in each layer's own
-order (its conditioning features first), so the split into ``u_B`` and ``u_A`` is a
-free view. Moving from one layer's order to the next and the constant transform are
-one batched matmul with a scaled permutation matrix, instead of gathers and scatters.
-``tanh`` is computed as ``2 sigmoid(2x) - 1``, which PyTorch vectorises and its own
-``tanh`` does not. Weights are compact: ``W[k, l]`` is ``2(d - m) x m``.
+All parameters of model ``k`` are one row of a single ``[K, P]`` parameter, ``theta``, so
+the optimizer, the freezing of diverged models and the gradient are one tensor each;
+``log_scale``, ``shift``, ``weight`` and ``bias`` are named views into it. Weights are
+compact: ``W[k, l]`` is ``2(d - m) x m``.
+
+The log-density, the training path, runs the fused kernel of :mod:`flowsweep.fused`
+(one autograd node with a hand-written backward pass). :meth:`forward` and
+:meth:`inverse` are written with plain PyTorch operations in the data's feature order:
+an independent formulation that the tests hold the fused kernel against.
 
 Model ``k`` only ever reads its own slice: its outputs and gradients are the ones it
 would have alone.
@@ -22,16 +24,15 @@ would have alone.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from flowsweep.fused import LOG_2PI, FusedLogProb, ParamLayout, StructureIndex, nll_step
 from flowsweep.structure import Structure
 
 __all__ = ["BatchedCouplingFlow", "LOG_2PI"]
-
-LOG_2PI = math.log(2.0 * math.pi)
 
 
 class BatchedCouplingFlow(nn.Module):
@@ -47,22 +48,45 @@ class BatchedCouplingFlow(nn.Module):
         super().__init__()
         first = structures[0]
         self.k, self.d, self.m, self.depth = len(structures), first.d, first.m, first.depth
-        k, depth, d, m = self.k, self.depth, self.d, self.m
-        #: Constant transforms, indexed by original feature: u = x * exp(log_scale) + shift.
-        self.log_scale = nn.Parameter(torch.zeros(k, depth, d))
-        self.shift = nn.Parameter(torch.zeros(k, depth, d))
-        #: Conditioner rows: s for the d - m transformed features (sorted), then t; columns:
-        #: the m conditioning features (sorted).
-        self.weight = nn.Parameter(torch.zeros(k, depth, 2 * (d - m), m))
-        self.bias = nn.Parameter(torch.zeros(k, depth, 2 * (d - m)))
-        #: Layer order: conditioning features then transformed ones, [K, L, d].
-        self.register_buffer("perm", torch.zeros(k, depth, d, dtype=torch.long))
-        #: Permutation matrices from the previous layer's order (layer 0: the data's) to this one's.
-        self.register_buffer("transition", torch.zeros(k, depth, d, d))
+        self.layout = ParamLayout(self.depth, self.d, self.m)
+        #: Every parameter of model k in row k: log_scale, shift, weight, bias (see ParamLayout).
+        self.theta = nn.Parameter(torch.zeros(self.k, self.layout.numel))
+        shape = (self.k, self.depth, self.d)
+        self.register_buffer("perm", torch.zeros(shape, dtype=torch.long))
+        self.register_buffer("inv_perm", torch.zeros(shape, dtype=torch.long))
+        self.register_buffer("rows", torch.zeros(self.depth, self.k * self.d, dtype=torch.long))
+        self.register_buffer("rows_back", torch.zeros(self.depth, self.k * self.d, dtype=torch.long))
         self.structures: list[Structure] = []
         self.set_structures(structures)
-        for i in range(k):
+        for i in range(self.k):
             self.reset_parameters(i, None if generators is None else generators[i])
+
+    # -- parameters as named views ----------------------------------------------------
+
+    @property
+    def log_scale(self) -> Tensor:
+        """``[K, L, d]``, constant transforms' log-scales, indexed by original feature."""
+        return self.layout.split(self.theta)[0]
+
+    @property
+    def shift(self) -> Tensor:
+        """``[K, L, d]``, constant transforms' shifts, indexed by original feature."""
+        return self.layout.split(self.theta)[1]
+
+    @property
+    def weight(self) -> Tensor:
+        """``[K, L, 2(d - m), m]``: rows ``s`` then ``t`` of the transformed features (sorted),
+        columns the conditioning features (sorted)."""
+        return self.layout.split(self.theta)[2]
+
+    @property
+    def bias(self) -> Tensor:
+        """``[K, L, 2(d - m)]``, the conditioners' biases."""
+        return self.layout.split(self.theta)[3]
+
+    @property
+    def index(self) -> StructureIndex:
+        return StructureIndex(self.perm, self.inv_perm, self.rows, self.rows_back)
 
     # -- structure and parameters -------------------------------------------------
 
@@ -73,11 +97,9 @@ class BatchedCouplingFlow(nn.Module):
         for s in structures:
             if (s.d, s.m, s.depth) != (self.d, self.m, self.depth):
                 raise ValueError(f"structure shape {(s.d, s.m, s.depth)} != flow shape {(self.d, self.m, self.depth)}")
-        perm = torch.stack([torch.from_numpy(s.permutation()) for s in structures]).to(self.perm.device)
-        select = torch.eye(self.d, device=perm.device)[perm]  # [K, L, d, d]; row i picks feature perm[i]
-        self.perm.copy_(perm)
-        self.transition[:, 0] = select[:, 0]
-        self.transition[:, 1:] = select[:, 1:] @ select[:, :-1].transpose(-1, -2)
+        index = StructureIndex.from_perm(torch.stack([torch.from_numpy(s.permutation()) for s in structures]))
+        for name in ("perm", "inv_perm", "rows", "rows_back"):
+            getattr(self, name).copy_(getattr(index, name))
         self.structures = list(structures)
 
     @torch.no_grad()
@@ -90,22 +112,24 @@ class BatchedCouplingFlow(nn.Module):
         index = list(range(self.depth)) if layers is None else list(layers)
         if not index:
             return
+        log_scale, shift, weight, bias = self.layout.split(self.theta)
         bound = 1.0 / math.sqrt(self.m)
-        shape_w = (len(index),) + tuple(self.weight.shape[2:])
-        shape_b = (len(index),) + tuple(self.bias.shape[2:])
-        w = torch.rand(shape_w, generator=generator) * (2 * bound) - bound
-        b = torch.rand(shape_b, generator=generator) * (2 * bound) - bound
-        self.weight[model, index] = w.to(self.weight)
-        self.bias[model, index] = b.to(self.bias)
-        self.log_scale[model, index] = 0.0
-        self.shift[model, index] = 0.0
+        w = torch.rand((len(index),) + tuple(weight.shape[2:]), generator=generator) * (2 * bound) - bound
+        b = torch.rand((len(index),) + tuple(bias.shape[2:]), generator=generator) * (2 * bound) - bound
+        weight[model, index] = w.to(weight)
+        bias[model, index] = b.to(bias)
+        log_scale[model, index] = 0.0
+        shift[model, index] = 0.0
 
     @torch.no_grad()
     def copy_model(self, dst: int, source: BatchedCouplingFlow, src: int, layers: Optional[Sequence[int]] = None) -> None:
         """Copy the parameters of ``source``'s model ``src`` (all or some layers) into model ``dst``."""
-        index = list(range(self.depth)) if layers is None else list(layers)
-        for name in ("log_scale", "shift", "weight", "bias"):
-            getattr(self, name)[dst, index] = getattr(source, name)[src, index]
+        if layers is None:
+            self.theta[dst] = source.theta[src]
+            return
+        index = list(layers)
+        for mine, theirs in zip(self.layout.split(self.theta), source.layout.split(source.theta)):
+            mine[dst, index] = theirs[src, index]
 
     @torch.no_grad()
     def initialize_from_data(self, x: Tensor) -> None:
@@ -120,76 +144,67 @@ class BatchedCouplingFlow(nn.Module):
 
     def num_parameters(self) -> int:
         """Trainable parameters of one model."""
-        return sum(p[0].numel() for p in self.parameters())
+        return self.layout.numel
 
     def finite_models(self) -> Tensor:
         """Bool ``[K]``: ``True`` where every parameter of the model is finite."""
-        ok = torch.ones(self.k, dtype=torch.bool, device=self.perm.device)
-        for p in self.parameters():
-            ok &= torch.isfinite(p.detach()).flatten(1).all(1)
-        return ok
+        return torch.isfinite(self.theta.detach()).all(1)
 
-    # -- transforms -----------------------------------------------------------------
-
-    def _layer_params(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Per layer, in that layer's order: scaled transition ``[K, L, d, d]``, shift
-        ``[K, L, d, 1]``, and the conditioner's weight and bias doubled for the sigmoid form."""
-        scale = self.log_scale.gather(2, self.perm).exp().unsqueeze(-1)
-        moves = self.transition * scale
-        shift = self.shift.gather(2, self.perm).unsqueeze(-1)
-        return moves, shift, 2.0 * self.weight, (2.0 * self.bias).unsqueeze(-1)
-
-    def _conditioner(self, u_b: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
-        h = torch.sigmoid(torch.baddbmm(bias, weight, u_b)) * 2.0 - 1.0  # == tanh(W u_b + b)
-        return h.chunk(2, dim=1)
-
-    def _latent_parts(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """``x`` ``[K, N, d]`` → the last layer's ``(y_B, y_A)`` in its order, feature-major, and log|det J| ``[K, N]``."""
-        if x.dim() == 2:
-            x = x.unsqueeze(0).expand(self.k, -1, -1)
-        moves, shift, weight, bias = (p.unbind(1) for p in self._layer_params())
-        logdet = self.log_scale.sum(dim=(1, 2)).unsqueeze(1)
-        y = x.transpose(1, 2)
-        for l in range(self.depth):
-            u_b, u_a = torch.baddbmm(shift[l], moves[l], y).split([self.m, self.d - self.m], dim=1)
-            s, t = self._conditioner(u_b, weight[l], bias[l])
-            y_a = torch.addcmul(t, u_a, s.exp())
-            logdet = logdet + s.sum(1)
-            y = torch.cat([u_b, y_a], dim=1)
-        return u_b, y_a, logdet
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Data to latent: ``x`` ``[K, N, d]`` (or ``[N, d]``, shared) → ``(z [K, N, d], log|det J| [K, N])``."""
-        y_b, y_a, logdet = self._latent_parts(x)
-        y = torch.cat([y_b, y_a], dim=1)
-        last = self.perm[:, -1].unsqueeze(-1).expand(-1, -1, y.shape[-1])
-        z = torch.zeros_like(y).scatter(1, last, y)  # back to the data's feature order
-        return z.transpose(1, 2), logdet.expand(-1, z.shape[-1])
-
-    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        """Latent to data: ``z`` ``[K, N, d]`` → ``(x [K, N, d], log|det J^-1| [K, N])``."""
-        moves, shift, weight, bias = (p.unbind(1) for p in self._layer_params())
-        scale = self.log_scale.gather(2, self.perm).unsqueeze(-1).unbind(1)
-        transition = self.transition.unbind(1)
-        logdet = -self.log_scale.sum(dim=(1, 2)).unsqueeze(1)
-        last = self.perm[:, -1].unsqueeze(-1).expand(-1, -1, z.shape[1])
-        y = z.transpose(1, 2).gather(1, last)
-        for l in reversed(range(self.depth)):
-            y_b, y_a = y.split([self.m, self.d - self.m], dim=1)
-            s, t = self._conditioner(y_b, weight[l], bias[l])
-            u = torch.cat([y_b, (y_a - t) * (-s).exp()], dim=1)
-            y = torch.bmm(transition[l].transpose(1, 2), (u - shift[l]) * (-scale[l]).exp())
-            logdet = logdet - s.sum(1)
-        return y.transpose(1, 2), logdet.expand(-1, z.shape[1])
+    # -- densities (fused kernel) ------------------------------------------------------
 
     def log_prob(self, x: Tensor) -> Tensor:
         """Log-density in nats under each model: ``x`` ``[K, N, d]`` or ``[N, d]`` → ``[K, N]``."""
-        # The prior is isotropic, so the latent's feature order does not matter here.
-        y_b, y_a, logdet = self._latent_parts(x)
-        return -0.5 * (y_b.square().sum(1) + y_a.square().sum(1) + self.d * LOG_2PI) + logdet
+        return FusedLogProb.apply(x, self.theta, self.layout, self.index, False)
+
+    def nll(self, x: Tensor) -> Tensor:
+        """Mean negative log-likelihood per model (nats): ``x`` ``[K, N, d]`` or ``[N, d]`` → ``[K]``.
+
+        Equal to ``-log_prob(x).mean(1)``, with the reduction inside the fused kernel.
+        """
+        return FusedLogProb.apply(x, self.theta, self.layout, self.index, True)
+
+    def nll_step(self, x: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+        """The training loop's path, without autograd: ``(nll [K], backward)``, where
+        ``backward(weight [K])`` is the gradient of ``sum_k weight[k] * nll[k]`` for :attr:`theta`."""
+        return nll_step(x, self.theta, self.layout, self.index)
+
+    # -- transforms (plain operations, data order) -------------------------------------
+
+    def _conditioner(self, u_b: Tensor, layer: int) -> tuple[Tensor, Tensor]:
+        """``u_b`` ``[K, N, m]`` → ``(s, t)``, each ``[K, N, d - m]``."""
+        h = torch.tanh(torch.baddbmm(self.bias[:, layer].unsqueeze(1), u_b, self.weight[:, layer].transpose(1, 2)))
+        return h.split(self.d - self.m, dim=2)
+
+    def _split_index(self, layer: int, n: int) -> tuple[Tensor, Tensor]:
+        order = self.perm[:, layer].unsqueeze(1)
+        return order[..., : self.m].expand(-1, n, -1), order[..., self.m :].expand(-1, n, -1)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Data to latent: ``x`` ``[K, N, d]`` (or ``[N, d]``, shared) → ``(z [K, N, d], log|det J| [K, N])``."""
+        if x.dim() == 2:
+            x = x.unsqueeze(0).expand(self.k, -1, -1)
+        logdet = self.log_scale.sum(dim=(1, 2)).unsqueeze(1).expand(-1, x.shape[1])
+        for l in range(self.depth):
+            u = torch.addcmul(self.shift[:, l].unsqueeze(1), x, self.log_scale[:, l].exp().unsqueeze(1))
+            cond, trans = self._split_index(l, x.shape[1])
+            s, t = self._conditioner(u.gather(2, cond), l)
+            x = u.scatter(2, trans, u.gather(2, trans) * s.exp() + t)
+            logdet = logdet + s.sum(2)
+        return x, logdet
+
+    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """Latent to data: ``z`` ``[K, N, d]`` → ``(x [K, N, d], log|det J^-1| [K, N])``."""
+        logdet = -self.log_scale.sum(dim=(1, 2)).unsqueeze(1).expand(-1, z.shape[1])
+        for l in reversed(range(self.depth)):
+            cond, trans = self._split_index(l, z.shape[1])
+            s, t = self._conditioner(z.gather(2, cond), l)
+            u = z.scatter(2, trans, (z.gather(2, trans) - t) * (-s).exp())
+            z = (u - self.shift[:, l].unsqueeze(1)) * (-self.log_scale[:, l]).exp().unsqueeze(1)
+            logdet = logdet - s.sum(2)
+        return z, logdet
 
     @torch.no_grad()
     def sample(self, n: int, generator: Optional[torch.Generator] = None) -> Tensor:
         """``n`` samples from each model: ``[K, n, d]``."""
-        z = torch.randn(self.k, n, self.d, generator=generator).to(self.weight)
+        z = torch.randn(self.k, n, self.d, generator=generator).to(self.theta)
         return self.inverse(z)[0]

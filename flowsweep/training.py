@@ -4,21 +4,21 @@ Structure-search trials and final training both call :func:`train`. Each model d
 its own random minibatches from its own generator, so a model's numbers do not depend
 on which other models share the batch. A model whose loss turns non-finite is marked
 diverged and frozen (its gradients and momentum are zeroed from then on); the others
-go on untouched. The loop never syncs with the host per step.
+go on untouched.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import torch
 from torch import Tensor
 
 from flowsweep.engine import BatchedCouplingFlow
 
-__all__ = ["Schedule", "TrainResult", "train", "evaluate_bpd", "nats_to_bpd"]
+__all__ = ["Schedule", "TrainResult", "train", "evaluate_bpd", "nats_to_bpd", "minibatches"]
 
 #: Minibatch indices are drawn this many steps at a time (fixed, so streams never depend on K).
 _INDEX_CHUNK = 64
@@ -60,8 +60,11 @@ def nats_to_bpd(nll: Tensor, d: int, log_det: float = 0.0) -> Tensor:
     return (nll + log_det) / (d * math.log(2.0))
 
 
-def _minibatches(data: Tensor, batch_size: int, steps: int, generators: Sequence[torch.Generator]):
-    """Yield ``[K, B, d]`` minibatches, one independent stream per generator."""
+def minibatches(data: Tensor, batch_size: int, steps: int, generators: Sequence[torch.Generator]) -> Iterator[Tensor]:
+    """Yield ``steps`` minibatches ``[K, B, d]`` of rows of ``data``, one independent stream per generator.
+
+    Model ``k``'s batches depend only on ``generators[k]``: the same alone or among many.
+    """
     n = data.shape[0]
     for start in range(0, steps, _INDEX_CHUNK):
         chunk = min(_INDEX_CHUNK, steps - start)
@@ -90,9 +93,10 @@ def train(
     Returns:
         The minibatch bpd curve (``inf``/``nan`` where a model diverged) and the flags.
     """
-    params = list(flow.parameters())
+    theta = flow.theta
     alive = torch.ones(flow.k, dtype=torch.bool) if frozen is None else ~frozen.clone()
-    optimizer = torch.optim.SGD(params, lr=schedule.base_lr, momentum=schedule.momentum)
+    keep = alive.unsqueeze(1)  # a view: follows every in-place update of alive
+    optimizer = torch.optim.SGD([theta], lr=schedule.base_lr, momentum=schedule.momentum)
     scheduler = torch.optim.lr_scheduler.CyclicLR(
         optimizer,
         base_lr=schedule.base_lr,
@@ -102,27 +106,28 @@ def train(
         cycle_momentum=False,
     )
     curve = torch.empty(schedule.steps, flow.k)
-    for step, batch in enumerate(_minibatches(data, batch_size, schedule.steps, generators)):
-        nll = -flow.log_prob(batch).mean(1)
-        alive &= torch.isfinite(nll)
-        curve[step] = nll.detach()
-        optimizer.zero_grad(set_to_none=False)
-        torch.where(alive, nll, torch.zeros_like(nll)).sum().backward()
-        _freeze(optimizer, params, alive)
+    zero, ones = torch.zeros((), dtype=theta.dtype), torch.ones(flow.k, dtype=theta.dtype)
+    all_alive = bool(alive.all())
+    for step, batch in enumerate(minibatches(data, batch_size, schedule.steps, generators)):
+        nll, backward = flow.nll_step(batch)  # fused forward; its backward pass without autograd
+        curve[step] = nll
+        # Reading one flag per step costs one small op on a CPU (there is no device queue to
+        # stall) and spares the usual step two passes over every parameter; divergence is rare.
+        if all_alive and bool(torch.isfinite(nll).all()):
+            theta.grad = backward(ones)
+        else:
+            alive &= torch.isfinite(nll)
+            all_alive = False
+            weight = alive.to(theta.dtype)
+            # Dead models get zero gradient and momentum (where, since NaN * 0 is NaN): frozen.
+            theta.grad = torch.where(keep, backward(weight), zero)
+            buffer = optimizer.state.get(theta, {}).get("momentum_buffer")
+            if buffer is not None:
+                buffer.mul_(weight.unsqueeze(1))
         optimizer.step()
         scheduler.step()
     diverged = ~(alive & flow.finite_models())
     return TrainResult(curve=nats_to_bpd(curve, flow.d, log_det), diverged=diverged)
-
-
-def _freeze(optimizer: torch.optim.Optimizer, params: Sequence[Tensor], alive: Tensor) -> None:
-    """Zero gradient and momentum of dead models (``where``, since NaN * 0 is NaN)."""
-    for p in params:
-        keep = alive.view(-1, *([1] * (p.dim() - 1)))
-        p.grad = torch.where(keep, p.grad, torch.zeros((), dtype=p.dtype))
-        buffer = optimizer.state.get(p, {}).get("momentum_buffer")
-        if buffer is not None:
-            buffer.mul_(keep)
 
 
 @torch.no_grad()

@@ -1,0 +1,252 @@
+"""The log-density of K coupling flows with a hand-written, fused forward and backward.
+
+Small flows on a CPU are bound by per-operation overhead and memory passes, not by
+arithmetic: autograd would record ~25 operations per layer and replay ~40 in the
+backward pass. :class:`FusedLogProb` is one ``torch.autograd.Function`` that runs six
+batched operations per layer forward and six backward, writes into buffers allocated
+once per call, and returns the gradient of all parameters as one flat tensor.
+
+Shapes: ``K`` models, ``L`` layers, ``d`` features of which ``m`` condition and
+``dm = d - m`` are transformed, ``N`` samples. Activations are feature-major,
+``[K, d, N]``, with each layer's rows in that layer's order (conditioning features
+first), so the split into conditioning and transformed rows is a view. Per layer ``l``
+(``P_l`` the row permutation from the previous layer's order, ``e = exp(log_scale)`` and
+``c = shift`` in layer order)::
+
+    v   = e * P_l y + c                    # affine constant transform
+    T   = tanh(W v[:m] + b)                # = 2 sigmoid(2 W v[:m] + 2 b) - 1, rows s then t
+    y'  = [v[:m], v[m:] * exp(s) + t]      # affine coupling, written in place over v[m:]
+
+``tanh`` is computed as ``2 sigmoid(2x) - 1``: PyTorch's CPU ``sigmoid`` is about twice as
+fast as its ``tanh``. Moving to a layer's order is one row gather (``index_select``) on the ``[K d, N]`` view. The backward pass needs no copy of ``v[m:]``: ``v[m:] * exp(s) = y'[m:] - t``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+__all__ = ["ParamLayout", "StructureIndex", "FusedLogProb", "nll_step", "LOG_2PI"]
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+@dataclass(frozen=True)
+class ParamLayout:
+    """Where each parameter of one model lives in its flat row of ``P`` numbers.
+
+    Per model: ``log_scale [L, d]``, ``shift [L, d]`` (indexed by original feature),
+    ``weight [L, 2 dm, m]`` (rows ``s`` then ``t`` of the transformed features in sorted
+    order; columns the conditioning features in sorted order), ``bias [L, 2 dm]``.
+    """
+
+    depth: int
+    d: int
+    m: int
+
+    @property
+    def sizes(self) -> tuple[int, int, int, int]:
+        L, d, dm = self.depth, self.d, self.d - self.m
+        return L * d, L * d, L * 2 * dm * self.m, L * 2 * dm
+
+    @property
+    def numel(self) -> int:
+        """``P``, the number of parameters of one model."""
+        return sum(self.sizes)
+
+    def split(self, flat: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``flat`` ``[K, P]`` → views ``log_scale [K, L, d]``, ``shift [K, L, d]``,
+        ``weight [K, L, 2 dm, m]``, ``bias [K, L, 2 dm]``."""
+        k, L, d, dm = flat.shape[0], self.depth, self.d, self.d - self.m
+        a, c, w, b = flat.split(self.sizes, dim=1)
+        return a.view(k, L, d), c.view(k, L, d), w.view(k, L, 2 * dm, self.m), b.view(k, L, 2 * dm)
+
+
+@dataclass(frozen=True)
+class StructureIndex:
+    """Index tensors derived from the K structures (all ``int64``).
+
+    Attributes:
+        perm: ``[K, L, d]``, layer order: position ``j`` of layer ``l`` holds feature ``perm[k, l, j]``.
+        inv_perm: ``[K, L, d]``, the position of feature ``i`` in layer ``l``'s order.
+        rows: ``[L, K d]``, the rows of the previous layer's ``[K d, N]`` activations (the
+            data's for layer 0) that make up layer ``l``'s rows, in order.
+        rows_back: ``[L, K d]``, the inverse gather, for the backward pass.
+    """
+
+    perm: Tensor
+    inv_perm: Tensor
+    rows: Tensor
+    rows_back: Tensor
+
+    @classmethod
+    def from_perm(cls, perm: Tensor) -> StructureIndex:
+        k, depth, d = perm.shape
+        inv_perm = torch.argsort(perm, dim=2)
+        before = torch.cat([torch.arange(d).expand(k, 1, d), inv_perm[:, :-1]], dim=1)  # the data's order first
+        source = before.gather(2, perm)  # [K, L, d]: where each row of layer l sits in the previous order
+        offset = (torch.arange(k) * d).view(k, 1, 1)
+        rows = (source + offset).transpose(0, 1).reshape(depth, k * d)
+        rows_back = (torch.argsort(source, dim=2) + offset).transpose(0, 1).reshape(depth, k * d)
+        return cls(perm, inv_perm, rows, rows_back)
+
+
+def _prepare(theta: Tensor, layout: ParamLayout, index: StructureIndex) -> tuple[Tensor, ...]:
+    """Per-layer parameters in layer order, layer-major: the constant transform's scale and
+    shift ``e, c [L, K d, 1]``, the conditioner's ``w2 [L, K, 2dm, m]`` and ``b2 [L, K, 2dm, 1]``
+    (doubled for the sigmoid form)."""
+    log_scale, shift, weight, bias = layout.split(theta)
+    k, L, d = log_scale.shape
+    e = log_scale.gather(2, index.perm).exp_().transpose(0, 1).reshape(L, k * d, 1)
+    c = shift.gather(2, index.perm).transpose(0, 1).reshape(L, k * d, 1)
+    w2 = torch.mul(weight.transpose(0, 1), 2.0, out=theta.new_empty(L, k, *weight.shape[2:]))
+    b2 = torch.mul(bias.transpose(0, 1), 2.0, out=theta.new_empty(L, k, bias.shape[2])).unsqueeze(-1)
+    return e, c, w2, b2
+
+
+def _forward(x: Tensor, theta: Tensor, layout: ParamLayout, index: StructureIndex, keep: bool):
+    """Latent rows ``[K, d, N]`` (last layer's order), coupling log-dets ``[K, N]`` and, if
+    ``keep``, the tensors the backward pass reads."""
+    k, L, d, m = theta.shape[0], layout.depth, layout.d, layout.m
+    dm = d - m
+    prepared = _prepare(theta, layout, index)
+    e, c, w2, b2 = (p.unbind(0) for p in prepared)
+    if x.dim() == 2:
+        x = x.unsqueeze(0).expand(k, -1, -1)
+    n = x.shape[1]
+    slots = L if keep else 2  # without a backward pass, two activation buffers take turns
+    y = theta.new_empty(slots, k, d, n)
+    t = theta.new_empty(L if keep else 1, k, 2 * dm, n)
+    ex = theta.new_empty(L if keep else 1, k, dm, n)
+    # Per-layer views made once: indexing inside the loop costs more than the work at small N.
+    ys, ys_flat = y.unbind(0), y.view(slots, k * d, n).unbind(0)
+    ys_b, ys_a = y[:, :, :m].unbind(0), y[:, :, m:].unbind(0)
+    ts, ts_s, ts_t, es = t.unbind(0), t[:, :, :dm].unbind(0), t[:, :, dm:].unbind(0), ex.unbind(0)
+    rows = index.rows.unbind(0)
+    minus_one = theta.new_full((), -1.0)
+    logdet = theta.new_zeros(k, n)
+    rows_in = x.transpose(1, 2).reshape(k * d, n)  # feature-major: one copy
+    for l in range(L):
+        i, j = l % slots, (l if keep else 0)
+        torch.index_select(rows_in, 0, rows[l], out=ys_flat[i])  # into layer l's order
+        ys_flat[i].mul_(e[l]).add_(c[l])
+        torch.baddbmm(b2[l], w2[l], ys_b[i], out=ts[j])
+        ts[j].sigmoid_()
+        torch.add(minus_one, ts[j], alpha=2.0, out=ts[j])  # 2 sigmoid(2x) - 1 == tanh(x)
+        torch.exp(ts_s[j], out=es[j])
+        torch.addcmul(ts_t[j], ys_a[i], es[j], out=ys_a[i])
+        if not keep:
+            logdet += ts_s[j].sum(1)
+        rows_in = ys_flat[i]
+    if keep:
+        logdet = t[:, :, :dm].sum(2).sum(0)
+    return ys[(L - 1) % slots], logdet, (y, t, ex, *prepared[:3])
+
+
+def _log_density(z: Tensor, logdet: Tensor, theta: Tensor, layout: ParamLayout) -> Tensor:
+    """``log N(z; 0, I) + log|det J|`` ``[K, N]`` from feature-major ``z`` ``[K, d, N]``."""
+    constant = layout.split(theta)[0].sum(dim=(1, 2)) - 0.5 * layout.d * LOG_2PI  # constant transforms' log-dets
+    return logdet.add_(constant.unsqueeze(1)).sub_(z.square().sum(1), alpha=0.5)
+
+
+def _backward(grad: Tensor, saved: tuple, theta: Tensor, layout: ParamLayout, index: StructureIndex,
+              x_shape: Optional[torch.Size]) -> tuple[Optional[Tensor], Tensor]:
+    """Gradients of ``sum(grad * log_density)`` for ``theta`` ``[K, P]`` and, if ``x_shape``, ``x``.
+
+    ``grad`` is ``[K, N]`` or ``[K, 1]`` (the same weight for every sample).
+    """
+    y, t, ex, e, c, w2 = saved
+    L, k, d, n = y.shape
+    m, dm = layout.m, layout.d - layout.m
+    gw = grad.unsqueeze(1)  # [K, 1, N|1]: d(loss)/d(log-density) per sample
+    deriv = torch.addcmul(theta.new_ones(()), t, t, value=-1.0).unbind(0)  # tanh' = 1 - T^2
+    scaled = torch.sub(y[:, :, m:], t[:, :, dm:]).unbind(0)  # v[m:] * exp(s) = y'[m:] - t
+    g_pre = theta.new_empty(L, k, dm, n)  # d/ds before tanh', with the log-det term
+    g_h = theta.new_empty(L, k, 2 * dm, n)  # d/d(W v + b)
+    g_v = theta.new_empty(L, k, d, n)  # d/dv
+    g_pres, g_hs = g_pre.unbind(0), g_h.unbind(0)
+    g_hs_s, g_hs_t = g_h[:, :, :dm].unbind(0), g_h[:, :, dm:].unbind(0)
+    g_vs_flat, g_vs_b, g_vs_a = g_v.view(L, k * d, n).unbind(0), g_v[:, :, :m].unbind(0), g_v[:, :, m:].unbind(0)
+    ex, e, w2_t, rows_back = ex.unbind(0), e.unbind(0), w2.transpose(2, 3).unbind(0), index.rows_back.unbind(0)
+    g_y = torch.mul(y[L - 1], gw).neg_()  # d/dz of -|z|^2 / 2
+    for l in reversed(range(L)):
+        g_ya, g_yb = g_y[:, m:], g_y[:, :m]
+        torch.addcmul(gw, g_ya, scaled[l], out=g_pres[l])
+        torch.mul(g_pres[l], deriv[l][:, :dm], out=g_hs_s[l])
+        torch.mul(g_ya, deriv[l][:, dm:], out=g_hs_t[l])
+        torch.mul(g_ya, ex[l], out=g_vs_a[l])
+        # into a contiguous result first: bmm into a strided slice takes a slow per-matrix path
+        g_vs_b[l].copy_(torch.baddbmm(g_yb, w2_t[l], g_hs[l], alpha=0.5))
+        if l > 0 or x_shape is not None:
+            g_y = torch.mul(g_vs_flat[l], e[l]).index_select(0, rows_back[l]).view(k, d, n)
+
+    g_theta = torch.empty_like(theta)
+    g_log_scale, g_shift, g_weight, g_bias = layout.split(g_theta)
+    v_b = y[:, :, :m]  # conditioning rows are never overwritten
+    g_weight.copy_(torch.bmm(g_h.view(L * k, 2 * dm, n), v_b.reshape(L * k, m, n).transpose(1, 2))
+                   .view(L, k, 2 * dm, m).transpose(0, 1))
+    g_bias.copy_(g_h.sum(3).transpose(0, 1))
+    g_c = g_v.sum(3)  # [L, K, d]
+    per_model = gw.sum(2) if gw.shape[2] == n else gw.squeeze(2) * n  # [K, 1]: sum of the weights
+    # d/d(log scale) = sum_n g_v (v - c); on transformed rows sum_n g_v v = sum_n g_pre - sum_n gw
+    g_loge = torch.cat([(g_v[:, :, :m] * v_b).sum(3), g_pre.sum(3) - per_model], dim=2)
+    g_loge.sub_(c.view(L, k, d) * g_c)
+    torch.gather(g_loge.transpose(0, 1), 2, index.inv_perm, out=g_log_scale)
+    g_log_scale.add_(per_model.unsqueeze(2))  # the constant transforms' own log-dets
+    torch.gather(g_c.transpose(0, 1), 2, index.inv_perm, out=g_shift)
+
+    g_x = None
+    if x_shape is not None:
+        g_x = g_y.transpose(1, 2)
+        if len(x_shape) == 2:
+            g_x = g_x.sum(0)
+    return g_x, g_theta
+
+
+class FusedLogProb(torch.autograd.Function):
+    """``log p_k(x)`` for every model: ``[K, N]``, or with ``mean_nll`` the per-model mean
+    negative log-likelihood ``[K]``; differentiable in ``x`` and ``theta``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, theta: Tensor, layout: ParamLayout, index: StructureIndex,
+                mean_nll: bool) -> Tensor:
+        keep = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        z, logdet, saved = _forward(x, theta, layout, index, keep)
+        density = _log_density(z, logdet, theta, layout)
+        if keep:
+            ctx.layout, ctx.index, ctx.mean_nll = layout, index, mean_nll
+            ctx.x_shape = x.shape if ctx.needs_input_grad[0] else None
+            ctx.n = density.shape[1]
+            ctx.save_for_backward(theta, *saved)
+        return density.mean(1).neg_() if mean_nll else density
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Optional[Tensor], ...]:
+        theta, *saved = ctx.saved_tensors
+        grad = grad.unsqueeze(1) / -ctx.n if ctx.mean_nll else grad
+        g_x, g_theta = _backward(grad, saved, theta, ctx.layout, ctx.index, ctx.x_shape)
+        return g_x, g_theta, None, None, None
+
+
+def nll_step(x: Tensor, theta: Tensor, layout: ParamLayout, index: StructureIndex
+             ) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+    """The training path without autograd: per-model mean NLL ``[K]`` and its backward pass.
+
+    Returns ``(nll, backward)``; ``backward(weight)`` with ``weight`` ``[K]`` (bool or float)
+    is the gradient of ``sum_k weight[k] * nll[k]`` for ``theta``, ``[K, P]``.
+    """
+    theta = theta.detach()
+    z, logdet, saved = _forward(x, theta, layout, index, keep=True)
+    nll = _log_density(z, logdet, theta, layout).mean(1).neg_()
+
+    def backward(weight: Tensor) -> Tensor:
+        grad = weight.to(theta.dtype).mul(-1.0 / z.shape[2]).unsqueeze(1)  # d/d(log-density), [K, 1]
+        return _backward(grad, saved, theta, layout, index, None)[1]
+
+    return nll, backward
