@@ -1,0 +1,88 @@
+"""Command line of the benchmark.
+
+    python -m flowsweep.bench                       # (a) vs (b) vs (c): magic, batch 380, depth 8, K = 20
+    python -m flowsweep.bench compare --steps 50 --no-nflows
+    python -m flowsweep.bench scaling               # wall time against K, d and depth
+    python -m flowsweep.bench job dataset=magic layout=opt depth=8     # one whole job, by phase
+    python -m flowsweep.bench job -- -m +experiment=paper              # the paper's grid
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+import torch
+
+__all__ = ["main"]
+
+
+_COMMANDS = ("compare", "scaling", "job")
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads for every engine (default 1: the kernels are too "
+                             "small to split, and a second thread stalls whenever the core is shared)")
+    common.add_argument("--data-dir", default=None, help="raw UCI folder (default: $FLOWSWEEP_DATA_DIR)")
+    parser = argparse.ArgumentParser(prog="python -m flowsweep.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    compare = sub.add_parser("compare", parents=[common],
+                             help="(a) batched engine vs (b) usual way vs (c) nflows (the default)")
+    compare.add_argument("--dataset", default="magic")
+    compare.add_argument("--depth", type=int, default=8)
+    compare.add_argument("--models", type=int, default=20, help="K")
+    compare.add_argument("--steps", type=int, default=100, help="SGD steps per model")
+    compare.add_argument("--repeats", type=int, default=5, help="(a) is timed this often; the best counts")
+    compare.add_argument("--no-nflows", action="store_true", help="leave out (c)")
+    scaling = sub.add_parser("scaling", parents=[common], help="batched engine: wall time against K, d and depth")
+    scaling.add_argument("--steps", type=int, default=100)
+    scaling.add_argument("--repeats", type=int, default=3)
+    job = sub.add_parser("job", parents=[common], help="time one whole main.py run by phase (Hydra overrides follow)")
+    job.add_argument("--keep", default=None, help="run in this folder and keep it (default: a temporary one)")
+    job.add_argument("overrides", nargs="*", help="as for main.py, e.g. dataset=magic layout=opt depth=8")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in _COMMANDS and argv[0] not in ("-h", "--help"):
+        argv.insert(0, "compare")
+    args = _parser().parse_args(argv)
+    command = args.command
+    torch.set_num_threads(args.threads)
+
+    from flowsweep.bench.workload import load_note
+
+    if command == "compare":
+        from flowsweep.bench.compare import compare
+        from flowsweep.bench.workload import make_workload
+
+        work = make_workload(args.dataset, args.depth, args.models, data_dir=args.data_dir)
+        print(f"# {args.dataset} (d={work.data.d}), batch {work.batch_size}, depth {args.depth}, K={args.models}, "
+              f"{args.steps} SGD steps per model; {load_note()}")
+        timing, agreement = compare(work, args.steps, args.repeats, nflows=not args.no_nflows)
+        print(timing.to_markdown(index=False))
+        a = timing["ms / model-step"]
+        print("\n" + "   ".join(f"{name[:3]}/(a) = {a[i] / a[0]:.1f}" for i, name in enumerate(timing["engine"]) if i))
+        print("\nSame models, same initial parameters and minibatches (float32):")
+        print(agreement.to_markdown(index=False))
+    elif command == "scaling":
+        from flowsweep.bench.scaling import scaling_table
+
+        print(f"# batched engine, {args.steps} SGD steps, best of {args.repeats}; {load_note()}")
+        print(scaling_table(args.steps, args.repeats, args.data_dir).to_markdown(index=False))
+    else:
+        from flowsweep.bench.job import time_job
+
+        print(f"# python main.py {' '.join(args.overrides)}; {load_note()}", flush=True)
+        table, wall = time_job(args.overrides, args.keep)
+        print(table.to_markdown(index=False))
+        print(f"\nwall {wall:.1f} s; {load_note()}")
+
+
+if __name__ == "__main__":
+    main()

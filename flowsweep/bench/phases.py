@@ -1,0 +1,94 @@
+"""Wall time per phase of a real job, by timing the functions that carry out each phase.
+
+:func:`main` runs ``main.py`` exactly as ``python main.py ...`` would (same process
+layout, same Hydra launcher), after wrapping the job's phase functions with a clock; at
+exit it writes ``{phase: seconds}`` as JSON to the file named by
+``$FLOWSWEEP_BENCH_TIMINGS``. Nested calls count once, in the outermost phase. Only the
+basic launcher runs jobs in this process; other launchers' workers are not timed.
+
+    FLOWSWEEP_BENCH_TIMINGS=t.json python -m flowsweep.bench.phases dataset=magic layout=opt depth=8
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import json
+import os
+import runpy
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Callable
+
+__all__ = ["PHASES", "TIMINGS_ENV", "PhaseClock", "main"]
+
+TIMINGS_ENV = "FLOWSWEEP_BENCH_TIMINGS"
+
+#: phase -> (module, attribute path) of the functions that do it. "logging" is every MLflow
+#: call of a job and everything it logs: store set-up, runs, metrics, figures, artifacts.
+PHASES: dict[str, list[tuple[str, str]]] = {
+    "mlflow logging": [
+        ("flowsweep.tracking", "TrackingCallback._prepare"),
+        ("flowsweep.run", "MlflowClient"),
+        ("flowsweep.run", "ensure_experiment"),
+        ("flowsweep.tracking", "RunGroup.__init__"),
+        ("flowsweep.run", "_log"),
+        ("flowsweep.tracking", "RunGroup.close"),
+    ],
+    "data loading": [("flowsweep.run", "load_dataset")],
+    "structure search": [("flowsweep.run", "run_searches")],
+    "final training": [("flowsweep.run", "train")],
+    "evaluation": [("flowsweep.run", "evaluate_bpd")],
+}
+
+_MAIN = Path(__file__).resolve().parents[2] / "main.py"
+
+
+class PhaseClock:
+    """Accumulates wall seconds per phase; :meth:`install` wraps the functions of :data:`PHASES`."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self._depth = 0
+
+    def wrap(self, phase: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            self._depth += 1
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self._depth -= 1
+                if self._depth == 0:
+                    self.seconds[phase] += time.perf_counter() - start
+
+        return timed
+
+    def install(self) -> None:
+        for phase, targets in PHASES.items():
+            for module_name, path in targets:
+                owner: Any = importlib.import_module(module_name)
+                *parents, name = path.split(".")
+                for parent in parents:
+                    owner = getattr(owner, parent)
+                setattr(owner, name, self.wrap(phase, getattr(owner, name)))
+
+
+def main() -> None:
+    """Run ``main.py`` with ``sys.argv[1:]`` under a :class:`PhaseClock`."""
+    clock = PhaseClock()
+    clock.install()
+    sys.argv = [str(_MAIN), *sys.argv[1:]]
+    try:
+        runpy.run_path(str(_MAIN), run_name="__main__")
+    finally:
+        out = os.environ.get(TIMINGS_ENV)
+        if out:
+            Path(out).write_text(json.dumps(dict(clock.seconds)))
+
+
+if __name__ == "__main__":
+    main()
