@@ -33,7 +33,6 @@ __all__ = [
 ]
 
 
-
 def resolve_tracking_uri(uri: Optional[str], base_dir: str) -> str:
     """Absolute tracking URI: ``uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<base_dir>/mlflow.db``.
 

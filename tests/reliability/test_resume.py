@@ -41,9 +41,16 @@ def _kill_when_second_job_runs(process, db: Path, timeout_s: float = 300) -> Non
 
 
 def _by_steps(uri: str) -> dict[str, Counter]:
+    """Run statuses per job, named by its ``train.steps``.
+
+    Jobs are told apart by their fingerprint tag, which a run gets when it is created: a
+    run killed before its params were logged has the tag but no params.
+    """
+    runs = all_runs(uri)
+    steps = {r.data.tags["fingerprint"]: r.data.params["train.steps"] for r in runs if "train.steps" in r.data.params}
     table: dict[str, Counter] = {}
-    for run in all_runs(uri):
-        table.setdefault(run.data.params["train.steps"], Counter())[run.info.status] += 1
+    for run in runs:
+        table.setdefault(steps[run.data.tags["fingerprint"]], Counter())[run.info.status] += 1
     return table
 
 
