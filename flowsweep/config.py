@@ -105,6 +105,8 @@ class TrainConfig:
     max_lr: float = MISSING
     step_size_up: int = MISSING
     mode: str = MISSING
+    #: Threads that each train a share of the K models (bitwise the same result for any value).
+    workers: int = MISSING
 
 
 @dataclass
@@ -157,6 +159,7 @@ def validate(cfg: DictConfig) -> None:
     _at_least(cfg, "instances", 1)
     _at_least(cfg, "train.steps", 1)
     _at_least(cfg, "train.step_size_up", 1)
+    _at_least(cfg, "train.workers", 1)
     _at_least(cfg, "dataset.batch_size", 1)
     if cfg.layout.name not in _LAYOUTS:
         raise ConfigError("layout.name", f"must be one of {_LAYOUTS}, got {cfg.layout.name!r}")

@@ -57,6 +57,7 @@ class BatchedCouplingFlow(nn.Module):
         self.register_buffer("rows", torch.zeros(self.depth, self.k * self.d, dtype=torch.long))
         self.register_buffer("rows_back", torch.zeros(self.depth, self.k * self.d, dtype=torch.long))
         self.structures: list[Structure] = []
+        self._share_index: dict[tuple[int, int], StructureIndex] = {}
         self.set_structures(structures)
         for i in range(self.k):
             self.reset_parameters(i, None if generators is None else generators[i])
@@ -101,6 +102,7 @@ class BatchedCouplingFlow(nn.Module):
         for name in ("perm", "inv_perm", "rows", "rows_back"):
             getattr(self, name).copy_(getattr(index, name))
         self.structures = list(structures)
+        self._share_index.clear()
 
     @torch.no_grad()
     def reset_parameters(self, model: int, generator: Optional[torch.Generator], layers: Optional[Sequence[int]] = None) -> None:
@@ -163,10 +165,19 @@ class BatchedCouplingFlow(nn.Module):
         """
         return FusedLogProb.apply(x, self.theta, self.layout, self.index, True)
 
-    def nll_step(self, x: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
-        """The training loop's path, without autograd: ``(nll [K], backward)``, where
-        ``backward(weight [K])`` is the gradient of ``sum_k weight[k] * nll[k]`` for :attr:`theta`."""
-        return nll_step(x, self.theta, self.layout, self.index)
+    def nll_step(self, x: Tensor, models: Optional[slice] = None) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+        """The training loop's path, without autograd: ``(nll, backward)`` for the models in
+        ``models`` (default: all), with ``x`` their minibatches ``[k, N, d]``; ``backward(weight [k])``
+        is the gradient of ``sum weight * nll`` for their rows of :attr:`theta`, ``[k, P]``.
+
+        Disjoint model ranges share nothing, so they may run in parallel threads.
+        """
+        if models is None:
+            return nll_step(x, self.theta, self.layout, self.index)
+        key = (models.start or 0, self.k if models.stop is None else models.stop)
+        if key not in self._share_index:
+            self._share_index[key] = StructureIndex.from_perm(self.perm[key[0]:key[1]])
+        return nll_step(x, self.theta[key[0]:key[1]], self.layout, self._share_index[key])
 
     # -- transforms (plain operations, data order) -------------------------------------
 

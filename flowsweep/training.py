@@ -5,20 +5,29 @@ its own random minibatches from its own generator, so a model's numbers do not d
 on which other models share the batch. A model whose loss turns non-finite is marked
 diverged and frozen (its gradients and momentum are zeroed from then on); the others
 go on untouched.
+
+Threads: every kernel runs on one thread (its operations are too small to split, and a
+split operation stalls whenever another process holds a core). Instead the K models are
+cut into ``schedule.workers`` contiguous shares, each trained by its own thread: the
+fused kernel releases the GIL while it computes, and shares have nothing in common, so
+the result does not depend on the number of workers.
 """
 
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from flowsweep.engine import BatchedCouplingFlow
 
-__all__ = ["Schedule", "TrainResult", "train", "evaluate_bpd", "nats_to_bpd", "minibatches"]
+__all__ = ["Schedule", "TrainResult", "train", "evaluate_bpd", "nats_to_bpd", "minibatches", "single_threaded"]
 
 #: Minibatch indices are drawn this many steps at a time (fixed, so streams never depend on K).
 _INDEX_CHUNK = 64
@@ -26,7 +35,8 @@ _INDEX_CHUNK = 64
 
 @dataclass(frozen=True)
 class Schedule:
-    """SGD with momentum and PyTorch's ``CyclicLR``; ``step_size_up`` in SGD steps."""
+    """SGD with momentum and PyTorch's ``CyclicLR``; ``step_size_up`` in SGD steps;
+    ``workers`` threads share the K models."""
 
     steps: int
     base_lr: float
@@ -34,6 +44,7 @@ class Schedule:
     step_size_up: int
     mode: str = "triangular"
     momentum: float = 0.9
+    workers: int = 1
 
     @classmethod
     def from_config(cls, train_cfg, steps: Optional[int] = None) -> Schedule:
@@ -44,6 +55,7 @@ class Schedule:
             step_size_up=int(train_cfg.step_size_up),
             mode=str(train_cfg.mode),
             momentum=float(train_cfg.momentum),
+            workers=int(train_cfg.get("workers", 1)),
         )
 
 
@@ -60,6 +72,17 @@ def nats_to_bpd(nll: Tensor, d: int, log_det: float = 0.0) -> Tensor:
     return (nll + log_det) / (d * math.log(2.0))
 
 
+@contextmanager
+def single_threaded() -> Iterator[None]:
+    """Run torch kernels on one thread inside the block (the previous setting is restored)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def minibatches(data: Tensor, batch_size: int, steps: int, generators: Sequence[torch.Generator]) -> Iterator[Tensor]:
     """Yield ``steps`` minibatches ``[K, B, d]`` of rows of ``data``, one independent stream per generator.
 
@@ -72,6 +95,12 @@ def minibatches(data: Tensor, batch_size: int, steps: int, generators: Sequence[
         for step in range(chunk):
             # index_select on flat indices is several times faster than advanced indexing here
             yield data.index_select(0, index[step].flatten()).view(len(generators), batch_size, -1)
+
+
+def _shares(k: int, workers: int) -> list[slice]:
+    """``workers`` contiguous, near-equal model ranges (fewer if K is small)."""
+    bounds = np.linspace(0, k, min(max(workers, 1), k) + 1).round().astype(int)
+    return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def train(
@@ -106,26 +135,35 @@ def train(
         cycle_momentum=False,
     )
     curve = torch.empty(schedule.steps, flow.k)
-    zero, ones = torch.zeros((), dtype=theta.dtype), torch.ones(flow.k, dtype=theta.dtype)
+    grad, zero = torch.empty_like(theta), torch.zeros((), dtype=theta.dtype)
+    ones = torch.ones(flow.k, dtype=theta.dtype)
+    shares = _shares(flow.k, schedule.workers)
+
+    def step_share(models: slice, batch: Tensor, row: Tensor) -> None:
+        nll, backward = flow.nll_step(batch[models], models)  # fused forward; backward without autograd
+        row[models] = nll
+        grad[models] = backward(ones[models])
+
     all_alive = bool(alive.all())
-    for step, batch in enumerate(minibatches(data, batch_size, schedule.steps, generators)):
-        nll, backward = flow.nll_step(batch)  # fused forward; its backward pass without autograd
-        curve[step] = nll
-        # Reading one flag per step costs one small op on a CPU (there is no device queue to
-        # stall) and spares the usual step two passes over every parameter; divergence is rare.
-        if all_alive and bool(torch.isfinite(nll).all()):
-            theta.grad = backward(ones)
-        else:
-            alive &= torch.isfinite(nll)
-            all_alive = False
-            weight = alive.to(theta.dtype)
-            # Dead models get zero gradient and momentum (where, since NaN * 0 is NaN): frozen.
-            theta.grad = torch.where(keep, backward(weight), zero)
-            buffer = optimizer.state.get(theta, {}).get("momentum_buffer")
-            if buffer is not None:
-                buffer.mul_(weight.unsqueeze(1))
-        optimizer.step()
-        scheduler.step()
+    with single_threaded(), ThreadPoolExecutor(len(shares) - 1 or 1) as pool:
+        for step, batch in enumerate(minibatches(data, batch_size, schedule.steps, generators)):
+            others = [pool.submit(step_share, models, batch, curve[step]) for models in shares[1:]]
+            step_share(shares[0], batch, curve[step])
+            for future in others:
+                future.result()
+            theta.grad = grad
+            # Reading one flag per step costs one small op on a CPU (there is no device queue
+            # to stall) and spares the usual step two passes over every parameter.
+            if not (all_alive and bool(torch.isfinite(curve[step]).all())):
+                alive &= torch.isfinite(curve[step])
+                all_alive = False
+                # Dead models get zero gradient and momentum (where, since NaN * 0 is NaN): frozen.
+                theta.grad = torch.where(keep, grad, zero)
+                buffer = optimizer.state.get(theta, {}).get("momentum_buffer")
+                if buffer is not None:
+                    buffer.mul_(keep)
+            optimizer.step()
+            scheduler.step()
     diverged = ~(alive & flow.finite_models())
     return TrainResult(curve=nats_to_bpd(curve, flow.d, log_det), diverged=diverged)
 
@@ -134,7 +172,8 @@ def train(
 def evaluate_bpd(flow: BatchedCouplingFlow, data: Tensor, log_det: float = 0.0, chunk: int = 8192) -> Tensor:
     """Mean bpd (raw units) of each model on the whole of ``data`` ``[n, d]``: ``[K]``, ``inf`` if not finite."""
     total = torch.zeros(flow.k, dtype=torch.float64)
-    for start in range(0, data.shape[0], chunk):
-        total += -flow.log_prob(data[start : start + chunk]).double().sum(1)
+    with single_threaded():
+        for start in range(0, data.shape[0], chunk):
+            total += -flow.log_prob(data[start : start + chunk]).double().sum(1)
     bpd = nats_to_bpd(total / data.shape[0], flow.d, log_det)
     return torch.where(torch.isfinite(bpd), bpd, torch.full_like(bpd, math.inf))

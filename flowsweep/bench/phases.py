@@ -30,9 +30,12 @@ TIMINGS_ENV = "FLOWSWEEP_BENCH_TIMINGS"
 #: call of a job and everything it logs: store set-up, runs, metrics, figures, artifacts.
 PHASES: dict[str, list[tuple[str, str]]] = {
     "mlflow logging": [
-        ("flowsweep.tracking", "TrackingCallback._prepare"),
-        ("flowsweep.run", "MlflowClient"),
+        ("flowsweep.callbacks", "TrackingCallback.on_multirun_start"),
+        ("flowsweep.tracking", "open_client"),
+        ("flowsweep.tracking", "ensure_experiment"),
+        ("flowsweep.run", "open_client"),
         ("flowsweep.run", "ensure_experiment"),
+        ("flowsweep.run", "resume_job"),
         ("flowsweep.tracking", "RunGroup.__init__"),
         ("flowsweep.run", "_log"),
         ("flowsweep.tracking", "RunGroup.close"),
@@ -68,13 +71,17 @@ class PhaseClock:
         return timed
 
     def install(self) -> None:
+        """Wrap every target; one that no longer exists (the code moved on) is reported and skipped."""
         for phase, targets in PHASES.items():
             for module_name, path in targets:
                 owner: Any = importlib.import_module(module_name)
                 *parents, name = path.split(".")
-                for parent in parents:
-                    owner = getattr(owner, parent)
-                setattr(owner, name, self.wrap(phase, getattr(owner, name)))
+                try:
+                    for parent in parents:
+                        owner = getattr(owner, parent)
+                    setattr(owner, name, self.wrap(phase, getattr(owner, name)))
+                except AttributeError:
+                    print(f"flowsweep.bench: {module_name}.{path} not found, not timed", file=sys.stderr)
 
 
 def main() -> None:
