@@ -24,6 +24,7 @@ would have alone.
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -33,6 +34,21 @@ from flowsweep.fused import LOG_2PI, FusedLogProb, ParamLayout, StructureIndex, 
 from flowsweep.structure import Structure
 
 __all__ = ["BatchedCouplingFlow", "LOG_2PI"]
+
+
+_moments: Optional[tuple[weakref.ref, int, Tensor, Tensor]] = None
+
+
+def _column_moments(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and standard deviation (floored at 1e-6) of the columns of ``x`` ``[N, d]``.
+
+    The last result is kept while ``x`` lives unchanged: a structure search builds a
+    data-initialised flow for every iteration, always from the same training rows.
+    """
+    global _moments
+    if _moments is None or _moments[0]() is not x or _moments[1] != x._version:
+        _moments = (weakref.ref(x), x._version, x.mean(0), x.std(0).clamp_min(1e-6))
+    return _moments[2], _moments[3]
 
 
 class BatchedCouplingFlow(nn.Module):
@@ -118,6 +134,11 @@ class BatchedCouplingFlow(nn.Module):
         bound = 1.0 / math.sqrt(self.m)
         w = torch.rand((len(index),) + tuple(weight.shape[2:]), generator=generator) * (2 * bound) - bound
         b = torch.rand((len(index),) + tuple(bias.shape[2:]), generator=generator) * (2 * bound) - bound
+        if layers is None:  # plain copies: a flow is built for every search iteration
+            self.theta[model].zero_()
+            weight[model].copy_(w)
+            bias[model].copy_(b)
+            return
         weight[model, index] = w.to(weight)
         bias[model, index] = b.to(bias)
         log_scale[model, index] = 0.0
@@ -140,7 +161,7 @@ class BatchedCouplingFlow(nn.Module):
         A data-dependent start (as ActNorm in Glow): the flow begins as the map to
         zero mean and unit variance, so plain SGD is well conditioned on raw units.
         """
-        mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+        mean, std = _column_moments(x)
         self.log_scale[:, 0] = -std.log()
         self.shift[:, 0] = -mean / std
 
