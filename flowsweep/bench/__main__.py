@@ -24,8 +24,11 @@ _COMMANDS = ("compare", "scaling", "job")
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads for every engine (default 1: the kernels are too "
-                             "small to split, and a second thread stalls whenever the core is shared)")
+                        help="torch intra-op threads for (b) and (c) (default 1: their operations are too small "
+                             "to split); the batched engine always runs its kernels on one thread")
+    common.add_argument("--workers", type=int, default=None,
+                        help="threads of the batched engine, each training a share of the K models "
+                             "(default: train.workers of conf/config.yaml)")
     common.add_argument("--data-dir", default=None, help="raw UCI folder (default: $FLOWSWEEP_DATA_DIR)")
     parser = argparse.ArgumentParser(prog="python -m flowsweep.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -61,20 +64,21 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         from flowsweep.bench.compare import compare
         from flowsweep.bench.workload import make_workload
 
-        work = make_workload(args.dataset, args.depth, args.models, data_dir=args.data_dir)
+        work = make_workload(args.dataset, args.depth, args.models, data_dir=args.data_dir, workers=args.workers)
         print(f"# {args.dataset} (d={work.data.d}), batch {work.batch_size}, depth {args.depth}, K={args.models}, "
               f"{args.steps} SGD steps per model; {load_note()}")
         timing, agreement = compare(work, args.steps, args.repeats, nflows=not args.no_nflows)
         print(timing.to_markdown(index=False))
         a = timing["ms / model-step"]
-        print("\n" + "   ".join(f"{name[:3]}/(a) = {a[i] / a[0]:.1f}" for i, name in enumerate(timing["engine"]) if i))
+        print("\nspeed-up of (a) per model-step: "
+              + ", ".join(f"{a[i] / a[0]:.1f}x over {name[:3]}" for i, name in enumerate(timing["engine"]) if i))
         print("\nSame models, same initial parameters and minibatches (float32):")
         print(agreement.to_markdown(index=False))
     elif command == "scaling":
         from flowsweep.bench.scaling import scaling_table
 
         print(f"# batched engine, {args.steps} SGD steps, best of {args.repeats}; {load_note()}")
-        print(scaling_table(args.steps, args.repeats, args.data_dir).to_markdown(index=False))
+        print(scaling_table(args.steps, args.repeats, args.data_dir, args.workers).to_markdown(index=False))
     else:
         from flowsweep.bench.job import time_job
 

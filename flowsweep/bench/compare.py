@@ -56,7 +56,8 @@ def run_batched(work: Workload, initial: BatchedCouplingFlow, steps: int, repeat
 
     seconds, (flow, curve) = best_of(repeats, once)
     final = evaluate_bpd(flow, work.data.train, work.data.log_det).numpy()
-    return EngineRun("(a) flowsweep batched engine", seconds, steps * work.k, curve, final)
+    threads = "1 thread" if work.workers == 1 else f"{work.workers} threads"
+    return EngineRun(f"(a) flowsweep batched engine, {threads}", seconds, steps * work.k, curve, final)
 
 
 def _train_one(model: nn.Module, batches: Iterator[Tensor], schedule: Schedule) -> list[float]:

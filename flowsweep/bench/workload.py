@@ -60,6 +60,11 @@ class Workload:
     def batch_size(self) -> int:
         return int(self.cfg.dataset.batch_size)
 
+    @property
+    def workers(self) -> int:
+        """Threads of the batched engine (``train.workers``)."""
+        return int(self.cfg.train.workers)
+
     def schedule(self, steps: int) -> Schedule:
         return Schedule.from_config(self.cfg.train, steps=steps)
 
@@ -79,9 +84,12 @@ class Workload:
 
 
 def make_workload(dataset: str = "magic", depth: int = 8, models: int = 20, seed: int = 0,
-                  data_dir: Optional[str] = None) -> Workload:
-    """Compose ``dataset=<dataset> depth=<depth>``, load the data, draw ``models`` random structures."""
+                  data_dir: Optional[str] = None, workers: Optional[int] = None) -> Workload:
+    """Compose ``dataset=<dataset> depth=<depth>`` (and ``train.workers``, if given), load the
+    data, draw ``models`` random structures."""
     overrides = [f"dataset={dataset}", f"depth.layers={depth}", f"seed={seed}"]
+    if workers is not None:
+        overrides.append(f"train.workers={workers}")
     cfg = compose_config(overrides)
     data = load_dataset(cfg.dataset, data_dir or cfg.data_dir)
     m = cfg.model.m if cfg.model.m is not None else data.d // 2
