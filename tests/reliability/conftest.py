@@ -13,7 +13,6 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,13 +121,3 @@ def assert_complete_jobs(uri: str, jobs: int, instances: int = 2, steps: int = 5
         assert {"masks.json", "masks.png", "bpd_curve.png"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
     return runs
 
-
-@pytest.fixture
-def isolated_tracking_env() -> Iterator[None]:
-    """Keep this process's MLFLOW_TRACKING_URI untouched by what a test does."""
-    before = os.environ.get("MLFLOW_TRACKING_URI")
-    yield
-    if before is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = before
