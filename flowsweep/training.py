@@ -31,6 +31,10 @@ __all__ = ["Schedule", "TrainResult", "train", "evaluate_bpd", "nats_to_bpd", "m
 
 #: Minibatch indices are drawn this many steps at a time (fixed, so streams never depend on K).
 _INDEX_CHUNK = 64
+#: A worker thread gets a share only if the share has at least this much work per layer
+#: (multiply-adds of its conditioners and constant transforms): below it, the threads
+#: mostly queue for the GIL between small operations.
+_MIN_SHARE_WORK = 50_000
 
 
 @dataclass(frozen=True)
@@ -97,9 +101,11 @@ def minibatches(data: Tensor, batch_size: int, steps: int, generators: Sequence[
             yield data.index_select(0, index[step].flatten()).view(len(generators), batch_size, -1)
 
 
-def _shares(k: int, workers: int) -> list[slice]:
-    """``workers`` contiguous, near-equal model ranges (fewer if K is small)."""
-    bounds = np.linspace(0, k, min(max(workers, 1), k) + 1).round().astype(int)
+def _shares(flow: BatchedCouplingFlow, batch_size: int, workers: int) -> list[slice]:
+    """At most ``workers`` contiguous, near-equal model ranges, each worth a thread."""
+    per_model = batch_size * (flow.d + 2 * (flow.d - flow.m) * flow.m)
+    count = max(1, min(workers, flow.k, flow.k * per_model // _MIN_SHARE_WORK))
+    bounds = np.linspace(0, flow.k, count + 1).round().astype(int)
     return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
@@ -137,7 +143,7 @@ def train(
     curve = torch.empty(schedule.steps, flow.k)
     grad, zero = torch.empty_like(theta), torch.zeros((), dtype=theta.dtype)
     ones = torch.ones(flow.k, dtype=theta.dtype)
-    shares = _shares(flow.k, schedule.workers)
+    shares = _shares(flow, batch_size, schedule.workers)
 
     def step_share(models: slice, batch: Tensor, row: Tensor) -> None:
         nll, backward = flow.nll_step(batch[models], models)  # fused forward; backward without autograd

@@ -6,6 +6,7 @@ import torch
 
 from flowsweep.engine import BatchedCouplingFlow
 from flowsweep.structure import parity_structure, random_structure
+from flowsweep import training
 from flowsweep.training import Schedule, evaluate_bpd, train
 
 
@@ -120,8 +121,9 @@ def test_diverging_model_is_frozen_and_others_unaffected():
     assert torch.isinf(evaluate_bpd(flow, data)[1])
 
 
-def test_worker_threads_give_bitwise_the_same_training():
+def test_worker_threads_give_bitwise_the_same_training(monkeypatch):
     # Shares of the batch train in parallel threads; no number may depend on how many.
+    monkeypatch.setattr(training, "_MIN_SHARE_WORK", 1)  # split even this small batch
     d, m, depth, k = 5, 2, 3, 5
     data = torch.randn(300, d) * 2.0 + 1.0
     rng = np.random.default_rng(1)
