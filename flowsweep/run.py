@@ -85,13 +85,17 @@ def _fixed_structures(cfg: DictConfig, d: int, m: int, seeds: list[int]) -> list
             for s in seeds]
 
 
-def run_job(cfg: DictConfig) -> float:
-    """Validate, train (searching first for ``layout=opt``), log; returns the mean test bpd."""
+def run_job(cfg: DictConfig, data: Optional[Dataset] = None) -> float:
+    """Validate, train (searching first for ``layout=opt``), log; returns the mean test bpd.
+
+    ``data`` is the dataset of ``cfg.dataset`` when the caller has loaded it already.
+    """
     started = time.perf_counter()
     validate(cfg)
     uri = resolve_tracking_uri(cfg.tracking.uri, _launch_dir())
     check_reachable(uri)
-    data = load_dataset(cfg.dataset, cfg.data_dir)
+    if data is None:
+        data = load_dataset(cfg.dataset, cfg.data_dir)
     m = validate_against_data(cfg, data.d, data.train.shape[0])
     seeds = [derive_seed(cfg.seed, i) for i in range(cfg.instances)]
     optimizers = build_optimizers(cfg, data.d, m, seeds) if cfg.layout.name == "opt" else None

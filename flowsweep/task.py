@@ -48,8 +48,7 @@ def _bad_input(error: Exception) -> NoReturn:
 def run_task(cfg: DictConfig) -> float:
     """Run the job of ``cfg``; returns its mean test bpd (what Hydra sweepers optimise)."""
     # The checks of the config, then of the data, come before MLflow and the training
-    # code load: bad input is reported in a second or two and creates nothing. run_job
-    # repeats them for its other callers (loading a dataset again costs milliseconds).
+    # code load: bad input is reported in a second or two and creates nothing.
     try:
         validate(cfg)
     except ConfigError as error:
@@ -64,7 +63,7 @@ def run_task(cfg: DictConfig) -> float:
     from flowsweep.run import run_job
 
     try:
-        return run_job(cfg)
+        return run_job(cfg, data)
     except (ConfigError, DataError) as error:
         _bad_input(error)
     except Exception as error:
