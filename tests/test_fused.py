@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from flowsweep.engine import BatchedCouplingFlow
+from flowsweep import fused
 from flowsweep.fused import FusedLogProb
 from flowsweep.structure import random_structure
 
@@ -30,9 +31,11 @@ def test_log_prob_equals_plain_forward(seed):
     with torch.no_grad():  # the no-grad path keeps two activation buffers instead of L
         torch.testing.assert_close(flow.log_prob(x), reference_log_prob(flow, x), rtol=1e-12, atol=1e-10)
 
+@pytest.mark.parametrize("layer_by_layer", [False, True])
 @pytest.mark.parametrize("mean_nll", [False, True])
 @pytest.mark.parametrize("shared_x", [False, True])
-def test_hand_written_backward_passes_gradcheck(mean_nll, shared_x):
+def test_hand_written_backward_passes_gradcheck(mean_nll, shared_x, layer_by_layer, monkeypatch):
+    monkeypatch.setattr(fused, "_HOT_LOOP", 0 if layer_by_layer else 10**9)  # both ways of the backward pass
     flow = make_flow(k=2, d=5, m=2, depth=3)
     shape = (6, flow.d) if shared_x else (flow.k, 6, flow.d)
     x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
@@ -57,3 +60,13 @@ def test_training_path_equals_autograd():
     torch.testing.assert_close(nll, flow.nll(x).detach())
     torch.testing.assert_close(backward(weight), expected)
     assert torch.all(backward(weight)[1] == 0)  # a zero weight gives an exact zero gradient
+
+
+def test_both_ways_of_the_backward_pass_agree_bitwise(monkeypatch):
+    flow = make_flow(k=3, d=6, m=3, depth=4).float()
+    x = torch.randn(flow.k, 40, flow.d)
+    grads = []
+    for threshold in (0, 10**9):
+        monkeypatch.setattr(fused, "_HOT_LOOP", threshold)
+        grads.append(flow.nll_step(x)[1](torch.ones(flow.k)))
+    assert torch.equal(*grads)
