@@ -19,6 +19,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from mlflow.tracking import MlflowClient
@@ -84,7 +85,7 @@ def curves_figure(curves: pd.DataFrame, title: str, xlabel: str, ylabel: str,
     cols = min(len(panels), 4)
     rows = math.ceil(len(panels) / cols)
     fig = Figure(figsize=(_PANEL[0] * cols, _PANEL[1] * rows), dpi=_DPI)
-    axes = fig.subplots(rows, cols, squeeze=False, sharey=True).ravel()
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
     colors: dict[str, str] = {}
     for ax, panel in zip(axes, panels):
         part = curves if panel is None else curves.xs(panel, level=panel_level, axis=1, drop_level=False)
@@ -93,6 +94,7 @@ def curves_figure(curves: pd.DataFrame, title: str, xlabel: str, ylabel: str,
             color = colors.setdefault(label, f"C{len(colors) % 10}")
             series = part[column].dropna()
             ax.plot(series.index, series.to_numpy(), lw=1.0, color=color, label=label)
+        _cap(ax, part.to_numpy(float), top_quantile)
         ax.set_title(title if panel is None else f"{title}, {panel_level} = {panel}", fontsize=9)
         ax.set_xlabel(xlabel)
         ax.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))
@@ -100,16 +102,20 @@ def curves_figure(curves: pd.DataFrame, title: str, xlabel: str, ylabel: str,
             ax.legend(fontsize=7, title=" / ".join(varying), title_fontsize=7)
     for ax in axes[:: cols]:
         ax.set_ylabel(ylabel)
-    values = curves.to_numpy(float).ravel()
-    values = values[np.isfinite(values)]
-    if top_quantile is not None and len(values):
-        low, high = values.min(), np.quantile(values, top_quantile)
-        if high > low:
-            axes[0].set_ylim(low - 0.05 * (high - low), high)
     for ax in axes[len(panels):]:
         ax.set_visible(False)
     fig.tight_layout()
     return fig
+
+
+def _cap(ax: Axes, values: np.ndarray, top_quantile: Optional[float]) -> None:
+    """Stop the y axis at ``top_quantile`` of ``values`` (no-op for ``None``)."""
+    values = values[np.isfinite(values)]
+    if top_quantile is None or not len(values):
+        return
+    low, high = values.min(), np.quantile(values, top_quantile)
+    if high > low:
+        ax.set_ylim(low - 0.05 * (high - low), high)
 
 
 def _ordered(columns: pd.MultiIndex) -> list[tuple]:

@@ -13,7 +13,7 @@ from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 from urllib.parse import unquote, urlparse
 
 import mlflow
@@ -98,7 +98,8 @@ def _quoted(value: str) -> str:
     return f"{quote}{value}{quote}"
 
 
-def _search(experiment_id: str, filter_string: str = "", **kwargs) -> pd.DataFrame:
+def _search(experiment_id: str, filter_string: str = "", **kwargs: Any) -> pd.DataFrame:
+    """``mlflow.search_runs`` in one experiment, without summary runs."""
     frame = mlflow.search_runs([experiment_id], filter_string=filter_string, **kwargs)
     if len(frame) and f"tags.{SUMMARY_TAG}" in frame.columns:
         frame = frame[frame[f"tags.{SUMMARY_TAG}"].isna()]
