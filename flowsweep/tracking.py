@@ -3,13 +3,16 @@
 The tracking URI is resolved once against the directory the user launched from, so
 runs never scatter into Hydra's per-job output folders. In a multirun the experiment
 is created by :class:`flowsweep.callbacks.TrackingCallback` in the launching process,
-before jobs fan out. Metrics are buffered per run and written with ``log_batch`` when
-the job ends, because one ``log_metric`` call costs milliseconds on a sqlite store.
+before jobs fan out. Metrics are buffered per run and written with ``log_batch``, because
+one ``log_metric`` call costs milliseconds on a sqlite store, by a helper process
+(:mod:`flowsweep.mlflow_writer`) while the job computes.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
@@ -17,11 +20,12 @@ from urllib.parse import urlparse
 
 import mlflow
 from filelock import FileLock
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
 from flowsweep.callbacks import SWEEP_ID_ENV
 from flowsweep.config import ConfigError
+from flowsweep.mlflow_writer import MlflowWriteError, writer_for
 
 __all__ = [
     "SWEEP_ID_ENV",
@@ -127,49 +131,75 @@ def flatten(node: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 class RunGroup:
-    """The MLflow runs of one job, one per model instance, written in batches.
+    """The MLflow runs of one job, one per model instance, written by a helper process.
 
     Runs are created RUNNING; :meth:`close` ends them FINISHED, or FAILED when the
-    job raised — a crashed job never leaves a FINISHED run behind.
+    job raised — a crashed job never leaves a FINISHED run behind. Every call goes, in
+    order, to this process's :class:`~flowsweep.mlflow_writer.MlflowWriter`: runs are
+    created while the job trains, a run's metrics are written while the job draws the
+    next run's figures. :meth:`close` waits until all of it is written and raises
+    :class:`~flowsweep.mlflow_writer.MlflowWriteError` if any of it failed.
     """
 
     def __init__(self, client: MlflowClient, experiment_id: str, names: Sequence[str],
                  params: Sequence[Mapping[str, str]], tags: Mapping[str, str]):
         self.client = client
-        self.run_ids = []
-        for name, run_params in zip(names, params):
-            run = client.create_run(experiment_id, run_name=name, tags=dict(tags))
-            self.run_ids.append(run.info.run_id)
-            client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in run_params.items()])
-        self._metrics: list[list[Metric]] = [[] for _ in self.run_ids]
-        self._tags: list[list[RunTag]] = [[] for _ in self.run_ids]
+        self._writer = writer_for(client.tracking_uri)
+        self._group = self._writer.new_group()
+        self._size = len(names)
+        self._writer.send("create", self._group, experiment_id, list(names), [dict(p) for p in params], dict(tags))
+        self._metrics: list[list[tuple]] = [[] for _ in range(self._size)]
+        self._tags: list[list[tuple]] = [[] for _ in range(self._size)]
+        self._run_ids: Optional[list[str]] = None
 
     def __len__(self) -> int:
-        return len(self.run_ids)
+        return self._size
+
+    @property
+    def run_ids(self) -> list[str]:
+        """The runs' ids (waits until the writer has created them)."""
+        if self._run_ids is None:
+            self._run_ids, errors = self._writer.sync(self._group)
+            if errors:
+                raise MlflowWriteError(errors[0])
+        return self._run_ids
 
     def metric(self, run: int, key: str, value: float, step: int = 0) -> None:
-        self._metrics[run].append(Metric(key, float(value), int(time.time() * 1000), step))
+        self._metrics[run].append((key, float(value), int(time.time() * 1000), step))
 
     def curve(self, run: int, key: str, values: Iterable[float], first_step: int = 0) -> None:
         stamp = int(time.time() * 1000)
-        self._metrics[run].extend(Metric(key, float(v), stamp, first_step + s) for s, v in enumerate(values))
+        self._metrics[run].extend((key, float(v), stamp, first_step + s) for s, v in enumerate(values))
 
     def tag(self, run: int, key: str, value: str) -> None:
-        self._tags[run].append(RunTag(key, value))
+        self._tags[run].append((key, value))
 
     def artifacts(self, run: int, directory: str) -> None:
-        self.client.log_artifacts(self.run_ids[run], directory)
+        """Log the files of ``directory`` (copied first: the caller may delete it right away).
+
+        The run's buffered metrics go first, so they are written while the job goes on.
+        """
+        self._send(run)
+        staged = tempfile.mkdtemp(prefix="flowsweep-artifacts-")
+        shutil.copytree(directory, staged, dirs_exist_ok=True)
+        self._writer.send("artifacts", self._group, run, staged)
+
+    def _send(self, run: int) -> None:
+        metrics, tags = self._metrics[run], self._tags[run]
+        if metrics or tags:
+            self._writer.send("log", self._group, run, metrics, tags)
+        self._metrics[run], self._tags[run] = [], []
 
     def flush(self) -> None:
-        for run_id, metrics, tags in zip(self.run_ids, self._metrics, self._tags):
-            if metrics or tags:
-                self.client.log_batch(run_id, metrics=metrics, tags=tags)
-        self._metrics = [[] for _ in self.run_ids]
-        self._tags = [[] for _ in self.run_ids]
+        for run in range(self._size):
+            self._send(run)
 
     def close(self, failed: bool = False) -> None:
         status = RunStatus.to_string(RunStatus.FAILED if failed else RunStatus.FINISHED)
         if not failed:
             self.flush()
-        for run_id in self.run_ids:
-            self.client.set_terminated(run_id, status)
+        self._writer.send("terminate", self._group, status)
+        run_ids, errors = self._writer.sync(self._group)
+        self._run_ids = run_ids
+        if errors and not failed:
+            raise MlflowWriteError(errors[0])

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import time
+
+import pytest
 
 from flowsweep.bench.__main__ import main
 from flowsweep.bench.compare import compare
@@ -29,12 +32,15 @@ def test_command_line_prints_both_tables(data_dir, capsys):
     assert "(a) flowsweep batched engine" in out and "(b) usual way" in out and "speed-up of (a)" in out
 
 
-def test_phase_clock_counts_nested_calls_once():
+def test_phase_clock_counts_nested_time_once():
     clock = PhaseClock()
-    inner = clock.wrap("logging", lambda: None)
-    outer = clock.wrap("logging", lambda: inner())
+    inner = clock.wrap("figures", lambda: time.sleep(0.05))
+    outer = clock.wrap("logging", lambda: (time.sleep(0.02), inner()))
+    start = time.perf_counter()
     outer()
-    assert list(clock.seconds) == ["logging"]
+    total = time.perf_counter() - start
+    assert clock.seconds["figures"] >= 0.05 and 0.02 <= clock.seconds["logging"] < 0.05
+    assert sum(clock.seconds.values()) == pytest.approx(total, abs=0.01)
 
 
 def test_every_phase_target_exists():

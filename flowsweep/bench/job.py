@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 
 import pandas as pd
 
-from flowsweep.bench.phases import PHASES, TIMINGS_ENV
+from flowsweep.bench.phases import LOGGING, PHASES, TIMINGS_ENV
 
 __all__ = ["time_job"]
 
@@ -45,6 +45,7 @@ def time_job(overrides: Sequence[str], keep: Optional[str] = None) -> tuple[pd.D
             shutil.rmtree(folder, ignore_errors=True)
     rows = [(phase, seconds.get(phase, 0.0)) for phase in PHASES]
     rows.append(("other: start-up, imports, Hydra", wall - sum(s for _, s in rows)))
+    rows.append(("logging in all (mlflow + figures)", sum(seconds.get(phase, 0.0) for phase in LOGGING)))
     table = pd.DataFrame(rows, columns=["phase", "wall s"])
     table["share"] = (table["wall s"] / wall).map(lambda x: f"{100 * x:.1f} %")
     table["wall s"] = table["wall s"].round(2)

@@ -3,8 +3,8 @@
 :func:`main` runs ``main.py`` exactly as ``python main.py ...`` would (same process
 layout, same Hydra launcher), after wrapping the job's phase functions with a clock; at
 exit it writes ``{phase: seconds}`` as JSON to the file named by
-``$FLOWSWEEP_BENCH_TIMINGS``. Nested calls count once, in the outermost phase. Only the
-basic launcher runs jobs in this process; other launchers' workers are not timed.
+``$FLOWSWEEP_BENCH_TIMINGS``. Only the basic launcher runs jobs in this process; other
+launchers' workers are not timed.
 
     FLOWSWEEP_BENCH_TIMINGS=t.json python -m flowsweep.bench.phases dataset=magic layout=opt depth=8
 """
@@ -22,14 +22,15 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["PHASES", "TIMINGS_ENV", "PhaseClock", "main"]
+__all__ = ["PHASES", "LOGGING", "TIMINGS_ENV", "PhaseClock", "main"]
 
 TIMINGS_ENV = "FLOWSWEEP_BENCH_TIMINGS"
 
-#: phase -> (module, attribute path) of the functions that do it. "logging" is every MLflow
-#: call of a job and everything it logs: store set-up, runs, metrics, figures, artifacts.
+#: phase -> (module, attribute path) of the functions that do it. The "mlflow" and "figures"
+#: phases together are everything a job spends on logging: store set-up, runs, metrics,
+#: figures and artifacts.
 PHASES: dict[str, list[tuple[str, str]]] = {
-    "mlflow logging": [
+    "mlflow: store and runs": [
         ("flowsweep.callbacks", "TrackingCallback.on_multirun_start"),
         ("flowsweep.tracking", "open_client"),
         ("flowsweep.tracking", "ensure_experiment"),
@@ -37,36 +38,50 @@ PHASES: dict[str, list[tuple[str, str]]] = {
         ("flowsweep.run", "ensure_experiment"),
         ("flowsweep.run", "resume_job"),
         ("flowsweep.tracking", "RunGroup.__init__"),
+    ],
+    "mlflow: metrics and artifacts": [
         ("flowsweep.run", "_log"),
         ("flowsweep.tracking", "RunGroup.close"),
+    ],
+    "figures": [
+        ("flowsweep.plots", "save_mask_heatmap"),
+        ("flowsweep.plots", "save_bpd_curve"),
+        ("flowsweep.plots", "save_search_trajectory"),
     ],
     "data loading": [("flowsweep.run", "load_dataset")],
     "structure search": [("flowsweep.run", "run_searches")],
     "final training": [("flowsweep.run", "train")],
     "evaluation": [("flowsweep.run", "evaluate_bpd")],
 }
+#: The phases that make up logging.
+LOGGING = ("mlflow: store and runs", "mlflow: metrics and artifacts", "figures")
 
 _MAIN = Path(__file__).resolve().parents[2] / "main.py"
 
 
 class PhaseClock:
-    """Accumulates wall seconds per phase; :meth:`install` wraps the functions of :data:`PHASES`."""
+    """Accumulates wall seconds per phase; :meth:`install` wraps the functions of :data:`PHASES`.
+
+    Time is exclusive: a phase's function called inside another's (figures inside the
+    logging of metrics) counts for the inner phase only, so phases add up to the total.
+    """
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
-        self._depth = 0
+        self._inner: list[float] = []  # per open call: time already counted by calls inside it
 
     def wrap(self, phase: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
         def timed(*args: Any, **kwargs: Any) -> Any:
-            self._depth += 1
+            self._inner.append(0.0)
             start = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
             finally:
-                self._depth -= 1
-                if self._depth == 0:
-                    self.seconds[phase] += time.perf_counter() - start
+                elapsed = time.perf_counter() - start
+                self.seconds[phase] += elapsed - self._inner.pop()
+                if self._inner:
+                    self._inner[-1] += elapsed
 
         return timed
 
