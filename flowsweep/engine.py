@@ -30,7 +30,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from flowsweep.fused import LOG_2PI, FusedLogProb, ParamLayout, StructureIndex, nll_step
+from flowsweep.fused import LOG_2PI, FusedLogProb, ParamLayout, StructureIndex, Workspace, nll_step
 from flowsweep.structure import Structure
 
 __all__ = ["BatchedCouplingFlow", "LOG_2PI"]
@@ -74,6 +74,8 @@ class BatchedCouplingFlow(nn.Module):
         self.register_buffer("rows_back", torch.zeros(self.depth, self.k * self.d, dtype=torch.long))
         self.structures: list[Structure] = []
         self._share_index: dict[tuple[int, int], StructureIndex] = {}
+        #: Reused by every training step of a model range (see fused.Workspace).
+        self._workspaces: dict[tuple[int, int], Workspace] = {}
         self.set_structures(structures)
         for i in range(self.k):
             self.reset_parameters(i, None if generators is None else generators[i])
@@ -119,6 +121,7 @@ class BatchedCouplingFlow(nn.Module):
             getattr(self, name).copy_(getattr(index, name))
         self.structures = list(structures)
         self._share_index.clear()
+        self._workspaces.clear()
 
     @torch.no_grad()
     def reset_parameters(self, model: int, generator: Optional[torch.Generator], layers: Optional[Sequence[int]] = None) -> None:
@@ -191,14 +194,16 @@ class BatchedCouplingFlow(nn.Module):
         ``models`` (default: all), with ``x`` their minibatches ``[k, N, d]``; ``backward(weight [k])``
         is the gradient of ``sum weight * nll`` for their rows of :attr:`theta`, ``[k, P]``.
 
-        Disjoint model ranges share nothing, so they may run in parallel threads.
+        Disjoint model ranges share nothing, so they may run in parallel threads. Each range
+        reuses its buffers from step to step: call ``backward`` before its next ``nll_step``.
         """
-        if models is None:
-            return nll_step(x, self.theta, self.layout, self.index)
-        key = (models.start or 0, self.k if models.stop is None else models.stop)
+        key = (0, self.k) if models is None else (models.start or 0, self.k if models.stop is None else models.stop)
         if key not in self._share_index:
-            self._share_index[key] = StructureIndex.from_perm(self.perm[key[0]:key[1]])
-        return nll_step(x, self.theta[key[0]:key[1]], self.layout, self._share_index[key])
+            self._share_index[key] = StructureIndex.from_perm(self.perm[key[0]:key[1]]) if models else self.index
+        workspace = self._workspaces.get(key)
+        if workspace is None or workspace.shape != (key[1] - key[0], x.shape[-2]) or workspace.y.dtype != x.dtype:
+            workspace = self._workspaces[key] = Workspace(self.theta, self.layout, key[1] - key[0], x.shape[-2])
+        return nll_step(x, self.theta[key[0]:key[1]], self.layout, self._share_index[key], workspace)
 
     # -- transforms (plain operations, data order) -------------------------------------
 

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-__all__ = ["ParamLayout", "StructureIndex", "FusedLogProb", "nll_step", "LOG_2PI"]
+__all__ = ["ParamLayout", "StructureIndex", "Workspace", "FusedLogProb", "nll_step", "LOG_2PI"]
 
 LOG_2PI = math.log(2.0 * math.pi)
 #: From this many activations per layer (K d N) on, the backward pass works layer by
@@ -113,43 +113,85 @@ def _prepare(theta: Tensor, layout: ParamLayout, index: StructureIndex) -> tuple
     return e, c, w2, b2
 
 
-def _forward(x: Tensor, theta: Tensor, layout: ParamLayout, index: StructureIndex, keep: bool):
+class Workspace:
+    """Buffers and per-layer views for ``K`` models and ``N`` samples.
+
+    Made once, the views spare every step ~30 ``unbind`` calls, which cost more than the
+    arithmetic when N is small. Training reuses one workspace for all its steps (each
+    step's backward pass runs before the next step's forward pass); a workspace
+    without ``keep`` holds two activation slots that take turns (no backward pass).
+    """
+
+    def __init__(self, theta: Tensor, layout: ParamLayout, k: int, n: int, keep: bool = True):
+        L, d, m = layout.depth, layout.d, layout.m
+        dm = d - m
+        self.shape, self.keep = (k, n), keep
+        self.slots = L if keep else 2
+        self.y = theta.new_empty(self.slots, k, d, n)
+        self.t = theta.new_empty(L if keep else 1, k, 2 * dm, n)
+        self.ex = theta.new_empty(L if keep else 1, k, dm, n)
+        self.ys, self.ys_flat = self.y.unbind(0), self.y.view(self.slots, k * d, n).unbind(0)
+        self.ys_b, self.ys_a = self.y[:, :, :m].unbind(0), self.y[:, :, m:].unbind(0)
+        self.ts, self.ts_s, self.ts_t = self.t.unbind(0), self.t[:, :, :dm].unbind(0), self.t[:, :, dm:].unbind(0)
+        self.es = self.ex.unbind(0)
+        self.minus_one, self.one = theta.new_full((), -1.0), theta.new_ones(())
+        self.hot = k * d * n >= _HOT_LOOP
+        if keep:
+            self._backward_buffers(theta, layout, k, n)
+
+    def _backward_buffers(self, theta: Tensor, layout: ParamLayout, k: int, n: int) -> None:
+        """Large batches go layer by layer (one slot, reused while in cache); small ones keep
+        every layer's intermediates for reductions over all layers at once."""
+        L, d, m = layout.depth, layout.d, layout.m
+        dm = d - m
+        slots = 1 if self.hot else L
+        self.deriv = theta.new_empty(slots, k, 2 * dm, n)  # tanh' = 1 - T^2
+        self.scaled = theta.new_empty(slots, k, dm, n)  # v[m:] * exp(s) = y'[m:] - t
+        self.g_pre = theta.new_empty(slots, k, dm, n)  # d/ds before tanh', with the log-det term
+        self.g_h = theta.new_empty(slots, k, 2 * dm, n)  # d/d(W v + b)
+        self.g_v = theta.new_empty(slots, k, d, n)  # d/dv
+        # per layer, summed over samples: d/dW, d/db, d/dc, sum g_v v (conditioning rows), sum g_pre
+        self.g_w = theta.new_empty(L, k, 2 * dm, m)
+        sums = theta.new_empty(L, k, 2 * dm + d + m + dm)
+        self.g_b, self.g_c, self.dot_b, self.sum_pre = sums.split([2 * dm, d, m, dm], dim=2)
+        self.derivs, self.scaleds = self.deriv.unbind(0), self.scaled.unbind(0)
+        self.g_pres, self.g_hs = self.g_pre.unbind(0), self.g_h.unbind(0)
+        self.g_hs_s, self.g_hs_t = self.g_h[:, :, :dm].unbind(0), self.g_h[:, :, dm:].unbind(0)
+        self.g_vs, self.g_vs_flat = self.g_v.unbind(0), self.g_v.view(slots, k * d, n).unbind(0)
+        self.g_vs_b, self.g_vs_a = self.g_v[:, :, :m].unbind(0), self.g_v[:, :, m:].unbind(0)
+        self.ts_all, self.v_bs = self.t.unbind(0), self.y[:, :, :m].unbind(0)  # conditioning rows stay as v
+
+
+def _forward(x: Tensor, theta: Tensor, layout: ParamLayout, index: StructureIndex, keep: bool,
+             ws: Optional[Workspace] = None):
     """Latent rows ``[K, d, N]`` (last layer's order), coupling log-dets ``[K, N]`` and, if
-    ``keep``, the tensors the backward pass reads."""
-    k, L, d, m = theta.shape[0], layout.depth, layout.d, layout.m
-    dm = d - m
+    ``keep``, what the backward pass reads."""
+    k, L, d = theta.shape[0], layout.depth, layout.d
+    dm = d - layout.m
     prepared = _prepare(theta, layout, index)
     e, c, w2, b2 = (p.unbind(0) for p in prepared)
     if x.dim() == 2:
         x = x.unsqueeze(0).expand(k, -1, -1)
     n = x.shape[1]
-    slots = L if keep else 2  # without a backward pass, two activation buffers take turns
-    y = theta.new_empty(slots, k, d, n)
-    t = theta.new_empty(L if keep else 1, k, 2 * dm, n)
-    ex = theta.new_empty(L if keep else 1, k, dm, n)
-    # Per-layer views made once: indexing inside the loop costs more than the work at small N.
-    ys, ys_flat = y.unbind(0), y.view(slots, k * d, n).unbind(0)
-    ys_b, ys_a = y[:, :, :m].unbind(0), y[:, :, m:].unbind(0)
-    ts, ts_s, ts_t, es = t.unbind(0), t[:, :, :dm].unbind(0), t[:, :, dm:].unbind(0), ex.unbind(0)
-    rows = index.rows.unbind(0)
-    minus_one = theta.new_full((), -1.0)
+    ws = ws or Workspace(theta, layout, k, n, keep)
+    rows, slots = index.rows.unbind(0), ws.slots
     logdet = theta.new_zeros(k, n)
     rows_in = x.transpose(1, 2).reshape(k * d, n)  # feature-major: one copy
     for l in range(L):
         i, j = l % slots, (l if keep else 0)
-        torch.index_select(rows_in, 0, rows[l], out=ys_flat[i])  # into layer l's order
-        ys_flat[i].mul_(e[l]).add_(c[l])
-        torch.baddbmm(b2[l], w2[l], ys_b[i], out=ts[j])
-        ts[j].sigmoid_()
-        torch.add(minus_one, ts[j], alpha=2.0, out=ts[j])  # 2 sigmoid(2x) - 1 == tanh(x)
-        torch.exp(ts_s[j], out=es[j])
-        torch.addcmul(ts_t[j], ys_a[i], es[j], out=ys_a[i])
+        torch.index_select(rows_in, 0, rows[l], out=ws.ys_flat[i])  # into layer l's order
+        ws.ys_flat[i].mul_(e[l]).add_(c[l])
+        torch.baddbmm(b2[l], w2[l], ws.ys_b[i], out=ws.ts[j])
+        ws.ts[j].sigmoid_()
+        torch.add(ws.minus_one, ws.ts[j], alpha=2.0, out=ws.ts[j])  # 2 sigmoid(2x) - 1 == tanh(x)
+        torch.exp(ws.ts_s[j], out=ws.es[j])
+        torch.addcmul(ws.ts_t[j], ws.ys_a[i], ws.es[j], out=ws.ys_a[i])
         if not keep:
-            logdet += ts_s[j].sum(1)
-        rows_in = ys_flat[i]
+            logdet += ws.ts_s[j].sum(1)
+        rows_in = ws.ys_flat[i]
     if keep:
-        logdet = t[:, :, :dm].sum(2).sum(0)
-    return ys[(L - 1) % slots], logdet, (y, t, ex, *prepared[:3])
+        logdet = ws.t[:, :, :dm].sum(2).sum(0)
+    return ws.ys[(L - 1) % slots], logdet, (ws, *prepared[:3])
 
 
 def _log_density(z: Tensor, logdet: Tensor, theta: Tensor, layout: ParamLayout) -> Tensor:
@@ -167,59 +209,45 @@ def _backward(grad: Tensor, saved: tuple, theta: Tensor, layout: ParamLayout, in
     small ones (where the number of operations decides) do the element-wise work and the
     reductions of all layers in one operation each.
     """
-    y, t, ex, e, c, w2 = saved
+    ws, e, c, w2 = saved
+    y, t, ex = ws.y, ws.t, ws.ex
     L, k, d, n = y.shape
     m, dm = layout.m, layout.d - layout.m
-    hot = k * d * n >= _HOT_LOOP
-    slots = 1 if hot else L
+    hot = ws.hot
     gw = grad.unsqueeze(1)  # [K, 1, N|1]: d(loss)/d(log-density) per sample
-    one = theta.new_ones(())
-    if hot:
-        deriv, scaled = theta.new_empty(1, k, 2 * dm, n), theta.new_empty(1, k, dm, n)
-    else:
-        deriv = torch.addcmul(one, t, t, value=-1.0)  # tanh' = 1 - T^2
-        scaled = torch.sub(y[:, :, m:], t[:, :, dm:])  # v[m:] * exp(s) = y'[m:] - t
-    g_pre = theta.new_empty(slots, k, dm, n)  # d/ds before tanh', with the log-det term
-    g_h = theta.new_empty(slots, k, 2 * dm, n)  # d/d(W v + b)
-    g_v = theta.new_empty(slots, k, d, n)  # d/dv
-    # per layer, summed over samples: d/dW, d/db, d/dc, sum g_v v (conditioning rows), sum g_pre
-    g_w = theta.new_empty(L, k, 2 * dm, m)
-    sums = theta.new_empty(L, k, 2 * dm + d + m + dm)
-    g_b, g_c, dot_b, sum_pre = sums.split([2 * dm, d, m, dm], dim=2)
-    derivs, scaleds, g_pres, g_hs = deriv.unbind(0), scaled.unbind(0), g_pre.unbind(0), g_h.unbind(0)
-    g_hs_s, g_hs_t = g_h[:, :, :dm].unbind(0), g_h[:, :, dm:].unbind(0)
-    g_vs, g_vs_flat = g_v.unbind(0), g_v.view(slots, k * d, n).unbind(0)
-    g_vs_b, g_vs_a = g_v[:, :, :m].unbind(0), g_v[:, :, m:].unbind(0)
-    ts, ys, v_bs = t.unbind(0), y.unbind(0), y[:, :, :m].unbind(0)  # conditioning rows are never overwritten
+    if not hot:
+        torch.addcmul(ws.one, t, t, value=-1.0, out=ws.deriv)
+        torch.sub(y[:, :, m:], t[:, :, dm:], out=ws.scaled)
     ex, e, w2_t, rows_back = ex.unbind(0), e.unbind(0), w2.transpose(2, 3).unbind(0), index.rows_back.unbind(0)
     g_y = torch.mul(y[L - 1], gw).neg_()  # d/dz of -|z|^2 / 2
     for l in reversed(range(L)):
         j = 0 if hot else l
         g_ya, g_yb = g_y[:, m:], g_y[:, :m]
         if hot:
-            torch.addcmul(one, ts[l], ts[l], value=-1.0, out=derivs[0])
-            torch.sub(ys[l][:, m:], ts[l][:, dm:], out=scaleds[0])
-        torch.addcmul(gw, g_ya, scaleds[j], out=g_pres[j])
-        torch.mul(g_pres[j], derivs[j][:, :dm], out=g_hs_s[j])
-        torch.mul(g_ya, derivs[j][:, dm:], out=g_hs_t[j])
-        torch.mul(g_ya, ex[l], out=g_vs_a[j])
+            torch.addcmul(ws.one, ws.ts_all[l], ws.ts_all[l], value=-1.0, out=ws.derivs[0])
+            torch.sub(ws.ys_a[l], ws.ts_t[l], out=ws.scaleds[0])
+        torch.addcmul(gw, g_ya, ws.scaleds[j], out=ws.g_pres[j])
+        torch.mul(ws.g_pres[j], ws.derivs[j][:, :dm], out=ws.g_hs_s[j])
+        torch.mul(g_ya, ws.derivs[j][:, dm:], out=ws.g_hs_t[j])
+        torch.mul(g_ya, ex[l], out=ws.g_vs_a[j])
         # into a contiguous result first: bmm into a strided slice takes a slow per-matrix path
-        g_vs_b[j].copy_(torch.baddbmm(g_yb, w2_t[l], g_hs[j], alpha=0.5))
+        ws.g_vs_b[j].copy_(torch.baddbmm(g_yb, w2_t[l], ws.g_hs[j], alpha=0.5))
         if hot:
-            torch.bmm(g_hs[0], v_bs[l].transpose(1, 2), out=g_w[l])
-            torch.sum(g_hs[0], 2, out=g_b[l])
-            torch.sum(g_vs[0], 2, out=g_c[l])
-            torch.sum(g_vs_b[0] * v_bs[l], 2, out=dot_b[l])
-            torch.sum(g_pres[0], 2, out=sum_pre[l])
+            torch.bmm(ws.g_hs[0], ws.v_bs[l].transpose(1, 2), out=ws.g_w[l])
+            torch.sum(ws.g_hs[0], 2, out=ws.g_b[l])
+            torch.sum(ws.g_vs[0], 2, out=ws.g_c[l])
+            torch.sum(ws.g_vs_b[0] * ws.v_bs[l], 2, out=ws.dot_b[l])
+            torch.sum(ws.g_pres[0], 2, out=ws.sum_pre[l])
         if l > 0 or x_shape is not None:
-            g_y = torch.mul(g_vs_flat[j], e[l]).index_select(0, rows_back[l]).view(k, d, n)
+            g_y = torch.mul(ws.g_vs_flat[j], e[l]).index_select(0, rows_back[l]).view(k, d, n)
     if not hot:
-        torch.bmm(g_h.view(L * k, 2 * dm, n), y[:, :, :m].reshape(L * k, m, n).transpose(1, 2),
-                  out=g_w.view(L * k, 2 * dm, m))
-        torch.sum(g_h, 3, out=g_b)
-        torch.sum(g_v, 3, out=g_c)
-        torch.sum(g_v[:, :, :m] * y[:, :, :m], 3, out=dot_b)
-        torch.sum(g_pre, 3, out=sum_pre)
+        torch.bmm(ws.g_h.view(L * k, 2 * dm, n), y[:, :, :m].reshape(L * k, m, n).transpose(1, 2),
+                  out=ws.g_w.view(L * k, 2 * dm, m))
+        torch.sum(ws.g_h, 3, out=ws.g_b)
+        torch.sum(ws.g_v, 3, out=ws.g_c)
+        torch.sum(ws.g_v[:, :, :m] * y[:, :, :m], 3, out=ws.dot_b)
+        torch.sum(ws.g_pre, 3, out=ws.sum_pre)
+    g_w, g_b, g_c, dot_b, sum_pre = ws.g_w, ws.g_b, ws.g_c, ws.dot_b, ws.sum_pre
 
     g_theta = torch.empty_like(theta)
     g_log_scale, g_shift, g_weight, g_bias = layout.split(g_theta)
@@ -255,27 +283,30 @@ class FusedLogProb(torch.autograd.Function):
             ctx.layout, ctx.index, ctx.mean_nll = layout, index, mean_nll
             ctx.x_shape = x.shape if ctx.needs_input_grad[0] else None
             ctx.n = density.shape[1]
-            ctx.save_for_backward(theta, *saved)
+            ctx.workspace = saved[0]  # buffers made for this call alone
+            ctx.save_for_backward(theta, *saved[1:])
         return density.mean(1).neg_() if mean_nll else density
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple[Optional[Tensor], ...]:
-        theta, *saved = ctx.saved_tensors
+        theta, *prepared = ctx.saved_tensors
+        saved = (ctx.workspace, *prepared)
         grad = grad.unsqueeze(1) / -ctx.n if ctx.mean_nll else grad
         g_x, g_theta = _backward(grad, saved, theta, ctx.layout, ctx.index, ctx.x_shape)
         return g_x, g_theta, None, None, None
 
 
-def nll_step(x: Tensor, theta: Tensor, layout: ParamLayout, index: StructureIndex
-             ) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+def nll_step(x: Tensor, theta: Tensor, layout: ParamLayout, index: StructureIndex,
+             ws: Optional[Workspace] = None) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
     """The training path without autograd: per-model mean NLL ``[K]`` and its backward pass.
 
     Returns ``(nll, backward)``; ``backward(weight)`` with ``weight`` ``[K]`` (bool or float)
-    is the gradient of ``sum_k weight[k] * nll[k]`` for ``theta``, ``[K, P]``.
+    is the gradient of ``sum_k weight[k] * nll[k]`` for ``theta``, ``[K, P]``. With a
+    workspace, call ``backward`` before the workspace's next forward pass.
     """
     theta = theta.detach()
-    z, logdet, saved = _forward(x, theta, layout, index, keep=True)
+    z, logdet, saved = _forward(x, theta, layout, index, keep=True, ws=ws)
     nll = _log_density(z, logdet, theta, layout).mean(1).neg_()
 
     def backward(weight: Tensor) -> Tensor:
