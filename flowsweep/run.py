@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from flowsweep import plots
 from flowsweep.config import ConfigError, validate, validate_against_data
-from flowsweep.data import Dataset, load_dataset
+from flowsweep.data import Dataset, load_dataset, standardized
 from flowsweep.engine import BatchedCouplingFlow
 from flowsweep.resume import resume_job
 from flowsweep.search import StructureOptimizer
@@ -96,6 +96,11 @@ def run_job(cfg: DictConfig, data: Optional[Dataset] = None) -> float:
     check_reachable(uri)
     if data is None:
         data = load_dataset(cfg.dataset, cfg.data_dir)
+    if cfg.model.data_init:
+        # A fixed standardizing map ahead of the first layer: the same model family (its
+        # constant transform absorbs it), but SGD no longer fights raw scales such as
+        # turbine's ~1000 hPa. Its log-determinant keeps every bpd in raw units.
+        data = standardized(data, "model.data_init")
     m = validate_against_data(cfg, data.d, data.train.shape[0])
     seeds = [derive_seed(cfg.seed, i) for i in range(cfg.instances)]
     optimizers = build_optimizers(cfg, data.d, m, seeds) if cfg.layout.name == "opt" else None
@@ -118,8 +123,7 @@ def run_job(cfg: DictConfig, data: Optional[Dataset] = None) -> float:
     try:
         search_time = None
         if optimizers:
-            settings = SearchSettings(cfg.dataset.batch_size, cfg.train, cfg.model.data_init,
-                                      cfg.dataset.split_seed, cfg.progress)
+            settings = SearchSettings(cfg.dataset.batch_size, cfg.train, cfg.dataset.split_seed, cfg.progress)
             search_time = run_searches(optimizers, data, settings)
             structures = [(o.best or o.history[0]).structure for o in optimizers]
         else:
@@ -138,8 +142,6 @@ def run_job(cfg: DictConfig, data: Optional[Dataset] = None) -> float:
 def _train_final(cfg: DictConfig, data: Dataset, structures: list[Structure], seeds: list[int]) -> dict:
     generators = [torch_generator(s) for s in seeds]
     flow = BatchedCouplingFlow(structures, generators)
-    if cfg.model.data_init:
-        flow.initialize_from_data(data.train)
     began = time.perf_counter()
     trained = train(flow, data.train, cfg.dataset.batch_size, Schedule.from_config(cfg.train), generators, data.log_det)
     train_time = time.perf_counter() - began

@@ -23,7 +23,7 @@ from ..config import DatasetConfig
 from .sources import DataError, Located, expected_hash, locate, read_file, sha256_hex
 from .tables import read_table
 
-__all__ = ["Dataset", "load_dataset"]
+__all__ = ["Dataset", "load_dataset", "standardized"]
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: == on tensors is elementwise, not a bool
@@ -78,15 +78,37 @@ def load_dataset(cfg: Union[DictConfig, Mapping[str, Any], DatasetConfig], data_
         test = np.concatenate([parts[f] for f in test_files])
     else:
         train, test = _hold_out(np.concatenate(list(parts.values())), float(spec["test_fraction"]), int(spec["split_seed"]), name)
-    log_det = 0.0
-    if spec["standardize"]:
-        train, test, log_det = _standardize(train, test, columns, name)
-    return Dataset(
+    data = Dataset(
         name=name,
         columns=tuple(columns),
         train=torch.from_numpy(np.ascontiguousarray(train, dtype=np.float32)),
         test=torch.from_numpy(np.ascontiguousarray(test, dtype=np.float32)),
-        log_det=log_det,
+        log_det=0.0,
+    )
+    return standardized(data, "dataset.standardize") if spec["standardize"] else data
+
+
+def standardized(data: Dataset, key: str) -> Dataset:
+    """Both splits scaled by the train mean and std (ddof=0, computed in float64).
+
+    ``log_det`` grows by the map's ``sum(log std)`` (nats per sample), so bpd computed
+    on the result stays in the units of ``data``. ``key`` is the config key that asked
+    for it, named by the error for a constant column.
+    """
+    train = data.train.double()
+    mean, std = train.mean(0), train.std(0, unbiased=False)
+    constant = [c for c, s in zip(data.columns, std.tolist()) if not s > 0]
+    if constant:
+        raise DataError(
+            f"{key}: column(s) {constant} of {data.name} are constant in the training split "
+            f"(std 0); leave them out with dataset.columns or set {key}=false."
+        )
+    return Dataset(
+        name=data.name,
+        columns=data.columns,
+        train=((train - mean) / std).float(),
+        test=((data.test.double() - mean) / std).float(),
+        log_det=data.log_det + float(std.log().sum()),
     )
 
 
@@ -178,16 +200,3 @@ def _hold_out(x: np.ndarray, fraction: float, seed: int, name: str) -> tuple[np.
     # Its own generator, seeded by split_seed only: the split stays the same whatever the model seeds.
     order = np.random.default_rng(seed).permutation(n)
     return x[np.sort(order[n_test:])], x[np.sort(order[:n_test])]
-
-
-def _standardize(train: np.ndarray, test: np.ndarray, columns: list[str], name: str) -> tuple[np.ndarray, np.ndarray, float]:
-    """Scale both splits by the train mean and std (ddof=0); return them and sum(log std)."""
-    mean = train.mean(axis=0)
-    std = train.std(axis=0)
-    constant = [c for c, s in zip(columns, std) if not s > 0]
-    if constant:
-        raise DataError(
-            f"dataset.standardize: column(s) {constant} of {name} are constant in the training split "
-            f"(std 0); leave them out with dataset.columns or set dataset.standardize=false."
-        )
-    return (train - mean) / std, (test - mean) / std, float(np.log(std).sum())

@@ -33,7 +33,6 @@ class SearchSettings:
 
     batch_size: int
     train: DictConfig
-    data_init: bool = True
     split_seed: int = 0
     progress: bool = True
 
@@ -75,8 +74,6 @@ def run_searches(optimizers: Sequence[StructureOptimizer], data: Dataset, settin
             break
         generators = [torch_generator(derive_seed(optimizers[i].seed, trial.number)) for i, trial in asked]
         flow = BatchedCouplingFlow([trial.structure for _, trial in asked], generators)
-        if settings.data_init:
-            flow.initialize_from_data(fit)
         _warm_start(flow, asked, optimizers, champions)
         result = train(flow, fit, settings.batch_size, schedule, generators, data.log_det)
         values = _score(flow, result.curve, result.diverged, lead.value, validation, data.log_det)
