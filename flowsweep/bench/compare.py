@@ -117,6 +117,7 @@ def compare(work: Workload, steps: int, repeats: int, nflows: bool = True) -> tu
     })
     agreement = pd.DataFrame({
         "versus (a)": [r.name for r in runs[1:]],
+        "median |Δ| minibatch bpd": [float(np.median(np.abs(r.curve - batched.curve))) for r in runs[1:]],
         "max |Δ| minibatch bpd": [_max_abs(r.curve, batched.curve) for r in runs[1:]],
         "max |Δ| final train bpd": [_max_abs(r.final, batched.final) for r in runs[1:]],
         "final train bpd (mean)": [round(float(np.mean(r.final)), 5) for r in runs[1:]],
