@@ -50,7 +50,6 @@ def _run(engine: ModuleType, train_module: ModuleType, work: Workload, steps: in
          threads: int, workers: int) -> float:
     """Wall seconds of one ``train`` call of ``steps`` steps."""
     flow = engine.BatchedCouplingFlow(work.structures, work.generators())
-    flow.initialize_from_data(work.data.train)
     base = work.schedule(steps)
     fields = dict(steps=steps, base_lr=base.base_lr, max_lr=base.max_lr, step_size_up=base.step_size_up,
                   mode=base.mode, momentum=base.momentum)

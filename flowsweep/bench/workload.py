@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from flowsweep.data import Dataset, load_dataset
+from flowsweep.data import Dataset, load_dataset, standardized
 from flowsweep.engine import BatchedCouplingFlow
 from flowsweep.seeding import derive_seed, torch_generator
 from flowsweep.structure import Structure, random_structure
@@ -73,11 +73,8 @@ class Workload:
         return [torch_generator(s) for s in self.seeds]
 
     def initial_flow(self) -> BatchedCouplingFlow:
-        """The K models' initial parameters, data-initialised as a job starts them."""
-        flow = BatchedCouplingFlow(self.structures, self.generators())
-        if self.cfg.model.data_init:
-            flow.initialize_from_data(self.data.train)
-        return flow
+        """The K models' initial parameters, as a job starts them."""
+        return BatchedCouplingFlow(self.structures, self.generators())
 
     def fresh(self, flow: BatchedCouplingFlow) -> BatchedCouplingFlow:
         return copy.deepcopy(flow)
@@ -92,6 +89,8 @@ def make_workload(dataset: str = "magic", depth: int = 8, models: int = 20, seed
         overrides.append(f"train.workers={workers}")
     cfg = compose_config(overrides)
     data = load_dataset(cfg.dataset, data_dir or cfg.data_dir)
+    if cfg.model.data_init:  # as run_job: the training data standardized ahead of the first layer
+        data = standardized(data, "model.data_init")
     m = cfg.model.m if cfg.model.m is not None else data.d // 2
     seeds = [derive_seed(seed, i) for i in range(models)]
     structures = [random_structure(data.d, m, depth, np.random.default_rng(derive_seed(s, _STRUCTURE_KEY)))
