@@ -106,8 +106,8 @@ class TrainConfig:
     max_lr: float = MISSING
     step_size_up: int = MISSING
     mode: str = MISSING
-    #: Threads that each train a share of the K models (bitwise the same result for any value).
-    workers: int = MISSING
+    #: torch's intra-op threads while training (part of the config: sums may round differently).
+    threads: int = MISSING
 
 
 @dataclass
@@ -160,7 +160,7 @@ def validate(cfg: DictConfig) -> None:
     _at_least(cfg, "instances", 1)
     _at_least(cfg, "train.steps", 1)
     _at_least(cfg, "train.step_size_up", 1)
-    _at_least(cfg, "train.workers", 1)
+    _at_least(cfg, "train.threads", 1)
     _at_least(cfg, "dataset.batch_size", 1)
     if cfg.layout.name not in _LAYOUTS:
         raise ConfigError("layout.name", f"must be one of {_LAYOUTS}, got {cfg.layout.name!r}")

@@ -73,9 +73,8 @@ class BatchedCouplingFlow(nn.Module):
         self.register_buffer("rows", torch.zeros(self.depth, self.k * self.d, dtype=torch.long))
         self.register_buffer("rows_back", torch.zeros(self.depth, self.k * self.d, dtype=torch.long))
         self.structures: list[Structure] = []
-        self._share_index: dict[tuple[int, int], StructureIndex] = {}
-        #: Reused by every training step of a model range (see fused.Workspace).
-        self._workspaces: dict[tuple[int, int], Workspace] = {}
+        #: Reused by every training step (see fused.Workspace).
+        self._workspace: Optional[Workspace] = None
         self.set_structures(structures)
         for i in range(self.k):
             self.reset_parameters(i, None if generators is None else generators[i])
@@ -120,8 +119,7 @@ class BatchedCouplingFlow(nn.Module):
         for name in ("perm", "inv_perm", "rows", "rows_back"):
             getattr(self, name).copy_(getattr(index, name))
         self.structures = list(structures)
-        self._share_index.clear()
-        self._workspaces.clear()
+        self._workspace = None
 
     @torch.no_grad()
     def reset_parameters(self, model: int, generator: Optional[torch.Generator], layers: Optional[Sequence[int]] = None) -> None:
@@ -189,21 +187,16 @@ class BatchedCouplingFlow(nn.Module):
         """
         return FusedLogProb.apply(x, self.theta, self.layout, self.index, True)
 
-    def nll_step(self, x: Tensor, models: Optional[slice] = None) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
-        """The training loop's path, without autograd: ``(nll, backward)`` for the models in
-        ``models`` (default: all), with ``x`` their minibatches ``[k, N, d]``; ``backward(weight [k])``
-        is the gradient of ``sum weight * nll`` for their rows of :attr:`theta`, ``[k, P]``.
+    def nll_step(self, x: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+        """The training loop's path, without autograd: ``(nll [K], backward)``, where
+        ``backward(weight [K])`` is the gradient of ``sum_k weight[k] * nll[k]`` for :attr:`theta`.
 
-        Disjoint model ranges share nothing, so they may run in parallel threads. Each range
-        reuses its buffers from step to step: call ``backward`` before its next ``nll_step``.
+        The buffers are reused from step to step: call ``backward`` before the next ``nll_step``.
         """
-        key = (0, self.k) if models is None else (models.start or 0, self.k if models.stop is None else models.stop)
-        if key not in self._share_index:
-            self._share_index[key] = StructureIndex.from_perm(self.perm[key[0]:key[1]]) if models else self.index
-        workspace = self._workspaces.get(key)
-        if workspace is None or workspace.shape != (key[1] - key[0], x.shape[-2]) or workspace.y.dtype != x.dtype:
-            workspace = self._workspaces[key] = Workspace(self.theta, self.layout, key[1] - key[0], x.shape[-2])
-        return nll_step(x, self.theta[key[0]:key[1]], self.layout, self._share_index[key], workspace)
+        n = x.shape[-2]
+        if self._workspace is None or self._workspace.shape != (self.k, n) or self._workspace.y.dtype != x.dtype:
+            self._workspace = Workspace(self.theta, self.layout, self.k, n)
+        return nll_step(x, self.theta, self.layout, self.index, self._workspace)
 
     # -- transforms (plain operations, data order) -------------------------------------
 

@@ -6,41 +6,34 @@ on which other models share the batch. A model whose loss turns non-finite is ma
 diverged and frozen (its gradients and momentum are zeroed from then on); the others
 go on untouched.
 
-Threads: every kernel runs on one thread (its operations are too small to split, and a
-split operation stalls whenever another process holds a core). Instead the K models are
-cut into ``schedule.workers`` contiguous shares, each trained by its own thread: the
-fused kernel releases the GIL while it computes, and shares have nothing in common, so
-the result does not depend on the number of workers.
+Threads: training runs torch's kernels on ``schedule.threads`` threads (``train.threads``,
+default 1) and restores the previous setting afterwards. On the 2-core box two threads
+make an idle machine's step about 1.2x faster, but a split operation waits for its
+slowest thread, so when another process holds a core, a step becomes tens of times slower.
 """
 
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from flowsweep.engine import BatchedCouplingFlow
 
-__all__ = ["Schedule", "TrainResult", "train", "evaluate_bpd", "nats_to_bpd", "minibatches", "single_threaded"]
+__all__ = ["Schedule", "TrainResult", "train", "evaluate_bpd", "nats_to_bpd", "minibatches", "torch_threads"]
 
 #: Minibatch indices are drawn this many steps at a time (fixed, so streams never depend on K).
 _INDEX_CHUNK = 64
-#: A worker thread gets a share only if the share has at least this much work per layer
-#: (multiply-adds of its conditioners and constant transforms): below it, the threads
-#: mostly queue for the GIL between small operations.
-_MIN_SHARE_WORK = 50_000
 
 
 @dataclass(frozen=True)
 class Schedule:
     """SGD with momentum and PyTorch's ``CyclicLR``; ``step_size_up`` in SGD steps;
-    ``workers`` threads share the K models."""
+    ``threads`` for torch's kernels."""
 
     steps: int
     base_lr: float
@@ -48,7 +41,7 @@ class Schedule:
     step_size_up: int
     mode: str = "triangular"
     momentum: float = 0.9
-    workers: int = 1
+    threads: int = 1
 
     @classmethod
     def from_config(cls, train_cfg, steps: Optional[int] = None) -> Schedule:
@@ -59,7 +52,7 @@ class Schedule:
             step_size_up=int(train_cfg.step_size_up),
             mode=str(train_cfg.mode),
             momentum=float(train_cfg.momentum),
-            workers=int(train_cfg.get("workers", 1)),
+            threads=int(train_cfg.get("threads", 1)),
         )
 
 
@@ -77,10 +70,10 @@ def nats_to_bpd(nll: Tensor, d: int, log_det: float = 0.0) -> Tensor:
 
 
 @contextmanager
-def single_threaded() -> Iterator[None]:
-    """Run torch kernels on one thread inside the block (the previous setting is restored)."""
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run torch's kernels on ``threads`` threads inside the block (the previous setting is restored)."""
     previous = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     try:
         yield
     finally:
@@ -99,14 +92,6 @@ def minibatches(data: Tensor, batch_size: int, steps: int, generators: Sequence[
         for step in range(chunk):
             # index_select on flat indices is several times faster than advanced indexing here
             yield data.index_select(0, index[step].flatten()).view(len(generators), batch_size, -1)
-
-
-def _shares(flow: BatchedCouplingFlow, batch_size: int, workers: int) -> list[slice]:
-    """At most ``workers`` contiguous, near-equal model ranges, each worth a thread."""
-    per_model = batch_size * (flow.d + 2 * (flow.d - flow.m) * flow.m)
-    count = max(1, min(workers, flow.k, flow.k * per_model // _MIN_SHARE_WORK))
-    bounds = np.linspace(0, flow.k, count + 1).round().astype(int)
-    return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def train(
@@ -141,30 +126,20 @@ def train(
         cycle_momentum=False,
     )
     curve = torch.empty(schedule.steps, flow.k)
-    grad, zero = torch.empty_like(theta), torch.zeros((), dtype=theta.dtype)
-    ones = torch.ones(flow.k, dtype=theta.dtype)
-    shares = _shares(flow, batch_size, schedule.workers)
-
-    def step_share(models: slice, batch: Tensor, row: Tensor) -> None:
-        nll, backward = flow.nll_step(batch[models], models)  # fused forward; backward without autograd
-        row[models] = nll
-        grad[models] = backward(ones[models])
-
+    zero, ones = torch.zeros((), dtype=theta.dtype), torch.ones(flow.k, dtype=theta.dtype)
     all_alive = bool(alive.all())
-    with single_threaded(), ThreadPoolExecutor(len(shares) - 1 or 1) as pool:
+    with torch_threads(schedule.threads):
         for step, batch in enumerate(minibatches(data, batch_size, schedule.steps, generators)):
-            others = [pool.submit(step_share, models, batch, curve[step]) for models in shares[1:]]
-            step_share(shares[0], batch, curve[step])
-            for future in others:
-                future.result()
-            theta.grad = grad
+            nll, backward = flow.nll_step(batch)  # fused forward; its backward pass without autograd
+            curve[step] = nll
+            theta.grad = backward(ones)
             # Reading one flag per step costs one small op on a CPU (there is no device queue
             # to stall) and spares the usual step two passes over every parameter.
-            if not (all_alive and bool(torch.isfinite(curve[step]).all())):
-                alive &= torch.isfinite(curve[step])
+            if not (all_alive and bool(torch.isfinite(nll).all())):
+                alive &= torch.isfinite(nll)
                 all_alive = False
                 # Dead models get zero gradient and momentum (where, since NaN * 0 is NaN): frozen.
-                theta.grad = torch.where(keep, grad, zero)
+                theta.grad = torch.where(keep, theta.grad, zero)
                 buffer = optimizer.state.get(theta, {}).get("momentum_buffer")
                 if buffer is not None:
                     buffer.mul_(keep)
@@ -175,10 +150,14 @@ def train(
 
 
 @torch.no_grad()
-def evaluate_bpd(flow: BatchedCouplingFlow, data: Tensor, log_det: float = 0.0, chunk: int = 8192) -> Tensor:
-    """Mean bpd (raw units) of each model on the whole of ``data`` ``[n, d]``: ``[K]``, ``inf`` if not finite."""
+def evaluate_bpd(flow: BatchedCouplingFlow, data: Tensor, log_det: float = 0.0, chunk: int = 8192,
+                 threads: int = 1) -> Tensor:
+    """Mean bpd (raw units) of each model on the whole of ``data`` ``[n, d]``: ``[K]``, ``inf`` if not finite.
+
+    ``threads``: torch's threads meanwhile (the previous setting is restored).
+    """
     total = torch.zeros(flow.k, dtype=torch.float64)
-    with single_threaded():
+    with torch_threads(threads):
         for start in range(0, data.shape[0], chunk):
             total += -flow.log_prob(data[start : start + chunk]).double().sum(1)
     bpd = nats_to_bpd(total / data.shape[0], flow.d, log_det)

@@ -17,7 +17,7 @@ HAS_NFLOWS = importlib.util.find_spec("nflows") is not None
 
 
 def test_the_three_engines_train_the_same_models(data_dir):
-    work = make_workload("magic", depth=2, models=2, data_dir=str(data_dir), workers=2)
+    work = make_workload("magic", depth=2, models=2, data_dir=str(data_dir), threads=1)
     timing, agreement = compare(work, steps=3, repeats=1, nflows=HAS_NFLOWS)
     assert len(timing) == (3 if HAS_NFLOWS else 2)
     assert (timing["ms / model-step"] > 0).all()

@@ -6,7 +6,6 @@ import torch
 
 from flowsweep.engine import BatchedCouplingFlow
 from flowsweep.structure import parity_structure, random_structure
-from flowsweep import training
 from flowsweep.training import Schedule, evaluate_bpd, train
 
 
@@ -121,24 +120,20 @@ def test_diverging_model_is_frozen_and_others_unaffected():
     assert torch.isinf(evaluate_bpd(flow, data)[1])
 
 
-def test_worker_threads_give_bitwise_the_same_training(monkeypatch):
-    # Shares of the batch train in parallel threads; no number may depend on how many.
-    monkeypatch.setattr(training, "_MIN_SHARE_WORK", 1)  # split even this small batch
-    d, m, depth, k = 5, 2, 3, 5
+def test_training_threads_change_rounding_only():
+    # torch's threads are a speed setting: two threads may only change how sums round.
+    d, m, depth, k = 5, 2, 3, 4
     data = torch.randn(300, d) * 2.0 + 1.0
     rng = np.random.default_rng(1)
     structures = [random_structure(d, m, depth, rng) for _ in range(k)]
 
-    def run(workers: int):
+    def run(threads: int):
         gens = [torch.Generator().manual_seed(20 + i) for i in range(k)]
         flow = BatchedCouplingFlow(structures, gens)
-        with torch.no_grad():
-            flow.log_scale[3, 1, 0] = float("nan")  # one model diverges, inside the second share
-        schedule = Schedule(steps=12, base_lr=1e-3, max_lr=1e-2, step_size_up=4, workers=workers)
-        result = train(flow, data, 16, schedule, gens)
-        return result, flow.theta.detach()
+        schedule = Schedule(steps=12, base_lr=1e-3, max_lr=1e-2, step_size_up=4, threads=threads)
+        before = torch.get_num_threads()
+        result = train(flow, data, 64, schedule, gens)
+        assert torch.get_num_threads() == before  # restored
+        return result.curve
 
-    (one, theta_one), (three, theta_three) = run(1), run(3)
-    assert torch.equal(one.curve.nan_to_num(), three.curve.nan_to_num())
-    assert torch.equal(theta_one.nan_to_num(), theta_three.nan_to_num())
-    assert one.diverged.tolist() == three.diverged.tolist() == [False, False, False, True, False]
+    torch.testing.assert_close(run(1), run(2), rtol=1e-5, atol=1e-5)

@@ -24,12 +24,8 @@ _COMMANDS = ("compare", "scaling", "job", "history")
 
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads for (b) and (c) (default 1: their operations are too small "
-                             "to split); the batched engine always runs its kernels on one thread")
-    common.add_argument("--workers", type=int, default=None,
-                        help="threads of the batched engine, each training a share of the K models "
-                             "(default: train.workers of conf/config.yaml)")
+    common.add_argument("--threads", type=int, default=None,
+                        help="torch threads for every engine (default: train.threads of conf/config.yaml)")
     common.add_argument("--data-dir", default=None, help="raw UCI folder (default: $FLOWSWEEP_DATA_DIR)")
     parser = argparse.ArgumentParser(prog="python -m flowsweep.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -63,6 +59,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         argv.insert(0, "compare")
     args = _parser().parse_args(argv)
     command = args.command
+    if args.threads is None:
+        from flowsweep.bench.workload import compose_config
+
+        args.threads = int(compose_config([]).train.threads)
     torch.set_num_threads(args.threads)
 
     from flowsweep.bench.workload import load_note
@@ -71,7 +71,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         from flowsweep.bench.compare import compare
         from flowsweep.bench.workload import make_workload
 
-        work = make_workload(args.dataset, args.depth, args.models, data_dir=args.data_dir, workers=args.workers)
+        work = make_workload(args.dataset, args.depth, args.models, data_dir=args.data_dir, threads=args.threads)
         print(f"# {args.dataset} (d={work.data.d}), batch {work.batch_size}, depth {args.depth}, K={args.models}, "
               f"{args.steps} SGD steps per model; {load_note()}")
         timing, agreement = compare(work, args.steps, args.repeats, nflows=not args.no_nflows)
@@ -93,7 +93,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         from flowsweep.bench.scaling import scaling_table
 
         print(f"# batched engine, {args.steps} SGD steps, best of {args.repeats}; {load_note()}")
-        print(scaling_table(args.steps, args.repeats, args.data_dir, args.workers).to_markdown(index=False))
+        print(scaling_table(args.steps, args.repeats, args.data_dir, args.threads).to_markdown(index=False))
     else:
         from flowsweep.bench.job import time_job
 

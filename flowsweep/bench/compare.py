@@ -56,7 +56,7 @@ def run_batched(work: Workload, initial: BatchedCouplingFlow, steps: int, repeat
 
     seconds, (flow, curve) = best_of(repeats, once)
     final = evaluate_bpd(flow, work.data.train, work.data.log_det).numpy()
-    threads = "1 thread" if work.workers == 1 else f"{work.workers} threads"
+    threads = "1 thread" if work.threads == 1 else f"{work.threads} threads"
     return EngineRun(f"(a) flowsweep batched engine, {threads}", seconds, steps * work.k, curve, final)
 
 

@@ -46,15 +46,14 @@ def engine_at(rev: str) -> tuple[ModuleType, ModuleType]:
     return importlib.import_module(f"{package}.engine"), importlib.import_module(f"{package}.training")
 
 
-def _run(engine: ModuleType, train_module: ModuleType, work: Workload, steps: int,
-         threads: int, workers: int) -> float:
+def _run(engine: ModuleType, train_module: ModuleType, work: Workload, steps: int, threads: int) -> float:
     """Wall seconds of one ``train`` call of ``steps`` steps."""
     flow = engine.BatchedCouplingFlow(work.structures, work.generators())
     base = work.schedule(steps)
     fields = dict(steps=steps, base_lr=base.base_lr, max_lr=base.max_lr, step_size_up=base.step_size_up,
                   mode=base.mode, momentum=base.momentum)
-    if "workers" in train_module.Schedule.__dataclass_fields__:
-        fields["workers"] = workers
+    if "threads" in train_module.Schedule.__dataclass_fields__:
+        fields["threads"] = threads
     torch.set_num_threads(threads)
     start = time.perf_counter()
     train_module.train(flow, work.data.train, work.batch_size, train_module.Schedule(**fields), work.generators())
@@ -62,16 +61,15 @@ def _run(engine: ModuleType, train_module: ModuleType, work: Workload, steps: in
 
 
 def before_after(rev: str, work: Workload, steps: int, repeats: int) -> pd.DataFrame:
-    """ms per step (all K models) of ``rev``'s loop with 2 and 1 torch threads, and of the
-    current one with 1 and 2 workers; best of ``repeats`` rounds."""
+    """ms per step (all K models) of ``rev``'s loop and of the current one, each with torch's
+    default threads (one per core) and with one thread; best of ``repeats`` rounds."""
     old_engine, old_training = engine_at(rev)
-    variants: dict[str, Callable[[], float]] = {
-        f"{rev}, torch's default {os.cpu_count()} threads": lambda: _run(old_engine, old_training, work, steps,
-                                                                          os.cpu_count() or 1, 1),
-        f"{rev}, 1 thread": lambda: _run(old_engine, old_training, work, steps, 1, 1),
-        "current, 1 worker": lambda: _run(importlib.import_module("flowsweep.engine"), training, work, steps, 1, 1),
-        "current, 2 workers": lambda: _run(importlib.import_module("flowsweep.engine"), training, work, steps, 1, 2),
-    }
+    current = importlib.import_module("flowsweep.engine")
+    cores = os.cpu_count() or 1
+    variants: dict[str, Callable[[], float]] = {}
+    for name, engine, loop in ((rev, old_engine, old_training), ("current", current, training)):
+        variants[f"{name}, {cores} threads (torch's default)"] = lambda e=engine, t=loop: _run(e, t, work, steps, cores)
+        variants[f"{name}, 1 thread"] = lambda e=engine, t=loop: _run(e, t, work, steps, 1)
     best = {name: float("inf") for name in variants}
     for _ in range(repeats):
         for name, run in variants.items():

@@ -61,9 +61,9 @@ class Workload:
         return int(self.cfg.dataset.batch_size)
 
     @property
-    def workers(self) -> int:
-        """Threads of the batched engine (``train.workers``)."""
-        return int(self.cfg.train.workers)
+    def threads(self) -> int:
+        """torch threads of the batched engine (``train.threads``)."""
+        return int(self.cfg.train.threads)
 
     def schedule(self, steps: int) -> Schedule:
         return Schedule.from_config(self.cfg.train, steps=steps)
@@ -81,12 +81,12 @@ class Workload:
 
 
 def make_workload(dataset: str = "magic", depth: int = 8, models: int = 20, seed: int = 0,
-                  data_dir: Optional[str] = None, workers: Optional[int] = None) -> Workload:
-    """Compose ``dataset=<dataset> depth=<depth>`` (and ``train.workers``, if given), load the
+                  data_dir: Optional[str] = None, threads: Optional[int] = None) -> Workload:
+    """Compose ``dataset=<dataset> depth=<depth>`` (and ``train.threads``, if given), load the
     data, draw ``models`` random structures."""
     overrides = [f"dataset={dataset}", f"depth.layers={depth}", f"seed={seed}"]
-    if workers is not None:
-        overrides.append(f"train.workers={workers}")
+    if threads is not None:
+        overrides.append(f"train.threads={threads}")
     cfg = compose_config(overrides)
     data = load_dataset(cfg.dataset, data_dir or cfg.data_dir)
     if cfg.model.data_init:  # as run_job: the training data standardized ahead of the first layer
