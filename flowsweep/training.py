@@ -125,7 +125,7 @@ def train(
         mode=schedule.mode,
         cycle_momentum=False,
     )
-    curve = torch.empty(schedule.steps, flow.k)
+    curve = torch.empty(schedule.steps, flow.k, dtype=theta.dtype)
     zero, ones = torch.zeros((), dtype=theta.dtype), torch.ones(flow.k, dtype=theta.dtype)
     all_alive = bool(alive.all())
     with torch_threads(schedule.threads):

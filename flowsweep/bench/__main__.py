@@ -79,7 +79,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         a = timing["ms / model-step"]
         print("\nspeed-up of (a) per model-step: "
               + ", ".join(f"{a[i] / a[0]:.1f}x over {name[:3]}" for i, name in enumerate(timing["engine"]) if i))
-        print("\nSame models, same initial parameters and minibatches (float32):")
+        print("\nSame models, same initial parameters and minibatches:")
         print(agreement.to_markdown(index=False))
     elif command == "history":
         from flowsweep.bench.history import before_after

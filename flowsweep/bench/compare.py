@@ -94,19 +94,38 @@ def run_sequential(name: str, work: Workload, initial: BatchedCouplingFlow, step
         seconds += time.perf_counter() - start
     with torch.no_grad():
         final = torch.stack([-model.log_prob(data.train).double().mean() for model in models])
-    curve = nats_to_bpd(torch.tensor(curves).T, data.d, data.log_det).numpy()
+    curve = nats_to_bpd(torch.tensor(curves, dtype=torch.float64).T, data.d, data.log_det).numpy()
     return EngineRun(name, seconds, steps * work.k, curve, nats_to_bpd(final, data.d, data.log_det).numpy())
 
 
-def compare(work: Workload, steps: int, repeats: int, nflows: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Time (a), (b) and (c) on ``work``; returns the timing table and the agreement table."""
-    initial = work.initial_flow()
+def _engines(work: Workload, initial: BatchedCouplingFlow, steps: int, repeats: int, nflows: bool) -> list[EngineRun]:
+    dtype = initial.theta.dtype
     runs = [run_batched(work, initial, steps, repeats),
             run_sequential("(b) usual way: nn.Module per model", work, initial, steps,
-                           lambda k: copy_into_usual(UsualFlow(work.structures[k]), initial, k))]
+                           lambda k: copy_into_usual(UsualFlow(work.structures[k]).to(dtype), initial, k))]
     if nflows:
         runs.append(run_sequential("(c) nflows, model by model", work, initial, steps,
-                                   lambda k: copy_into_nflows(nflows_flow(work.structures[k]), initial, k)))
+                                   lambda k: copy_into_nflows(nflows_flow(work.structures[k]).to(dtype), initial, k)))
+    return runs
+
+
+def _agreement(runs: list[EngineRun], precision: str) -> pd.DataFrame:
+    batched = runs[0]
+    return pd.DataFrame({
+        "versus (a)": [f"{r.name[:3]}, {precision}, {len(r.curve)} steps" for r in runs[1:]],
+        "median |Δ| minibatch bpd": [float(np.median(np.abs(r.curve - batched.curve))) for r in runs[1:]],
+        "max |Δ| minibatch bpd": [_max_abs(r.curve, batched.curve) for r in runs[1:]],
+        "max |Δ| final train bpd": [_max_abs(r.final, batched.final) for r in runs[1:]],
+        "final train bpd (mean)": [round(float(np.mean(r.final)), 5) for r in runs[1:]],
+    })
+
+
+def compare(work: Workload, steps: int, repeats: int, nflows: bool = True,
+            check_steps: int = 20) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Time (a), (b) and (c) on ``work`` (float32, as jobs train); returns the timing table and
+    the agreement table: the timed runs' bpd, and the bpd of all three trained again for
+    ``check_steps`` steps in float64, where rounding cannot hide a difference in the model."""
+    runs = _engines(work, work.initial_flow(), steps, repeats, nflows)
     batched = runs[0]
     timing = pd.DataFrame({
         "engine": [r.name for r in runs],
@@ -115,14 +134,9 @@ def compare(work: Workload, steps: int, repeats: int, nflows: bool = True) -> tu
         "ms / model-step": [round(r.ms_per_model_step, 3) for r in runs],
         "× slower than (a)": [round(r.ms_per_model_step / batched.ms_per_model_step, 1) for r in runs],
     })
-    agreement = pd.DataFrame({
-        "versus (a)": [r.name for r in runs[1:]],
-        "median |Δ| minibatch bpd": [float(np.median(np.abs(r.curve - batched.curve))) for r in runs[1:]],
-        "max |Δ| minibatch bpd": [_max_abs(r.curve, batched.curve) for r in runs[1:]],
-        "max |Δ| final train bpd": [_max_abs(r.final, batched.final) for r in runs[1:]],
-        "final train bpd (mean)": [round(float(np.mean(r.final)), 5) for r in runs[1:]],
-    })
-    return timing, agreement
+    exact = work.in_dtype(torch.float64)
+    checked = _engines(exact, exact.initial_flow().double(), check_steps, 1, nflows)
+    return timing, pd.concat([_agreement(runs, "float32"), _agreement(checked, "float64")], ignore_index=True)
 
 
 def _max_abs(a: np.ndarray, b: np.ndarray) -> Optional[float]:

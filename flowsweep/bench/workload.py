@@ -7,6 +7,7 @@ schedule, ``m``), so the benchmark measures the configuration the experiments ru
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import time
 from dataclasses import dataclass
@@ -78,6 +79,11 @@ class Workload:
 
     def fresh(self, flow: BatchedCouplingFlow) -> BatchedCouplingFlow:
         return copy.deepcopy(flow)
+
+    def in_dtype(self, dtype: torch.dtype) -> Workload:
+        """The same workload with its data in ``dtype``."""
+        data = dataclasses.replace(self.data, train=self.data.train.to(dtype), test=self.data.test.to(dtype))
+        return dataclasses.replace(self, data=data)
 
 
 def make_workload(dataset: str = "magic", depth: int = 8, models: int = 20, seed: int = 0,
