@@ -1,10 +1,10 @@
 """The log-density of K coupling flows with a hand-written, fused forward and backward.
 
 Small flows on a CPU are bound by per-operation overhead and memory passes, not by
-arithmetic: autograd would record ~25 operations per layer and replay ~40 in the
-backward pass. :class:`FusedLogProb` is one ``torch.autograd.Function`` that runs six
-batched operations per layer forward and six backward, writes into buffers allocated
-once per call, and returns the gradient of all parameters as one flat tensor.
+arithmetic. :class:`FusedLogProb` is one ``torch.autograd.Function`` (one autograd node)
+that runs eight batched operations per layer forward and a dozen backward, into buffers
+of a :class:`Workspace`, and returns the gradient of all parameters as one flat tensor;
+:func:`nll_step` is the same pair of passes for the training loop, without autograd.
 
 Shapes: ``K`` models, ``L`` layers, ``d`` features of which ``m`` condition and
 ``dm = d - m`` are transformed, ``N`` samples. Activations are feature-major,
@@ -18,7 +18,9 @@ first), so the split into conditioning and transformed rows is a view. Per layer
     y'  = [v[:m], v[m:] * exp(s) + t]      # affine coupling, written in place over v[m:]
 
 ``tanh`` is computed as ``2 sigmoid(2x) - 1``: PyTorch's CPU ``sigmoid`` is about twice as
-fast as its ``tanh``. Moving to a layer's order is one row gather (``index_select``) on the ``[K d, N]`` view. The backward pass needs no copy of ``v[m:]``: ``v[m:] * exp(s) = y'[m:] - t``.
+fast as its ``tanh``. Moving to a layer's order is one row gather (``index_select``) on
+the ``[K d, N]`` view. The backward pass needs no copy of ``v[m:]``:
+``v[m:] * exp(s) = y'[m:] - t``.
 """
 
 from __future__ import annotations
@@ -175,7 +177,7 @@ def _forward(x: Tensor, theta: Tensor, layout: ParamLayout, index: StructureInde
     n = x.shape[1]
     ws = ws or Workspace(theta, layout, k, n, keep)
     rows, slots = index.rows.unbind(0), ws.slots
-    logdet = theta.new_zeros(k, n)
+    logdet = None if keep else theta.new_zeros(k, n)
     rows_in = x.transpose(1, 2).reshape(k * d, n)  # feature-major: one copy
     for l in range(L):
         i, j = l % slots, (l if keep else 0)

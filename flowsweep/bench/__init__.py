@@ -6,9 +6,10 @@
   model trained one after another, (c) the same models from nflows, and whether (a)
   and (b) reach the same bpd from the same initial parameters;
 - ``scaling``: the engine's wall time against K, d and depth;
-- ``job``: one whole ``main.py`` run split into phases, MLflow logging's share included.
+- ``job``: one whole ``main.py`` run split into phases, MLflow logging's share included;
+- ``history``: an earlier commit's training loop against the current one.
 
 nflows is a benchmark-only dependency: ``pip install -e ".[bench]"``.
 """
 
-__all__ = ["compare", "scaling", "job", "phases", "reference", "workload"]
+__all__ = ["compare", "scaling", "job", "history", "phases", "reference", "workload"]
