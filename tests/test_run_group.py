@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 from mlflow.entities import RunStatus
-from mlflow.tracking import MlflowClient
 
 from flowsweep.mlflow_writer import MlflowWriteError, writer_for
 from flowsweep.tracking import RunGroup, ensure_experiment, open_client
