@@ -1,7 +1,8 @@
 """Determinism and numerical safety, end to end on CPU.
 
 One structure-search job whose learning rate is far too large for some of its models
-(max_lr 0.25 reached after 2 steps) runs twice, in two processes, with the same
+(max_lr 5 reached after 2 steps; on standardized yeast about half of
+the models survive it) runs twice, in two processes, with the same
 config and seed. The second process must log bitwise the same numbers; in both, the
 models that blow up are flagged ``diverged`` and the others train on, and the job exits 0.
 """
@@ -16,9 +17,9 @@ from mlflow.tracking import MlflowClient
 
 from .conftest import make_flowsweep, tiny
 
-INSTANCES = 4
+INSTANCES = 8
 JOB = tiny("layout=opt", f"instances={INSTANCES}", "search.iterations=2", "search.steps_per_trial=5",
-           "train.max_lr=0.25", "train.step_size_up=2")
+           "train.max_lr=5", "train.step_size_up=2")
 TIMINGS = {"wall_time_s", "train_time_s", "search_time_s"}
 CURVES = ("batch_bpd", "search_trial_bpd", "search_best_bpd", "search_accepted")
 
@@ -67,7 +68,7 @@ def test_diverging_models_are_flagged_and_contained_and_the_job_finishes(attempt
     assert {r.info.status for r in first.values()} == {"FINISHED"}
     diverged = [r for r in first.values() if r.data.metrics["diverged"] == 1.0]
     healthy = [r for r in first.values() if r.data.metrics["diverged"] == 0.0]
-    assert diverged and healthy, "this learning rate is meant to break some models, not all"
+    assert diverged and healthy, f"meant to break some models, not all: {len(diverged)} of {len(first)} diverged"
     for run in diverged:  # MLflow stores inf as the largest float
         assert run.data.metrics["test_bpd"] >= 1e308 and run.data.metrics["train_bpd"] >= 1e308
     for run in healthy:
