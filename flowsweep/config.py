@@ -108,6 +108,9 @@ class TrainConfig:
     mode: str = MISSING
     #: torch's intra-op threads while training (part of the config: sums may round differently).
     threads: int = MISSING
+    #: The training step's kernel: ``native`` (C, built on first use; PyTorch's where no
+    #: compiler is found) or ``torch``.
+    kernel: str = MISSING
 
 
 @dataclass
@@ -144,6 +147,7 @@ def register_schema() -> None:
 
 _LAYOUTS = ("parity", "random", "opt")
 _SCHEDULE_MODES = ("triangular", "triangular2", "exp_range")
+_KERNELS = ("native", "torch")
 
 
 def _at_least(cfg: DictConfig, key: str, low: float) -> None:
@@ -164,6 +168,8 @@ def validate(cfg: DictConfig) -> None:
     _at_least(cfg, "dataset.batch_size", 1)
     if cfg.layout.name not in _LAYOUTS:
         raise ConfigError("layout.name", f"must be one of {_LAYOUTS}, got {cfg.layout.name!r}")
+    if cfg.train.kernel not in _KERNELS:
+        raise ConfigError("train.kernel", f"must be one of {_KERNELS}, got {cfg.train.kernel!r}")
     if cfg.train.mode not in _SCHEDULE_MODES:
         raise ConfigError("train.mode", f"must be one of {_SCHEDULE_MODES}, got {cfg.train.mode!r}")
     if not 0 < cfg.train.base_lr <= cfg.train.max_lr:

@@ -12,8 +12,9 @@ the optimizer, the freezing of diverged models and the gradient are one tensor e
 ``log_scale``, ``shift``, ``weight`` and ``bias`` are named views into it. Weights are
 compact: ``W[k, l]`` is ``2(d - m) x m``.
 
-The log-density, the training path, runs the fused kernel of :mod:`flowsweep.fused`
-(one autograd node with a hand-written backward pass). :meth:`forward` and
+The log-density runs the fused kernel of :mod:`flowsweep.fused` (one autograd node with
+a hand-written backward pass); the training step runs it too, or the C kernel of
+:mod:`flowsweep.native` (the same model, about twice as fast per thread). :meth:`forward` and
 :meth:`inverse` are written with plain PyTorch operations in the data's feature order:
 an independent formulation that the tests hold the fused kernel against.
 
@@ -31,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from flowsweep.fused import LOG_2PI, FusedLogProb, ParamLayout, StructureIndex, Workspace, nll_step
+from flowsweep.native import NativeStep, native_available
 from flowsweep.structure import Structure
 
 __all__ = ["BatchedCouplingFlow", "LOG_2PI"]
@@ -75,6 +77,7 @@ class BatchedCouplingFlow(nn.Module):
         self.structures: list[Structure] = []
         #: Reused by every training step (see fused.Workspace).
         self._workspace: Optional[Workspace] = None
+        self._native: Optional[NativeStep] = None
         self.set_structures(structures)
         for i in range(self.k):
             self.reset_parameters(i, None if generators is None else generators[i])
@@ -187,12 +190,19 @@ class BatchedCouplingFlow(nn.Module):
         """
         return FusedLogProb.apply(x, self.theta, self.layout, self.index, True)
 
-    def nll_step(self, x: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+    def nll_step(self, x: Tensor, native: bool = False, threads: int = 1) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
         """The training loop's path, without autograd: ``(nll [K], backward)``, where
         ``backward(weight [K])`` is the gradient of ``sum_k weight[k] * nll[k]`` for :attr:`theta`.
 
-        The buffers are reused from step to step: call ``backward`` before the next ``nll_step``.
+        ``x`` is ``[K, N, d]``. ``native``: the C kernel (float32 only; PyTorch's kernel
+        where it does not build), its models split over ``threads`` threads. The buffers
+        are reused from step to step: call ``backward`` before the next ``nll_step``.
         """
+        if native and x.dtype == self.theta.dtype == torch.float32 and x.dim() == 3 and native_available():
+            if self._native is None or self._native.ranges[-1][1] != self.k or self._native.threads != threads:
+                self._native = NativeStep(self.k, self.d, self.m, self.depth, self.layout.numel, threads)
+            nll, grad = self._native(x, self.theta, self.perm)
+            return nll.clone(), lambda weight: grad * weight.to(grad.dtype).unsqueeze(1)
         n = x.shape[-2]
         if self._workspace is None or self._workspace.shape != (self.k, n) or self._workspace.y.dtype != x.dtype:
             self._workspace = Workspace(self.theta, self.layout, self.k, n)

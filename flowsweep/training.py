@@ -42,6 +42,7 @@ class Schedule:
     mode: str = "triangular"
     momentum: float = 0.9
     threads: int = 1
+    kernel: str = "torch"
 
     @classmethod
     def from_config(cls, train_cfg, steps: Optional[int] = None) -> Schedule:
@@ -53,6 +54,7 @@ class Schedule:
             mode=str(train_cfg.mode),
             momentum=float(train_cfg.momentum),
             threads=int(train_cfg.get("threads", 1)),
+            kernel=str(train_cfg.get("kernel", "torch")),
         )
 
 
@@ -128,9 +130,12 @@ def train(
     curve = torch.empty(schedule.steps, flow.k, dtype=theta.dtype)
     zero, ones = torch.zeros((), dtype=theta.dtype), torch.ones(flow.k, dtype=theta.dtype)
     all_alive = bool(alive.all())
-    with torch_threads(schedule.threads):
+    native = schedule.kernel == "native"
+    # The native kernel runs its own threads; torch's OpenMP workers would spin against them.
+    with torch_threads(1 if native else schedule.threads):
         for step, batch in enumerate(minibatches(data, batch_size, schedule.steps, generators)):
-            nll, backward = flow.nll_step(batch)  # fused forward; its backward pass without autograd
+            # fused forward; its backward pass without autograd
+            nll, backward = flow.nll_step(batch, native=native, threads=schedule.threads)
             curve[step] = nll
             theta.grad = backward(ones)
             # Reading one flag per step costs one small op on a CPU (there is no device queue

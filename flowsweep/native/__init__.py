@@ -1,0 +1,144 @@
+"""The native training step: ``coupling_step.c`` compiled on first use, called through ctypes.
+
+One call runs the forward and backward pass of K coupling flows on a minibatch, each
+model's samples in blocks of eight (one AVX register per feature) with every
+intermediate kept in cache; see the C file for the shapes. It is the same model and the
+same parameter layout as :mod:`flowsweep.fused`, which stays the reference (tests compare
+the two) and the fallback where no C compiler is found.
+
+The shared library is built with the system's C compiler (``$CC``, else ``cc``) into
+``native/`` of the cache (``$FLOWSWEEP_CACHE_DIR``, else the OS cache), named by a hash of the source,
+the flags, the compiler and the CPU, so a changed file or another machine builds anew.
+Building takes about a second; parallel processes each write a private file and rename
+it into place.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+__all__ = ["NativeStep", "native_available", "load_library", "NativeBuildError"]
+
+_SOURCE = Path(__file__).with_name("coupling_step.c")
+_FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno", "-std=gnu11"]
+_LOCK = threading.Lock()
+
+
+class NativeBuildError(RuntimeError):
+    """The C kernel could not be compiled or loaded."""
+
+
+def _cache_dir() -> Path:
+    from flowsweep.data.sources import cache_dir  # the downloads' cache root
+
+    return cache_dir() / "native"
+
+
+def _cpu_signature() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _compiler() -> Optional[str]:
+    return shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+
+
+@lru_cache(maxsize=1)
+def load_library() -> ctypes.CDLL:
+    """Build (once per source, compiler and CPU) and load the kernel; raises :class:`NativeBuildError`."""
+    compiler = _compiler()
+    if compiler is None:
+        raise NativeBuildError("no C compiler found (set $CC)")
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
+    key = hashlib.sha256("\0".join([_SOURCE.read_text(), *_FLAGS, version, _cpu_signature(), platform.machine()])
+                         .encode()).hexdigest()[:16]
+    target = _cache_dir() / f"coupling_step-{key}.so"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, partial = tempfile.mkstemp(suffix=".so", dir=target.parent)
+        os.close(fd)
+        built = subprocess.run([compiler, *_FLAGS, "-o", partial, str(_SOURCE)], capture_output=True, text=True)
+        if built.returncode != 0:
+            os.unlink(partial)
+            raise NativeBuildError(f"{compiler} failed on {_SOURCE}:\n{built.stderr.strip()}")
+        os.replace(partial, target)  # atomic: a parallel build of the same key writes the same bytes
+    try:
+        library = ctypes.CDLL(str(target))
+    except OSError as error:
+        raise NativeBuildError(f"cannot load {target}: {error}") from None
+    library.coupling_step.restype = ctypes.c_int
+    library.coupling_step.argtypes = [ctypes.c_int] * 6 + [ctypes.c_void_p] * 5
+    return library
+
+
+@lru_cache(maxsize=1)
+def native_available() -> bool:
+    """Whether the kernel builds here; warns once with the reason when it does not."""
+    try:
+        load_library()
+    except NativeBuildError as error:
+        warnings.warn(f"flowsweep: native training step unavailable, using the PyTorch kernel ({error})",
+                      RuntimeWarning, stacklevel=2)
+        return False
+    return True
+
+
+@lru_cache(maxsize=4)
+def _pool(threads: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="flowsweep-native")
+
+
+class NativeStep:
+    """The native step for one flow's shapes, with its output buffers made once.
+
+    Arguments:
+        k, d, m, depth: The flows' shapes; ``p`` parameters per model.
+        threads: Model ranges run in this many threads (ctypes releases the GIL); the
+            numbers do not depend on it.
+    """
+
+    def __init__(self, k: int, d: int, m: int, depth: int, p: int, threads: int = 1):
+        self.library = load_library()
+        self.k, self.d, self.m, self.depth, self.threads = k, d, m, depth, threads
+        self.nll = torch.empty(k, dtype=torch.float32)
+        self.grad = torch.empty(k, p, dtype=torch.float32)
+        share = -(-k // max(1, threads))
+        self.ranges = [(a, min(k, a + share)) for a in range(0, k, share)]
+
+    def __call__(self, x: Tensor, theta: Tensor, perm: Tensor) -> tuple[Tensor, Tensor]:
+        """``x`` ``[K, N, d]``, ``theta`` ``[K, P]`` (float32), ``perm`` ``[K, L, d]`` (int64) →
+        ``(nll [K], grad [K, P])``; the outputs are this object's buffers, overwritten by the next call."""
+        x, theta, perm = x.contiguous(), theta.detach().contiguous(), perm.contiguous()
+        n = x.shape[1]
+        pointers = [t.data_ptr() for t in (x, theta, perm, self.nll, self.grad)]
+
+        def run(bounds: tuple[int, int]) -> int:
+            return self.library.coupling_step(*bounds, n, self.d, self.m, self.depth, *pointers)
+
+        if len(self.ranges) == 1:
+            codes = [run(self.ranges[0])]
+        else:
+            codes = list(_pool(len(self.ranges)).map(run, self.ranges))
+        if any(codes):
+            raise MemoryError("native training step: out of memory")
+        return self.nll, self.grad

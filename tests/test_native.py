@@ -1,0 +1,121 @@
+"""The native training step against the PyTorch kernel it replaces, and its build."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from flowsweep.engine import BatchedCouplingFlow
+from flowsweep.native import NativeStep, native_available
+from flowsweep.structure import random_structure
+from flowsweep.training import Schedule, train
+
+pytestmark = pytest.mark.skipif(not native_available(), reason="no C compiler: the PyTorch kernel is used")
+
+
+def make_flow(k: int, d: int, m: int, depth: int, seed: int = 0, noise: float = 0.3) -> BatchedCouplingFlow:
+    rng = np.random.default_rng(seed)
+    flow = BatchedCouplingFlow([random_structure(d, m, depth, rng) for _ in range(k)],
+                               [torch.Generator().manual_seed(seed + i) for i in range(k)])
+    with torch.no_grad():  # away from the identity start, so every term of the backward pass matters
+        flow.theta.add_(noise * torch.randn(flow.theta.shape, generator=torch.Generator().manual_seed(seed)))
+    return flow
+
+
+def native(flow: BatchedCouplingFlow, x: torch.Tensor, threads: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    nll, grad = NativeStep(flow.k, flow.d, flow.m, flow.depth, flow.layout.numel, threads)(x, flow.theta, flow.perm)
+    return nll.clone(), grad.clone()
+
+
+@pytest.mark.parametrize("k, d, m, depth, n", [
+    (3, 10, 5, 8, 380),  # magic's shape; 380 = 47.5 blocks of eight
+    (2, 60, 30, 2, 16),  # sonar's
+    (4, 8, 4, 3, 29),    # yeast's
+    (3, 5, 1, 2, 7),     # fewer samples than one block
+    (1, 2, 1, 1, 1),
+])
+def test_native_step_equals_the_pytorch_kernel_in_float64(k, d, m, depth, n):
+    # The reference runs in float64, so the comparison measures the native kernel's own
+    # float32 error, not the sum of two.
+    flow = make_flow(k, d, m, depth)
+    x = torch.randn(k, n, d, generator=torch.Generator().manual_seed(7))
+    nll, grad = native(flow, x)
+    exact = flow.double()
+    nll_ref, backward = exact.nll_step(x.double())
+    grad_ref = backward(torch.ones(k, dtype=torch.float64))
+    torch.testing.assert_close(nll.double(), nll_ref, rtol=2e-6, atol=1e-5)
+    torch.testing.assert_close(grad.double(), grad_ref, rtol=1e-4, atol=1e-4 * float(grad_ref.abs().max()))
+
+
+def test_models_are_independent_of_the_batch_and_of_threads():
+    flow = make_flow(6, 10, 5, 4, seed=3)
+    x = torch.randn(6, 50, 10, generator=torch.Generator().manual_seed(1))
+    nll, grad = native(flow, x, threads=1)
+    for threads in (2, 4):
+        again = native(flow, x, threads=threads)
+        assert torch.equal(again[0], nll) and torch.equal(again[1], grad)
+    alone = BatchedCouplingFlow([flow.structures[4]], [torch.Generator()])
+    alone.copy_model(0, flow, 4)
+    nll4, grad4 = native(alone, x[4:5])
+    assert torch.equal(nll4[0], nll[4]) and torch.equal(grad4[0], grad[4])  # bitwise
+
+
+def test_a_poisoned_model_yields_nan_and_leaves_the_others_alone():
+    flow = make_flow(3, 6, 3, 2)
+    x = torch.randn(3, 20, 6)
+    clean = native(flow, x)
+    with torch.no_grad():
+        flow.weight[1, 0, 0, 0] = float("nan")
+        flow.log_scale[2, 1, 0] = float("inf")
+    nll, grad = native(flow, x)
+    assert torch.isnan(nll[1]) and not torch.isfinite(nll[2])
+    assert torch.equal(nll[0], clean[0][0]) and torch.equal(grad[0], clean[1][0])
+
+
+def test_training_with_the_native_kernel_follows_the_pytorch_kernel():
+    data = torch.randn(400, 6) * torch.linspace(0.5, 2.0, 6) + 1.0
+    structures = [random_structure(6, 3, 3, np.random.default_rng(i)) for i in range(3)]
+    curves = {}
+    for kernel in ("torch", "native"):
+        gens = [torch.Generator().manual_seed(20 + i) for i in range(3)]
+        flow = BatchedCouplingFlow(structures, gens)
+        schedule = Schedule(steps=30, base_lr=1e-3, max_lr=1e-2, step_size_up=10, kernel=kernel, threads=2)
+        curves[kernel] = train(flow, data, 32, schedule, gens).curve
+    torch.testing.assert_close(curves["native"], curves["torch"], rtol=1e-4, atol=1e-4)
+    assert curves["native"][-1].mean() < curves["native"][0].mean()  # it trained
+
+
+def test_without_a_compiler_training_falls_back_to_pytorch_with_one_warning(tmp_path):
+    script = textwrap.dedent("""
+        import warnings, torch
+        from flowsweep.engine import BatchedCouplingFlow
+        from flowsweep.structure import parity_structure
+        from flowsweep.training import Schedule, train
+        flow = BatchedCouplingFlow([parity_structure(4, 2, 2)], [torch.Generator().manual_seed(0)])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = train(flow, torch.randn(100, 4), 10, Schedule(5, 1e-4, 1e-3, 2, kernel="native"),
+                           [torch.Generator().manual_seed(1)])
+        print(len(caught), str(caught[0].message) if caught else "", bool(torch.isfinite(result.curve).all()))
+    """)
+    env = {**os.environ, "CC": str(tmp_path / "no-such-cc"), "FLOWSWEEP_CACHE_DIR": str(tmp_path / "cache"),
+           "PATH": str(tmp_path)}  # no cc, no gcc
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    count, *_, finite = done.stdout.split()
+    assert count == "1" and finite == "True"
+    assert "native training step unavailable" in done.stdout and "no C compiler" in done.stdout
+
+
+def test_the_library_is_built_once_per_cache(tmp_path):
+    script = "from flowsweep.native import load_library; print(load_library()._name)"
+    env = {**os.environ, "FLOWSWEEP_CACHE_DIR": str(tmp_path)}
+    first = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    built = list((tmp_path / "native").glob("*.so"))
+    assert [str(p) for p in built] == [first.stdout.strip()]
+    stamp = built[0].stat().st_mtime_ns
+    second = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    assert second.stdout == first.stdout and built[0].stat().st_mtime_ns == stamp  # loaded, not rebuilt
