@@ -61,3 +61,29 @@ def test_the_writer_outlives_jobs_and_ends_with_its_input(store):
     writer.close()
     assert not writer.alive
     assert writer_for(client.tracking_uri) is not writer  # a new one is started when needed
+
+
+def test_bulk_metric_rows_equal_what_log_batch_writes(store):
+    # The writer's bulk INSERT against MLflow's own log_batch, on the same points: the
+    # same history (NaN and inf included), the same latest values, and a repeated batch
+    # falls back to log_batch, which skips what is already there.
+    from mlflow.entities import Metric
+
+    from flowsweep.mlflow_writer import _BulkMetrics
+
+    client, experiment = store
+    points = [("bpd", v, 1000 + s // 2, s) for s, v in enumerate([3.0, float("nan"), 2.0, float("inf"), -1.5])]
+    points += [("acc", 0.0, 1000, 0), ("acc", 1.0, 999, 0), ("acc", 1.0, 999, 0)]  # a duplicate point
+    bulk = _BulkMetrics(client)
+    assert bulk.enabled
+    ours, theirs = (client.create_run(experiment).info.run_id for _ in range(2))
+    assert bulk.log(ours, points)
+    client.log_batch(theirs, metrics=[Metric(*p) for p in points])
+
+    def history(run_id):
+        return {key: sorted((m.step, m.timestamp, repr(m.value)) for m in client.get_metric_history(run_id, key))
+                for key in ("bpd", "acc")}
+
+    assert history(ours) == history(theirs)
+    assert repr(client.get_run(ours).data.metrics) == repr(client.get_run(theirs).data.metrics)
+    assert not bulk.log(ours, points[:2]) and bulk.enabled  # already there: the caller uses log_batch
