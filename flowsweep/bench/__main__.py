@@ -26,6 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--threads", type=int, default=None,
                         help="torch threads for every engine (default: train.threads of conf/config.yaml)")
+    common.add_argument("--kernel", choices=("native", "torch"), default=None,
+                        help="(a)'s training kernel (default: train.kernel of conf/config.yaml)")
     common.add_argument("--data-dir", default=None, help="raw UCI folder (default: $FLOWSWEEP_DATA_DIR)")
     parser = argparse.ArgumentParser(prog="python -m flowsweep.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -71,7 +73,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         from flowsweep.bench.compare import compare
         from flowsweep.bench.workload import make_workload
 
-        work = make_workload(args.dataset, args.depth, args.models, data_dir=args.data_dir, threads=args.threads)
+        work = make_workload(args.dataset, args.depth, args.models, data_dir=args.data_dir, threads=args.threads,
+                             kernel=args.kernel)
         print(f"# {args.dataset} (d={work.data.d}), batch {work.batch_size}, depth {args.depth}, K={args.models}, "
               f"{args.steps} SGD steps per model; {load_note()}")
         timing, agreement = compare(work, args.steps, args.repeats, nflows=not args.no_nflows)
@@ -93,7 +96,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         from flowsweep.bench.scaling import scaling_table
 
         print(f"# batched engine, {args.steps} SGD steps, best of {args.repeats}; {load_note()}")
-        print(scaling_table(args.steps, args.repeats, args.data_dir, args.threads).to_markdown(index=False))
+        print(scaling_table(args.steps, args.repeats, args.data_dir, args.threads, args.kernel).to_markdown(index=False))
     else:
         from flowsweep.bench.job import time_job
 

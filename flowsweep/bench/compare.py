@@ -57,7 +57,8 @@ def run_batched(work: Workload, initial: BatchedCouplingFlow, steps: int, repeat
     seconds, (flow, curve) = best_of(repeats, once)
     final = evaluate_bpd(flow, work.data.train, work.data.log_det).numpy()
     threads = "1 thread" if work.threads == 1 else f"{work.threads} threads"
-    return EngineRun(f"(a) flowsweep batched engine, {threads}", seconds, steps * work.k, curve, final)
+    label = f"(a) flowsweep batched engine, {work.cfg.train.kernel} kernel, {threads}"
+    return EngineRun(label, seconds, steps * work.k, curve, final)
 
 
 def _train_one(model: nn.Module, batches: Iterator[Tensor], schedule: Schedule) -> list[float]:

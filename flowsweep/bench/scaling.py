@@ -29,15 +29,15 @@ def time_training(work: Workload, steps: int, repeats: int) -> float:
 
 
 def scaling_table(steps: int, repeats: int, data_dir: Optional[str] = None,
-                  threads: Optional[int] = None) -> pd.DataFrame:
+                  threads: Optional[int] = None, kernel: Optional[str] = None) -> pd.DataFrame:
     """One training run per row of :data:`_ROWS`: ms per step (all K models) and per model-step."""
     rows = []
     for axis, dataset, depth, k in _ROWS:
-        work = make_workload(dataset, depth, k, data_dir=data_dir, threads=threads)
+        work = make_workload(dataset, depth, k, data_dir=data_dir, threads=threads, kernel=kernel)
         seconds = time_training(work, steps, repeats)
         rows.append({
             "axis": axis, "dataset": dataset, "d": work.data.d, "batch": work.batch_size, "depth": depth, "K": k,
-            "threads": work.threads,
+            "threads": work.threads, "kernel": work.cfg.train.kernel,
             "ms / step": round(1e3 * seconds / steps, 2),
             "ms / model-step": round(1e3 * seconds / steps / k, 3),
         })

@@ -87,12 +87,15 @@ class Workload:
 
 
 def make_workload(dataset: str = "magic", depth: int = 8, models: int = 20, seed: int = 0,
-                  data_dir: Optional[str] = None, threads: Optional[int] = None) -> Workload:
-    """Compose ``dataset=<dataset> depth=<depth>`` (and ``train.threads``, if given), load the
-    data, draw ``models`` random structures."""
+                  data_dir: Optional[str] = None, threads: Optional[int] = None,
+                  kernel: Optional[str] = None) -> Workload:
+    """Compose ``dataset=<dataset> depth=<depth>`` (and ``train.threads``, ``train.kernel``, if
+    given), load the data, draw ``models`` random structures."""
     overrides = [f"dataset={dataset}", f"depth.layers={depth}", f"seed={seed}"]
     if threads is not None:
         overrides.append(f"train.threads={threads}")
+    if kernel is not None:
+        overrides.append(f"train.kernel={kernel}")
     cfg = compose_config(overrides)
     data = load_dataset(cfg.dataset, data_dir or cfg.data_dir)
     if cfg.model.data_init:  # as run_job: the training data standardized ahead of the first layer
