@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from flowsweep.fused import LOG_2PI, FusedLogProb, ParamLayout, StructureIndex, Workspace, nll_step
-from flowsweep.native import NativeStep, native_available
+from flowsweep.native import NativeStep
 from flowsweep.structure import Structure
 
 __all__ = ["BatchedCouplingFlow", "LOG_2PI"]
@@ -190,19 +190,21 @@ class BatchedCouplingFlow(nn.Module):
         """
         return FusedLogProb.apply(x, self.theta, self.layout, self.index, True)
 
-    def nll_step(self, x: Tensor, native: bool = False, threads: int = 1) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+    def native_step(self, data: Tensor, rows: Tensor, threads: int = 1) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+        """:meth:`nll_step` on the minibatches ``data[rows[k]]`` (``rows`` ``[K, N]``) with the C
+        kernel of :mod:`flowsweep.native` (float32; see ``native_available``), its models
+        split over ``threads`` threads."""
+        if self._native is None or self._native.threads != threads:
+            self._native = NativeStep(self.k, self.d, self.m, self.depth, self.layout.numel, threads)
+        nll, grad = self._native(data, rows, self.theta, self.perm)
+        return nll.clone(), lambda weight: grad * weight.to(grad.dtype).unsqueeze(1)
+
+    def nll_step(self, x: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
         """The training loop's path, without autograd: ``(nll [K], backward)``, where
         ``backward(weight [K])`` is the gradient of ``sum_k weight[k] * nll[k]`` for :attr:`theta`.
 
-        ``x`` is ``[K, N, d]``. ``native``: the C kernel (float32 only; PyTorch's kernel
-        where it does not build), its models split over ``threads`` threads. The buffers
-        are reused from step to step: call ``backward`` before the next ``nll_step``.
+        The buffers are reused from step to step: call ``backward`` before the next ``nll_step``.
         """
-        if native and x.dtype == self.theta.dtype == torch.float32 and x.dim() == 3 and native_available():
-            if self._native is None or self._native.ranges[-1][1] != self.k or self._native.threads != threads:
-                self._native = NativeStep(self.k, self.d, self.m, self.depth, self.layout.numel, threads)
-            nll, grad = self._native(x, self.theta, self.perm)
-            return nll.clone(), lambda weight: grad * weight.to(grad.dtype).unsqueeze(1)
         n = x.shape[-2]
         if self._workspace is None or self._workspace.shape != (self.k, n) or self._workspace.y.dtype != x.dtype:
             self._workspace = Workspace(self.theta, self.layout, self.k, n)

@@ -23,8 +23,10 @@ import torch
 from torch import Tensor
 
 from flowsweep.engine import BatchedCouplingFlow
+from flowsweep.native import native_available
 
-__all__ = ["Schedule", "TrainResult", "train", "evaluate_bpd", "nats_to_bpd", "minibatches", "torch_threads"]
+__all__ = ["Schedule", "TrainResult", "train", "evaluate_bpd", "nats_to_bpd", "minibatches", "minibatch_rows", "gather",
+           "torch_threads"]
 
 #: Minibatch indices are drawn this many steps at a time (fixed, so streams never depend on K).
 _INDEX_CHUNK = 64
@@ -82,18 +84,27 @@ def torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def minibatches(data: Tensor, batch_size: int, steps: int, generators: Sequence[torch.Generator]) -> Iterator[Tensor]:
-    """Yield ``steps`` minibatches ``[K, B, d]`` of rows of ``data``, one independent stream per generator.
+def minibatch_rows(n: int, batch_size: int, steps: int, generators: Sequence[torch.Generator]) -> Iterator[Tensor]:
+    """Yield ``steps`` row indices ``[K, B]`` into ``n`` rows, one independent stream per generator.
 
     Model ``k``'s batches depend only on ``generators[k]``: the same alone or among many.
     """
-    n = data.shape[0]
     for start in range(0, steps, _INDEX_CHUNK):
         chunk = min(_INDEX_CHUNK, steps - start)
         index = torch.stack([torch.randint(n, (chunk, batch_size), generator=g) for g in generators], dim=1)
-        for step in range(chunk):
-            # index_select on flat indices is several times faster than advanced indexing here
-            yield data.index_select(0, index[step].flatten()).view(len(generators), batch_size, -1)
+        yield from index.unbind(0)
+
+
+def gather(data: Tensor, rows: Tensor) -> Tensor:
+    """The minibatches ``[K, B, d]`` of :func:`minibatch_rows`' ``rows`` ``[K, B]``."""
+    # index_select on flat indices is several times faster than advanced indexing here
+    return data.index_select(0, rows.flatten()).view(*rows.shape, -1)
+
+
+def minibatches(data: Tensor, batch_size: int, steps: int, generators: Sequence[torch.Generator]) -> Iterator[Tensor]:
+    """Yield ``steps`` minibatches ``[K, B, d]`` of rows of ``data`` (see :func:`minibatch_rows`)."""
+    for rows in minibatch_rows(data.shape[0], batch_size, steps, generators):
+        yield gather(data, rows)
 
 
 def train(
@@ -130,12 +141,16 @@ def train(
     curve = torch.empty(schedule.steps, flow.k, dtype=theta.dtype)
     zero, ones = torch.zeros((), dtype=theta.dtype), torch.ones(flow.k, dtype=theta.dtype)
     all_alive = bool(alive.all())
-    native = schedule.kernel == "native"
+    native = schedule.kernel == "native" and data.dtype == torch.float32 and native_available()
     # The native kernel runs its own threads; torch's OpenMP workers would spin against them.
     with torch_threads(1 if native else schedule.threads):
-        for step, batch in enumerate(minibatches(data, batch_size, schedule.steps, generators)):
-            # fused forward; its backward pass without autograd
-            nll, backward = flow.nll_step(batch, native=native, threads=schedule.threads)
+        for step, rows in enumerate(minibatch_rows(data.shape[0], batch_size, schedule.steps, generators)):
+            # fused forward and its backward pass, without autograd; the native kernel reads
+            # the rows in place, PyTorch's needs them gathered
+            if native:
+                nll, backward = flow.native_step(data, rows, schedule.threads)
+            else:
+                nll, backward = flow.nll_step(gather(data, rows))
             curve[step] = nll
             theta.grad = backward(ones)
             # Reading one flag per step costs one small op on a CPU (there is no device queue

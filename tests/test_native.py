@@ -27,7 +27,13 @@ def make_flow(k: int, d: int, m: int, depth: int, seed: int = 0, noise: float = 
 
 
 def native(flow: BatchedCouplingFlow, x: torch.Tensor, threads: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    nll, grad = NativeStep(flow.k, flow.d, flow.m, flow.depth, flow.layout.numel, threads)(x, flow.theta, flow.perm)
+    """The native step on minibatches ``x`` ``[K, N, d]``, read in place from a shuffled table of rows."""
+    k, n, d = x.shape
+    order = torch.randperm(k * n, generator=torch.Generator().manual_seed(5))
+    data = torch.empty(k * n, d)
+    data[order] = x.reshape(k * n, d)
+    rows = order.view(k, n)
+    nll, grad = NativeStep(flow.k, flow.d, flow.m, flow.depth, flow.layout.numel, threads)(data, rows, flow.theta, flow.perm)
     return nll.clone(), grad.clone()
 
 

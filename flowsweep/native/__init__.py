@@ -35,7 +35,7 @@ from torch import Tensor
 __all__ = ["NativeStep", "native_available", "load_library", "NativeBuildError"]
 
 _SOURCE = Path(__file__).with_name("coupling_step.c")
-_FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno", "-std=gnu11"]
+_FLAGS = ["-O3", "-funroll-loops", "-march=native", "-fPIC", "-shared", "-fno-math-errno", "-std=gnu11"]
 _LOCK = threading.Lock()
 
 
@@ -87,7 +87,7 @@ def load_library() -> ctypes.CDLL:
     except OSError as error:
         raise NativeBuildError(f"cannot load {target}: {error}") from None
     library.coupling_step.restype = ctypes.c_int
-    library.coupling_step.argtypes = [ctypes.c_int] * 6 + [ctypes.c_void_p] * 5
+    library.coupling_step.argtypes = [ctypes.c_int] * 6 + [ctypes.c_void_p] * 6
     return library
 
 
@@ -125,12 +125,15 @@ class NativeStep:
         share = -(-k // max(1, threads))
         self.ranges = [(a, min(k, a + share)) for a in range(0, k, share)]
 
-    def __call__(self, x: Tensor, theta: Tensor, perm: Tensor) -> tuple[Tensor, Tensor]:
-        """``x`` ``[K, N, d]``, ``theta`` ``[K, P]`` (float32), ``perm`` ``[K, L, d]`` (int64) →
-        ``(nll [K], grad [K, P])``; the outputs are this object's buffers, overwritten by the next call."""
-        x, theta, perm = x.contiguous(), theta.detach().contiguous(), perm.contiguous()
-        n = x.shape[1]
-        pointers = [t.data_ptr() for t in (x, theta, perm, self.nll, self.grad)]
+    def __call__(self, data: Tensor, rows: Tensor, theta: Tensor, perm: Tensor) -> tuple[Tensor, Tensor]:
+        """Model ``k``'s minibatch is ``data[rows[k]]``: ``data`` ``[n, d]`` and ``theta`` ``[K, P]``
+        float32, ``rows`` ``[K, N]`` and ``perm`` ``[K, L, d]`` int64 (rows must be valid: they
+        are not checked). Returns ``(nll [K], grad [K, P])``, this object's buffers, overwritten
+        by the next call."""
+        data, rows = data.contiguous(), rows.contiguous()
+        theta, perm = theta.detach().contiguous(), perm.contiguous()
+        n = rows.shape[1]
+        pointers = [t.data_ptr() for t in (data, rows, theta, perm, self.nll, self.grad)]
 
         def run(bounds: tuple[int, int]) -> int:
             return self.library.coupling_step(*bounds, n, self.d, self.m, self.depth, *pointers)

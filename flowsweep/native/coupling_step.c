@@ -8,7 +8,8 @@
  * written with GCC vector extensions (exp only ever sees arguments <= 1, see below).
  *
  * Shapes (all C-contiguous, float32 unless noted):
- *   x      [K, N, d]   minibatch of each model
+ *   data   [n, d]      the training rows
+ *   rows   [K, N]      int64: the rows of each model's minibatch (read in place, never gathered)
  *   theta  [K, P]      per model: log_scale [L, d], shift [L, d], weight [L, 2dm, m], bias [L, 2dm]
  *   perm   [K, L, d]   int64; layer l: conditioning features first (m), then transformed (dm)
  *   nll    [K]         out: mean negative log-likelihood over the N samples (nats)
@@ -70,8 +71,8 @@ typedef struct {
 } Dims;
 
 /* One model: forward and backward over all N samples. Returns 0, or -1 without memory. */
-static int one_model(const Dims *D, int N, const float *x, const float *theta, const int64_t *perm,
-                     float *nll, float *grad) {
+static int one_model(const Dims *D, int N, const float *data, const int64_t *rows, const float *theta,
+                     const int64_t *perm, float *nll, float *grad) {
     const int d = D->d, m = D->m, dm = D->dm, L = D->L, h2 = 2 * D->dm;
     const float *log_scale = theta, *shift = theta + L * d;
     const float *weight = shift + L * d, *bias = weight + L * h2 * m;
@@ -107,7 +108,7 @@ static int one_model(const Dims *D, int N, const float *x, const float *theta, c
         for (int s = 0; s < LANES; s++) valid[s] = n0 + s < N ? 1.0f : 0.0f;
         for (int i = 0; i < d; i++) {
             v8f xi = splat(0.0f);
-            for (int s = 0; s < LANES && n0 + s < N; s++) xi[s] = x[(size_t)(n0 + s) * d + i];
+            for (int s = 0; s < LANES && n0 + s < N; s++) xi[s] = data[(size_t)rows[n0 + s] * d + i];
             y[i] = xi;
         }
         v8f logdet = splat(0.0f);
@@ -190,11 +191,11 @@ static int one_model(const Dims *D, int N, const float *x, const float *theta, c
 
 /* Models [k0, k1) of a batch; returns 0, or -1 when memory ran out. Releases no lock:
  * callers (ctypes) drop the GIL, so disjoint model ranges can run in parallel threads. */
-int coupling_step(int k0, int k1, int N, int d, int m, int L, const float *x, const float *theta,
-                  const int64_t *perm, float *nll, float *grad) {
+int coupling_step(int k0, int k1, int N, int d, int m, int L, const float *data, const int64_t *rows,
+                  const float *theta, const int64_t *perm, float *nll, float *grad) {
     Dims D = {d, m, d - m, L, L * d * 2 + L * 2 * (d - m) * m + L * 2 * (d - m)};
     for (int k = k0; k < k1; k++) {
-        if (one_model(&D, N, x + (size_t)k * N * d, theta + (size_t)k * D.P, perm + (size_t)k * L * d,
+        if (one_model(&D, N, data, rows + (size_t)k * N, theta + (size_t)k * D.P, perm + (size_t)k * L * d,
                       nll + k, grad + (size_t)k * D.P))
             return -1;
     }
