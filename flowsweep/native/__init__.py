@@ -138,10 +138,9 @@ class NativeStep:
         def run(bounds: tuple[int, int]) -> int:
             return self.library.coupling_step(*bounds, n, self.d, self.m, self.depth, *pointers)
 
-        if len(self.ranges) == 1:
-            codes = [run(self.ranges[0])]
-        else:
-            codes = list(_pool(len(self.ranges)).map(run, self.ranges))
+        # The first share runs in this thread: one hand-over to a worker per step, not two.
+        others = [_pool(len(self.ranges) - 1).submit(run, r) for r in self.ranges[1:]] if len(self.ranges) > 1 else []
+        codes = [run(self.ranges[0])] + [future.result() for future in others]
         if any(codes):
             raise MemoryError("native training step: out of memory")
         return self.nll, self.grad
