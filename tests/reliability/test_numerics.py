@@ -1,8 +1,8 @@
 """Determinism and numerical safety, end to end on CPU.
 
 One structure-search job whose learning rate is far too large for some of its models
-(max_lr 5 reached after 2 steps; on standardized yeast about half of
-the models survive it) runs twice, in two processes, with the same
+(max_lr 2 reached after 2 steps: on standardized yeast it broke 6 of 12
+models here, so that a model's fate is far from all-or-none) runs twice, in two processes, with the same
 config and seed. The second process must log bitwise the same numbers; in both, the
 models that blow up are flagged ``diverged`` and the others train on, and the job exits 0.
 """
@@ -17,9 +17,9 @@ from mlflow.tracking import MlflowClient
 
 from .conftest import make_flowsweep, tiny
 
-INSTANCES = 8
+INSTANCES = 12
 JOB = tiny("layout=opt", f"instances={INSTANCES}", "search.iterations=2", "search.steps_per_trial=5",
-           "train.max_lr=5", "train.step_size_up=2")
+           "train.max_lr=2", "train.step_size_up=2")
 TIMINGS = {"wall_time_s", "train_time_s", "search_time_s"}
 CURVES = ("batch_bpd", "search_trial_bpd", "search_best_bpd", "search_accepted")
 
@@ -55,7 +55,7 @@ def attempts(tmp_path_factory, data_dir, empty_store) -> tuple[dict[str, Run], d
 def test_same_config_and_seed_give_bitwise_identical_numbers_across_processes(attempts):
     first, second, client = attempts
     # rerun=true trained the config again although its runs had FINISHED.
-    assert sorted(first) == sorted(second) == [str(i) for i in range(INSTANCES)]
+    assert sorted(first, key=int) == sorted(second, key=int) == [str(i) for i in range(INSTANCES)]
     for instance, run in first.items():
         again = second[instance]
         assert _numbers(run) == _numbers(again), instance
