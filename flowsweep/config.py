@@ -106,7 +106,8 @@ class TrainConfig:
     max_lr: float = MISSING
     step_size_up: int = MISSING
     mode: str = MISSING
-    #: torch's intra-op threads while training (part of the config: sums may round differently).
+    #: Threads while training: the native kernel splits the models over them (same numbers
+    #: for any count); PyTorch's kernel uses them inside its operations (sums may round differently).
     threads: int = MISSING
     #: The training step's kernel: ``native`` (C, built on first use; PyTorch's where no
     #: compiler is found) or ``torch``.
