@@ -85,10 +85,11 @@ def save_mask_heatmap(structure: Structure, path: Path) -> None:
 
     # Instances often share a structure (parity: all of them): each is drawn once per thread.
     drawn = _templates.__dict__.setdefault("masks", {})
-    key = (d, m, depth, structure.mask().tobytes())
+    mask = structure.mask()
+    key = (d, m, depth, mask.tobytes())
     if key not in drawn:
         figure = _template(("mask", d, m, depth), build)
-        figure["image"].set_data(structure.mask())
+        figure["image"].set_data(mask)
         buffer = io.BytesIO()
         figure["fig"].savefig(buffer, format="png", pil_kwargs=_PNG)
         if len(drawn) >= _MASKS_KEPT:

@@ -22,7 +22,6 @@ import platform
 import shutil
 import subprocess
 import tempfile
-import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
@@ -36,7 +35,6 @@ __all__ = ["NativeStep", "native_available", "load_library", "NativeBuildError"]
 
 _SOURCE = Path(__file__).with_name("coupling_step.c")
 _FLAGS = ["-O3", "-funroll-loops", "-march=native", "-fPIC", "-shared", "-fno-math-errno", "-std=gnu11"]
-_LOCK = threading.Lock()
 
 
 class NativeBuildError(RuntimeError):
