@@ -55,8 +55,11 @@ class DatasetConfig:
     columns: Optional[list[Any]] = None
     #: ``dataset=csv`` only: the CSV file to read.
     path: Optional[str] = None
-    #: Train on standardized features; reported bpd stays in raw units either way.
-    standardize: bool = False
+    #: Share of the training rows cut off as the validation split (seeded by split_seed);
+    #: 0 trains on every training row and leaves no validation split.
+    validation_fraction: float = 0.1
+    #: Add uniform noise of each column's recorded resolution (10^-decimals) to every split.
+    dequantize: bool = False
     #: Raw files of a known dataset, in reading order: file name -> {url, sha256, rows,
     #: member}. ``member`` names the file inside the archive at ``url``; ``rows`` and
     #: ``sha256`` are checked on load. Empty for ``dataset=csv``.
@@ -89,9 +92,9 @@ class DepthConfig:
 class ModelConfig:
     #: Number of conditioning features per coupling; null means floor(d / 2).
     m: Optional[int] = None
-    #: Put a fixed standardizing map of the training data (mean, std per feature) ahead of
-    #: the first layer: the same model family, better conditioned for SGD; bpd stays in raw units.
-    data_init: bool = True
+    #: ``standardize``: a fixed map to the training split's zero mean and unit variance ahead
+    #: of the first layer (its log-determinant keeps every bpd in raw units); ``none``: raw data.
+    preprocess: str = "standardize"
 
 
 @dataclass
@@ -149,6 +152,7 @@ def register_schema() -> None:
 _LAYOUTS = ("parity", "random", "opt")
 _SCHEDULE_MODES = ("triangular", "triangular2", "exp_range")
 _KERNELS = ("native", "torch")
+_PREPROCESS = ("standardize", "none")
 
 
 def _at_least(cfg: DictConfig, key: str, low: float) -> None:
@@ -177,8 +181,14 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("train.base_lr", "needs 0 < train.base_lr <= train.max_lr")
     if not 0.0 <= cfg.train.momentum < 1.0:
         raise ConfigError("train.momentum", f"must be in [0, 1), got {cfg.train.momentum}")
+    if cfg.model.preprocess not in _PREPROCESS:
+        raise ConfigError("model.preprocess", f"must be one of {_PREPROCESS}, got {cfg.model.preprocess!r}")
+    if not 0.0 <= cfg.dataset.validation_fraction < 1.0:
+        raise ConfigError("dataset.validation_fraction", f"must be in [0, 1), got {cfg.dataset.validation_fraction}")
     if not 0.0 < cfg.dataset.test_fraction < 1.0:
         raise ConfigError("dataset.test_fraction", f"must be in (0, 1), got {cfg.dataset.test_fraction}")
+    if cfg.layout.name == "opt" and cfg.search.get("value") == "validation" and cfg.dataset.validation_fraction == 0:
+        raise ConfigError("search.value", "validation needs a validation split: dataset.validation_fraction > 0")
     if cfg.model.m is not None and cfg.model.m < 1:
         raise ConfigError("model.m", f"must be >= 1, got {cfg.model.m}")
 

@@ -6,7 +6,7 @@ node) and the same command is launched again, each job looks its fingerprint up 
 experiment before it creates any run:
 
 - a FINISHED run for every instance: the job is skipped, its return value is the mean
-  test bpd of those runs, as if it had just run;
+  validation bpd of those runs, as if it had just run;
 - otherwise the runs left by the interrupted attempt end KILLED (RUNNING ones, and
   FINISHED ones of an attempt that died while closing its runs) and the job trains
   again, so nothing finished is duplicated and nothing is left RUNNING.
@@ -59,16 +59,18 @@ def _finished_by_instance(runs: list[Run]) -> dict[int, Run]:
             if r.info.status == _FINISHED and "instance" in r.data.params}
 
 
-def _mean_test_bpd(runs: list[Run]) -> float:
-    """The job's return value, as :func:`flowsweep.run.run_job` computes it: mean over converged instances."""
-    values = [r.data.metrics.get("test_bpd", math.inf) for r in runs if not r.data.metrics.get("diverged", 0.0)]
+def _objective(runs: list[Run]) -> float:
+    """The job's return value, as :func:`flowsweep.run.objective` computes it: the mean
+    ``val_bpd`` (else ``train_bpd``) over converged instances."""
+    key = "val_bpd" if all("val_bpd" in r.data.metrics for r in runs) else "train_bpd"
+    values = [r.data.metrics.get(key, math.inf) for r in runs if not r.data.metrics.get("diverged", 0.0)]
     finite = [v for v in values if math.isfinite(v)]
     return sum(finite) / len(finite) if finite else math.inf
 
 
 def resume_job(client: MlflowClient, experiment_id: str, fingerprint: str, instances: int,
                rerun: bool = False) -> Optional[float]:
-    """Mean test bpd of an already finished job (skip it), or ``None`` (train it).
+    """The objective of an already finished job (skip it), or ``None`` (train it).
 
     Before returning ``None``, the runs of an interrupted earlier attempt are ended KILLED.
     """
@@ -78,7 +80,7 @@ def resume_job(client: MlflowClient, experiment_id: str, fingerprint: str, insta
         done = [finished[i] for i in range(instances)]
         log.info("skipped: this config (fingerprint %s) already has %d FINISHED runs in experiment %s; "
                  "rerun=true trains it again", fingerprint, instances, experiment_id)
-        return _mean_test_bpd(done)
+        return _objective(done)
     stale = [r for r in runs if r.info.status == _RUNNING or (r.info.status == _FINISHED and not rerun)]
     for run in stale:
         client.set_terminated(run.info.run_id, _KILLED)

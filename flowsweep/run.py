@@ -86,7 +86,11 @@ def _fixed_structures(cfg: DictConfig, d: int, m: int, seeds: list[int]) -> list
 
 
 def run_job(cfg: DictConfig, data: Optional[Dataset] = None) -> float:
-    """Validate, train (searching first for ``layout=opt``), log; returns the mean test bpd.
+    """Validate, train (searching first for ``layout=opt``), log; returns the job's objective.
+
+    The objective is the mean validation bpd over the instances that did not diverge (the
+    mean train bpd where ``dataset.validation_fraction=0`` leaves no validation split):
+    never a test number, so a sweeper that minimises it does not tune on the test rows.
 
     ``data`` is the dataset of ``cfg.dataset`` when the caller has loaded it already.
     """
@@ -96,11 +100,11 @@ def run_job(cfg: DictConfig, data: Optional[Dataset] = None) -> float:
     check_reachable(uri)
     if data is None:
         data = load_dataset(cfg.dataset, cfg.data_dir)
-    if cfg.model.data_init:
+    if cfg.model.preprocess == "standardize":
         # A fixed standardizing map ahead of the first layer: the same model family (its
         # constant transform absorbs it), but SGD no longer fights raw scales such as
         # turbine's ~1000 hPa. Its log-determinant keeps every bpd in raw units.
-        data = standardized(data, "model.data_init")
+        data = standardized(data)
     m = validate_against_data(cfg, data.d, data.train.shape[0])
     seeds = [derive_seed(cfg.seed, i) for i in range(cfg.instances)]
     optimizers = build_optimizers(cfg, data.d, m, seeds) if cfg.layout.name == "opt" else None
@@ -123,7 +127,7 @@ def run_job(cfg: DictConfig, data: Optional[Dataset] = None) -> float:
     try:
         search_time = None
         if optimizers:
-            settings = SearchSettings(cfg.dataset.batch_size, cfg.train, cfg.dataset.split_seed, cfg.progress)
+            settings = SearchSettings(cfg.dataset.batch_size, cfg.train, cfg.progress)
             search_time = run_searches(optimizers, data, settings)
             structures = [(o.best or o.history[0]).structure for o in optimizers]
         else:
@@ -135,8 +139,13 @@ def run_job(cfg: DictConfig, data: Optional[Dataset] = None) -> float:
         runs.close(failed=True)
         raise
     runs.close()
-    test = result["test_bpd"][~result["diverged"]]
-    return float(test.mean()) if len(test) else math.inf
+    return objective(result)
+
+
+def objective(result: dict) -> float:
+    """Mean ``val_bpd`` (else ``train_bpd``) of the converged instances; ``inf`` if none converged."""
+    values = result["val_bpd" if "val_bpd" in result else "train_bpd"][~result["diverged"]]
+    return float(values.mean()) if len(values) else math.inf
 
 
 def _train_final(cfg: DictConfig, data: Dataset, structures: list[Structure], seeds: list[int]) -> dict:
@@ -145,11 +154,13 @@ def _train_final(cfg: DictConfig, data: Dataset, structures: list[Structure], se
     began = time.perf_counter()
     trained = train(flow, data.train, cfg.dataset.batch_size, Schedule.from_config(cfg.train), generators, data.log_det)
     train_time = time.perf_counter() - began
-    train_bpd = evaluate_bpd(flow, data.train, data.log_det).numpy()
-    test_bpd = evaluate_bpd(flow, data.test, data.log_det).numpy()
-    diverged = trained.diverged.numpy() | ~np.isfinite(train_bpd) | ~np.isfinite(test_bpd)
-    return {"curve": trained.curve.numpy(), "train_bpd": train_bpd, "test_bpd": test_bpd, "diverged": diverged,
-            "num_params": flow.num_parameters(), "train_time_s": train_time}
+    splits = {"train": data.train, "val": data.valid, "test": data.test}
+    result = {f"{name}_bpd": evaluate_bpd(flow, rows, data.log_det).numpy() for name, rows in splits.items() if len(rows)}
+    diverged = trained.diverged.numpy()
+    for values in result.values():
+        diverged = diverged | ~np.isfinite(values)
+    return {**result, "curve": trained.curve.numpy(), "diverged": diverged, "num_params": flow.num_parameters(),
+            "train_time_s": train_time}
 
 
 def _log(runs: RunGroup, cfg: DictConfig, structures: list[Structure], result: dict,
@@ -157,8 +168,9 @@ def _log(runs: RunGroup, cfg: DictConfig, structures: list[Structure], result: d
     for i, structure in enumerate(structures):
         diverged = bool(result["diverged"][i])
         runs.curve(i, "batch_bpd", result["curve"][:, i], first_step=1)
-        for key in ("train_bpd", "test_bpd"):
-            runs.metric(i, key, math.inf if diverged else result[key][i])
+        for key in ("train_bpd", "val_bpd", "test_bpd"):
+            if key in result:
+                runs.metric(i, key, math.inf if diverged else result[key][i])
         runs.metric(i, "diverged", float(diverged))
         runs.metric(i, "num_params", result["num_params"])
         runs.metric(i, "wall_time_s", result["wall_time_s"])

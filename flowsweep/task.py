@@ -46,7 +46,7 @@ def _bad_input(error: Exception) -> NoReturn:
 
 
 def run_task(cfg: DictConfig) -> float:
-    """Run the job of ``cfg``; returns its mean test bpd (what Hydra sweepers optimise)."""
+    """Run the job of ``cfg``; returns its mean validation bpd (what Hydra sweepers optimise, see run.objective)."""
     # The checks of the config, then of the data, come before MLflow and the training
     # code load: bad input is reported in a second or two and creates nothing.
     try:

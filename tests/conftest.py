@@ -28,7 +28,7 @@ def data_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def dataset_cfg() -> Callable[..., DictConfig]:
-    """Factory: ``dataset_cfg("magic", standardize=True)`` composes ``conf/dataset/magic.yaml``
+    """Factory: ``dataset_cfg("magic", validation_fraction=0)`` composes ``conf/dataset/magic.yaml``
     over the ``DatasetConfig`` schema with plain OmegaConf, then applies the overrides."""
     from flowsweep.config import DatasetConfig
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from flowsweep.data import DataError, Dataset, load_dataset
+from flowsweep.data import DataError, Dataset, load_dataset, standardized
 
-SHAPES = {  # name: (n_train, n_test, d); hold-out n_test = round(0.1 * n)
+SHAPES = {  # name: (n_train + n_valid, n_test, d); hold-out n_test = round(0.1 * n), n_valid = round(0.1 * n_train)
     "magic": (17118, 1902, 10),
     "turbine": (22191, 14542, 10),
     "sonar": (187, 21, 60),
@@ -35,8 +35,10 @@ def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_shapes_and_columns(name, data_dir, dataset_cfg):
     data = load_dataset(dataset_cfg(name), str(data_dir))
     n_train, n_test, d = SHAPES[name]
+    n_valid = round(0.1 * n_train)
     assert isinstance(data, Dataset) and data.name == name
-    assert data.train.shape == (n_train, d) and data.test.shape == (n_test, d) and data.d == d
+    assert data.train.shape == (n_train - n_valid, d) and data.valid.shape == (n_valid, d)
+    assert data.test.shape == (n_test, d) and data.d == d
     assert data.train.dtype == torch.float32 and data.test.dtype == torch.float32
     assert torch.isfinite(data.train).all() and torch.isfinite(data.test).all()
     assert len(data.columns) == d and data.columns[: len(FIRST_COLUMNS[name])] == FIRST_COLUMNS[name]
@@ -46,19 +48,19 @@ def test_shapes_and_columns(name, data_dir, dataset_cfg):
 def test_hold_out_size_rule(dataset_cfg, data_dir):
     for name, n in (("magic", 19020), ("sonar", 208), ("yeast", 1484)):
         assert SHAPES[name][1] == round(0.1 * n) and sum(SHAPES[name][:2]) == n
-    data = load_dataset(dataset_cfg("sonar", test_fraction=0.25), str(data_dir))
-    assert (len(data.train), len(data.test)) == (156, 52)
+    data = load_dataset(dataset_cfg("sonar", test_fraction=0.25, validation_fraction=0), str(data_dir))
+    assert (len(data.train), len(data.valid), len(data.test)) == (156, 0, 52)
 
 
 def test_turbine_columns_and_fixed_split(dataset_cfg, data_dir):
-    data = load_dataset(dataset_cfg("turbine"), str(data_dir))
+    data = load_dataset(dataset_cfg("turbine", validation_fraction=0), str(data_dir))
     assert data.columns == ("AT", "AP", "AH", "AFDP", "GTEP", "TIT", "TAT", "TEY", "CDP", "CO")
     raw_2011 = np.loadtxt(data_dir / "turbine" / "gt_2011.csv", delimiter=",", skiprows=1, max_rows=3)
     assert np.allclose(data.train[:3].numpy(), raw_2011[:, :10])
     raw_2015 = np.loadtxt(data_dir / "turbine" / "gt_2015.csv", delimiter=",", skiprows=1)
     assert np.allclose(data.test[-len(raw_2015) :].numpy(), raw_2015[:, :10])
     # split_seed plays no part in a fixed split
-    other = load_dataset(dataset_cfg("turbine", split_seed=7), str(data_dir))
+    other = load_dataset(dataset_cfg("turbine", split_seed=7, validation_fraction=0), str(data_dir))
     assert torch.equal(data.train, other.train)
     by_position = load_dataset(dataset_cfg("turbine", columns=[0, 10]), str(data_dir))
     assert by_position.columns == ("AT", "NOX") and by_position.test.shape == (14542, 2)
@@ -74,14 +76,40 @@ def test_split_is_seeded(name, dataset_cfg, data_dir):
     assert torch.equal(a.train, b.train) and torch.equal(a.test, b.test)
     assert not torch.equal(a.test, c.test)
     # Same rows either way, only partitioned differently.
-    rows = lambda ds: np.sort(torch.cat([ds.train, ds.test]).numpy(), axis=0)  # noqa: E731
+    rows = lambda ds: np.sort(torch.cat([ds.train, ds.valid, ds.test]).numpy(), axis=0)  # noqa: E731
     assert np.array_equal(rows(a), rows(c))
+    assert len(a.valid) and not torch.equal(a.valid, c.valid)
+
+
+def test_validation_split_is_cut_from_the_training_rows(dataset_cfg, data_dir):
+    whole = load_dataset(dataset_cfg("yeast", validation_fraction=0), str(data_dir))
+    cut = load_dataset(dataset_cfg("yeast", validation_fraction=0.25), str(data_dir))
+    assert torch.equal(cut.test, whole.test) and len(cut.valid) == round(0.25 * len(whole.train))
+    rows = lambda *parts: np.sort(torch.cat(parts).numpy(), axis=0)  # noqa: E731
+    assert np.array_equal(rows(cut.train, cut.valid), rows(whole.train))
+    with pytest.raises(DataError, match=r"dataset\.validation_fraction: 0\.9999 of the 1336 training rows"):
+        load_dataset(dataset_cfg("yeast", validation_fraction=0.9999), str(data_dir))
+
+
+def test_dequantize_fills_each_columns_grid(dataset_cfg, data_dir):
+    raw = load_dataset(dataset_cfg("yeast"), str(data_dir))
+    noisy = load_dataset(dataset_cfg("yeast", dequantize=True), str(data_dir))
+    # erl takes two values, 0.5 and 1.0, written with one decimal: the noise fills [v, v + 0.1)
+    erl = raw.columns.index("erl")
+    assert set(np.round(raw.train[:, erl].numpy(), 4)) == {0.5, 1.0}
+    gap = (noisy.train - raw.train).double()
+    assert (gap[:, erl] >= 0).all() and (gap[:, erl] < 0.1 + 1e-6).all() and gap[:, erl].std() > 0.02
+    others = [j for j in range(raw.d) if j != erl]
+    assert (gap[:, others] >= -1e-6).all() and (gap[:, others] < 0.01 + 1e-6).all()
+    assert len(torch.unique(noisy.train[:, erl])) > 1000
+    again = load_dataset(dataset_cfg("yeast", dequantize=True), str(data_dir))
+    assert torch.equal(noisy.train, again.train) and torch.equal(noisy.test, again.test)
 
 
 @pytest.mark.parametrize("name", sorted(SHAPES))
 def test_standardize(name, dataset_cfg, data_dir):
     raw = load_dataset(dataset_cfg(name), str(data_dir))
-    std = load_dataset(dataset_cfg(name, standardize=True), str(data_dir))
+    std = standardized(raw)
     assert std.columns == raw.columns
     assert std.train.mean(0).abs().max() < 1e-4
     assert (std.train.std(0, unbiased=False) - 1).abs().max() < 1e-4
@@ -89,6 +117,7 @@ def test_standardize(name, dataset_cfg, data_dir):
     assert std.log_det == pytest.approx(np.log(raw_train.std(axis=0)).sum(), abs=1e-3)
     mean, scale = raw_train.mean(axis=0), raw_train.std(axis=0)
     assert np.allclose(std.test.numpy(), (raw.test.double().numpy() - mean) / scale, atol=1e-4)
+    assert np.allclose(std.valid.numpy(), (raw.valid.double().numpy() - mean) / scale, atol=1e-4)
 
 
 # --- corrupted copies of the real files -------------------------------------------------
@@ -184,10 +213,10 @@ def test_csv_good_file(tmp_path, dataset_cfg):
     path = tmp_path / "my.csv"
     x = _write_csv(path)
     data = load_dataset(dataset_cfg("csv", path=str(path), columns=["c", "a"]), None)
-    assert data.columns == ("c", "a") and data.train.shape == (54, 2) and data.test.shape == (6, 2)
-    got = np.sort(torch.cat([data.train, data.test]).double().numpy(), axis=0)
+    assert data.columns == ("c", "a") and data.train.shape == (49, 2) and data.test.shape == (6, 2)
+    got = np.sort(torch.cat([data.train, data.valid, data.test]).double().numpy(), axis=0)
     assert np.allclose(got, np.sort(x[:, [2, 0]], axis=0))
-    data = load_dataset(dataset_cfg("csv", path=str(path), columns=[1, 2, 3], standardize=True), None)
+    data = standardized(load_dataset(dataset_cfg("csv", path=str(path), columns=[1, 2, 3]), None))
     assert data.columns == ("a", "b", "c") and data.log_det != 0.0
 
 
@@ -211,5 +240,5 @@ def test_constant_column_cannot_be_standardized(tmp_path, dataset_cfg):
     path = tmp_path / "flat.csv"
     path.write_text("u,v\n" + "".join(f"{i},3.5\n" for i in range(20)))
     assert load_dataset(dataset_cfg("csv", path=str(path)), None).d == 2
-    with pytest.raises(DataError, match=r"dataset\.standardize: column\(s\) \['v'\] of csv are constant"):
-        load_dataset(dataset_cfg("csv", path=str(path), standardize=True), None)
+    with pytest.raises(DataError, match=r"model\.preprocess: column\(s\) \['v'\] of csv are constant"):
+        standardized(load_dataset(dataset_cfg("csv", path=str(path)), None))

@@ -145,7 +145,7 @@ def test_cfg_job_prints_the_config_and_runs_nothing(tmp_path, data_dir):
 def test_bad_value_exits_non_zero_naming_the_key_and_logs_nothing(tmp_path, data_dir, search_runs):
     done = run_main(["dataset=yeast", "dataset.batch_size=5000"], tmp_path, data_dir)
     assert done.returncode == 2
-    assert "flowsweep: error: dataset.batch_size: 5000 is larger than the training split (1336 rows)" in done.stderr
+    assert "flowsweep: error: dataset.batch_size: 5000 is larger than the training split (1202 rows)" in done.stderr
     assert "Traceback" not in done.stderr
     if (tmp_path / "mlflow.db").exists():
         assert search_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", search_all_experiments=True).empty

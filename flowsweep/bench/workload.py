@@ -98,8 +98,8 @@ def make_workload(dataset: str = "magic", depth: int = 8, models: int = 20, seed
         overrides.append(f"train.kernel={kernel}")
     cfg = compose_config(overrides)
     data = load_dataset(cfg.dataset, data_dir or cfg.data_dir)
-    if cfg.model.data_init:  # as run_job: the training data standardized ahead of the first layer
-        data = standardized(data, "model.data_init")
+    if cfg.model.preprocess == "standardize":  # as run_job: the data standardized ahead of the first layer
+        data = standardized(data)
     m = cfg.model.m if cfg.model.m is not None else data.d // 2
     seeds = [derive_seed(seed, i) for i in range(models)]
     structures = [random_structure(data.d, m, depth, np.random.default_rng(derive_seed(s, _STRUCTURE_KEY)))

@@ -1,10 +1,18 @@
-"""Load a dataset as train/test float32 tensors: parse, check, split and standardize.
+"""Load a dataset as train/validation/test float32 tensors: parse, check, split, dequantize, standardize.
 
 Known datasets (magic, turbine, sonar, yeast) are described entirely by their option
 file in ``conf/dataset/``: raw files with address, sha256 and row count, column names,
 label columns and the default features. ``dataset=csv`` reads any CSV file with a
 header row from ``dataset.path``. Without a fixed test file, the test split is a
-seeded random hold-out of ``round(test_fraction * n)`` rows.
+seeded random hold-out of ``round(test_fraction * n)`` rows. A validation split of
+``round(validation_fraction * n_train)`` rows is then cut from the training rows (seeded
+by ``split_seed`` too): model selection (early stopping, structure search, a sweeper's
+objective) reads it, never the test rows.
+
+``dataset.dequantize`` adds uniform noise of each column's recorded resolution (``10^-k``
+for values written with ``k`` decimals) to every split, once, from a seeded stream: a
+density can then no longer put spikes on the grid of a column such as yeast's ``erl``,
+which takes two values.
 """
 
 from __future__ import annotations
@@ -23,17 +31,24 @@ from ..config import DatasetConfig
 from .sources import DataError, Located, expected_hash, locate, read_file, sha256_hex
 from .tables import read_table
 
-__all__ = ["Dataset", "load_dataset", "standardized"]
+__all__ = ["Dataset", "load_dataset", "standardized", "resolution"]
+
+#: Stream keys under ``split_seed`` (the test hold-out uses the seed itself).
+_VALIDATION_KEY, _DEQUANTIZE_KEY = 1, 2
+#: Most decimals :func:`resolution` looks for.
+_MAX_DECIMALS = 8
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: == on tensors is elementwise, not a bool
 class Dataset:
-    """A dataset split into train and test, in model space.
+    """A dataset split into train, validation and test, in model space.
 
-    ``train`` is ``[n_train, d]`` and ``test`` is ``[n_test, d]``, float32, one column
-    per name in ``columns``. When standardized, ``log_det`` (nats per sample) is the
-    sum of the log train std per feature: raw-unit NLL = model-space NLL + ``log_det``;
-    in raw units it is 0.0.
+    ``train`` is ``[n_train, d]``, ``valid`` ``[n_valid, d]`` (possibly no rows) and
+    ``test`` ``[n_test, d]``, float32, one column per name in ``columns``. When
+    standardized, ``log_det`` (nats per sample) is the sum of the log train std per
+    feature: raw-unit NLL = model-space NLL + ``log_det``; in raw units it is 0.0.
+    ``graph`` holds the planted ``(parent, child)`` feature pairs of a synthetic
+    dataset, ``None`` where the dependencies are unknown.
     """
 
     name: str
@@ -41,6 +56,12 @@ class Dataset:
     train: torch.Tensor
     test: torch.Tensor
     log_det: float
+    valid: Optional[torch.Tensor] = None
+    graph: Optional[tuple[tuple[int, int], ...]] = None
+
+    def __post_init__(self) -> None:
+        if self.valid is None:
+            object.__setattr__(self, "valid", self.train[:0])
 
     @property
     def d(self) -> int:
@@ -50,7 +71,7 @@ class Dataset:
     def __repr__(self) -> str:
         return (
             f"Dataset(name={self.name!r}, d={self.d}, n_train={len(self.train)}, "
-            f"n_test={len(self.test)}, log_det={self.log_det:.4f})"
+            f"n_valid={len(self.valid)}, n_test={len(self.test)}, log_det={self.log_det:.4f})"
         )
 
 
@@ -78,18 +99,32 @@ def load_dataset(cfg: Union[DictConfig, Mapping[str, Any], DatasetConfig], data_
         test = np.concatenate([parts[f] for f in test_files])
     else:
         train, test = _hold_out(np.concatenate(list(parts.values())), float(spec["test_fraction"]), int(spec["split_seed"]), name)
-    data = Dataset(
-        name=name,
-        columns=tuple(columns),
-        train=torch.from_numpy(np.ascontiguousarray(train, dtype=np.float32)),
-        test=torch.from_numpy(np.ascontiguousarray(test, dtype=np.float32)),
-        log_det=0.0,
-    )
-    return standardized(data, "dataset.standardize") if spec["standardize"] else data
+    seed = int(spec["split_seed"])
+    train, valid = _cut_validation(train, float(spec["validation_fraction"]), seed, name)
+    splits = [train, valid, test]
+    if spec["dequantize"]:
+        width = resolution(np.concatenate(splits))
+        rng = np.random.default_rng([seed, _DEQUANTIZE_KEY])
+        splits = [x + rng.uniform(0.0, 1.0, size=x.shape) * width for x in splits]
+    train, valid, test = (torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)) for x in splits)
+    return Dataset(name=name, columns=tuple(columns), train=train, valid=valid, test=test, log_det=0.0)
 
 
-def standardized(data: Dataset, key: str) -> Dataset:
-    """Both splits scaled by the train mean and std (ddof=0, computed in float64).
+def resolution(x: np.ndarray) -> np.ndarray:
+    """Per column of ``x`` ``[n, d]`` (float64 as parsed), ``10^-k`` for the fewest decimals
+    ``k <= 8`` that write every value (``1.0`` for integers)."""
+    width = np.empty(x.shape[1])
+    for j in range(x.shape[1]):
+        for k in range(_MAX_DECIMALS + 1):
+            scaled = x[:, j] * 10.0**k
+            if np.abs(scaled - np.round(scaled)).max() <= 1e-4:
+                break
+        width[j] = 10.0**-k
+    return width
+
+
+def standardized(data: Dataset, key: str = "model.preprocess") -> Dataset:
+    """Every split scaled by the train mean and std (ddof=0, computed in float64).
 
     ``log_det`` grows by the map's ``sum(log std)`` (nats per sample), so bpd computed
     on the result stays in the units of ``data``. ``key`` is the config key that asked
@@ -101,13 +136,11 @@ def standardized(data: Dataset, key: str) -> Dataset:
     if constant:
         raise DataError(
             f"{key}: column(s) {constant} of {data.name} are constant in the training split "
-            f"(std 0); leave them out with dataset.columns or set {key}=false."
+            f"(std 0); leave them out with dataset.columns or set {key}=none."
         )
-    return Dataset(
-        name=data.name,
-        columns=data.columns,
-        train=((train - mean) / std).float(),
-        test=((data.test.double() - mean) / std).float(),
+    scale = lambda x: ((x.double() - mean) / std).float()  # noqa: E731
+    return dataclasses.replace(
+        data, train=scale(data.train), valid=scale(data.valid), test=scale(data.test),
         log_det=data.log_det + float(std.log().sum()),
     )
 
@@ -186,6 +219,16 @@ def _repair_hint(where: Located, file_spec: dict[str, Any]) -> str:
     if where.origin == "data_dir":
         return f"Replace it with the original from {url}."
     return f"Delete it so that it is downloaded again from {url}, or replace it with the original."
+
+
+def _cut_validation(train: np.ndarray, fraction: float, seed: int, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """``round(fraction * n)`` random training rows as the validation split (none for 0)."""
+    n = len(train)
+    n_valid = round(fraction * n)
+    if n_valid and not n_valid < n:
+        raise DataError(f"dataset.validation_fraction: {fraction} of the {n} training rows of {name} leaves none to train on.")
+    order = np.random.default_rng([seed, _VALIDATION_KEY]).permutation(n)
+    return train[np.sort(order[n_valid:])], train[np.sort(order[:n_valid])]
 
 
 def _hold_out(x: np.ndarray, fraction: float, seed: int, name: str) -> tuple[np.ndarray, np.ndarray]:

@@ -28,8 +28,8 @@ __all__ = ["TrialState", "Trial", "StructureOptimizer", "WARM_STARTS", "VALUES"]
 #: How an offspring's parameters start: new ones, all of its parent's, or the parent's
 #: for the layers whose mask did not change.
 WARM_STARTS = ("fresh", "parent", "inherit")
-#: What a trial is scored by: bpd of the last training minibatch (the paper) or of a
-#: validation split carved out of the training data.
+#: What a trial is scored by: bpd of the last training minibatch (the paper) or of the
+#: dataset's validation split (``dataset.validation_fraction`` of the training rows).
 VALUES = ("last_batch", "validation")
 
 
@@ -73,7 +73,6 @@ class StructureOptimizer(ABC):
         steps_per_trial: SGD steps that train each candidate.
         warm_start: One of :data:`WARM_STARTS`.
         value: One of :data:`VALUES`.
-        validation_fraction: Share of training rows held out when ``value=validation``.
         patience: Stop after this many iterations without improvement (null: never).
     """
 
@@ -86,7 +85,6 @@ class StructureOptimizer(ABC):
     steps_per_trial: int = 50
     warm_start: str = "fresh"
     value: str = "last_batch"
-    validation_fraction: float = 0.1
     patience: Optional[int] = None
     history: list[Trial] = field(default_factory=list, init=False)
     best: Optional[Trial] = field(default=None, init=False)
@@ -110,8 +108,6 @@ class StructureOptimizer(ABC):
             raise ConfigError("search.warm_start", f"must be one of {WARM_STARTS}, got {self.warm_start!r}")
         if self.value not in VALUES:
             raise ConfigError("search.value", f"must be one of {VALUES}, got {self.value!r}")
-        if not 0.0 < self.validation_fraction < 1.0:
-            raise ConfigError("search.validation_fraction", f"must be in (0, 1), got {self.validation_fraction}")
         if self.patience is not None and self.patience < 1:
             raise ConfigError("search.patience", f"must be >= 1 or null, got {self.patience}")
 

@@ -24,7 +24,7 @@ from flowsweep.search.base import StructureOptimizer, Trial, TrialState
 from flowsweep.seeding import derive_seed, torch_generator
 from flowsweep.training import Schedule, evaluate_bpd, train
 
-__all__ = ["SearchSettings", "run_searches", "split_validation"]
+__all__ = ["SearchSettings", "run_searches"]
 
 
 @dataclass(frozen=True)
@@ -33,16 +33,7 @@ class SearchSettings:
 
     batch_size: int
     train: DictConfig
-    split_seed: int = 0
     progress: bool = True
-
-
-def split_validation(train_rows: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Seeded split of the training rows into (fit ``[n - v, d]``, validation ``[v, d]``)."""
-    n = train_rows.shape[0]
-    v = max(1, round(fraction * n))
-    order = torch.from_numpy(np.random.default_rng(seed).permutation(n))
-    return train_rows[order[v:]], train_rows[order[:v]]
 
 
 def _score(flow: BatchedCouplingFlow, curve: torch.Tensor, diverged: torch.Tensor, value: str,
@@ -62,9 +53,7 @@ def run_searches(optimizers: Sequence[StructureOptimizer], data: Dataset, settin
     start = time.perf_counter()
     lead = optimizers[0]
     schedule = Schedule.from_config(settings.train, steps=lead.steps_per_trial)
-    fit, validation = data.train, data.train[:0]
-    if lead.value == "validation":
-        fit, validation = split_validation(data.train, lead.validation_fraction, settings.split_seed)
+    fit, validation = data.train, data.valid
     champions: list[BatchedCouplingFlow | None] = [None] * len(optimizers)
     bar = tqdm(total=max(o.last_iteration + 1 for o in optimizers), desc="structure search",
                unit="it", disable=None if settings.progress else True, leave=False)

@@ -98,7 +98,7 @@ CASES: dict[str, Case] = {
     "instances=0": Case(("instances=0",), "flowsweep: error: instances: must be >= 1, got 0"),
     "train.steps=-1": Case(("train.steps=-1",), "flowsweep: error: train.steps: must be >= 1, got -1"),
     "batch_size>n_train": Case(("dataset.batch_size=5000",),
-                               "flowsweep: error: dataset.batch_size: 5000 is larger than the training split (1336 rows)"),
+                               "flowsweep: error: dataset.batch_size: 5000 is larger than the training split (1202 rows)"),
     "m>=d": Case(("model.m=8",), "flowsweep: error: model.m: must be in 1..d-1 = 1..7, got 8"),
     # Data files.
     "data_dir missing": Case(("data_dir={root}/nowhere",),

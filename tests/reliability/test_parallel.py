@@ -28,7 +28,7 @@ def test_joblib_workers_share_the_default_sqlite_store_and_report_the_failed_job
     report = done.stderr[done.stderr.rindex("flowsweep: 1 of 4 jobs failed"):].splitlines()
     assert report[0] == "flowsweep: 1 of 4 jobs failed (sweep multirun):", done.stderr
     assert report[1:] == [
-        f"  #3 {FAILING}: ConfigError: dataset.batch_size: 5000 is larger than the training split (1336 rows)"
+        f"  #3 {FAILING}: ConfigError: dataset.batch_size: 5000 is larger than the training split (1202 rows)"
     ]
     records = sorted((flowsweep.cwd / "multirun" / ".flowsweep" / "jobs").glob("*.json"))
     assert [json.loads(p.read_text())["status"] for p in records] == ["COMPLETED"] * 3 + ["FAILED"]
