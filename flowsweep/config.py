@@ -26,6 +26,7 @@ __all__ = [
     "TrackingConfig",
     "Config",
     "register_schema",
+    "CHOICES",
     "validate",
     "validate_against_data",
 ]
@@ -95,20 +96,37 @@ class ModelConfig:
     #: ``standardize``: a fixed map to the training split's zero mean and unit variance ahead
     #: of the first layer (its log-determinant keeps every bpd in raw units); ``none``: raw data.
     preprocess: str = "standardize"
+    #: The paper's open choices (see flowsweep.model.spec): layer order, constant transform,
+    #: direction, initialisation, conditioner (and its hidden units).
+    order: str = "constant_first"
+    constant: str = "exp"
+    direction: str = "normalizing"
+    init: str = "uniform"
+    conditioner: str = "tanh"
+    hidden: int = 32
 
 
 @dataclass
 class TrainConfig:
-    """Types only: the values live in ``conf/config.yaml``."""
+    """Types only: the values live in ``conf/config.yaml`` (see flowsweep.training.Recipe)."""
 
-    #: SGD steps of the final training (paper: 1250).
+    #: Gradient steps of the final training (paper: 1250).
     steps: int = MISSING
+    optimizer: str = MISSING
+    schedule: str = MISSING
     momentum: float = MISSING
-    #: CyclicLR bounds and half-cycle length in steps.
+    #: Learning-rate bounds (cyclic: between them; cosine: from max_lr down to base_lr;
+    #: constant: max_lr) and the cyclic half-cycle in steps.
     base_lr: float = MISSING
     max_lr: float = MISSING
     step_size_up: int = MISSING
     mode: str = MISSING
+    weight_decay: float = MISSING
+    clip_norm: Optional[float] = MISSING
+    #: Steps between validation evaluations; early stopping after ``patience`` of them
+    #: without improvement (null: off).
+    eval_every: int = MISSING
+    patience: Optional[int] = MISSING
     #: Threads while training: the native kernel splits the models over them (same numbers
     #: for any count); PyTorch's kernel uses them inside its operations (sums may round differently).
     threads: int = MISSING
@@ -150,9 +168,20 @@ def register_schema() -> None:
 
 
 _LAYOUTS = ("parity", "random", "opt")
-_SCHEDULE_MODES = ("triangular", "triangular2", "exp_range")
-_KERNELS = ("native", "torch")
-_PREPROCESS = ("standardize", "none")
+#: The keys that take one of a few words, and those words (documented in conf/config.yaml
+#: and flowsweep.model.spec); flowsweep.model and flowsweep.training read them from here.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "model.preprocess": ("standardize", "none"),
+    "model.order": ("constant_first", "coupling_first"),
+    "model.constant": ("exp", "linear"),
+    "model.direction": ("normalizing", "generative"),
+    "model.init": ("uniform", "zero"),
+    "model.conditioner": ("tanh", "mlp"),
+    "train.optimizer": ("sgd", "adam"),
+    "train.schedule": ("cyclic", "constant", "cosine"),
+    "train.mode": ("triangular", "triangular2", "exp_range"),
+    "train.kernel": ("native", "torch"),
+}
 
 
 def _at_least(cfg: DictConfig, key: str, low: float) -> None:
@@ -170,19 +199,27 @@ def validate(cfg: DictConfig) -> None:
     _at_least(cfg, "train.steps", 1)
     _at_least(cfg, "train.step_size_up", 1)
     _at_least(cfg, "train.threads", 1)
+    _at_least(cfg, "train.eval_every", 1)
+    _at_least(cfg, "train.weight_decay", 0.0)
+    _at_least(cfg, "model.hidden", 1)
     _at_least(cfg, "dataset.batch_size", 1)
     if cfg.layout.name not in _LAYOUTS:
         raise ConfigError("layout.name", f"must be one of {_LAYOUTS}, got {cfg.layout.name!r}")
-    if cfg.train.kernel not in _KERNELS:
-        raise ConfigError("train.kernel", f"must be one of {_KERNELS}, got {cfg.train.kernel!r}")
-    if cfg.train.mode not in _SCHEDULE_MODES:
-        raise ConfigError("train.mode", f"must be one of {_SCHEDULE_MODES}, got {cfg.train.mode!r}")
+    from omegaconf import OmegaConf
+
+    for key, allowed in CHOICES.items():
+        if OmegaConf.select(cfg, key) not in allowed:
+            raise ConfigError(key, f"must be one of {allowed}, got {OmegaConf.select(cfg, key)!r}")
+    if cfg.train.patience is not None and cfg.train.patience < 1:
+        raise ConfigError("train.patience", f"must be >= 1 or null, got {cfg.train.patience}")
+    if cfg.train.patience is not None and cfg.dataset.validation_fraction == 0:
+        raise ConfigError("train.patience", "early stopping needs a validation split: dataset.validation_fraction > 0")
+    if cfg.train.clip_norm is not None and not cfg.train.clip_norm > 0:
+        raise ConfigError("train.clip_norm", f"must be > 0 or null, got {cfg.train.clip_norm}")
     if not 0 < cfg.train.base_lr <= cfg.train.max_lr:
         raise ConfigError("train.base_lr", "needs 0 < train.base_lr <= train.max_lr")
     if not 0.0 <= cfg.train.momentum < 1.0:
         raise ConfigError("train.momentum", f"must be in [0, 1), got {cfg.train.momentum}")
-    if cfg.model.preprocess not in _PREPROCESS:
-        raise ConfigError("model.preprocess", f"must be one of {_PREPROCESS}, got {cfg.model.preprocess!r}")
     if not 0.0 <= cfg.dataset.validation_fraction < 1.0:
         raise ConfigError("dataset.validation_fraction", f"must be in [0, 1), got {cfg.dataset.validation_fraction}")
     if not 0.0 < cfg.dataset.test_fraction < 1.0:

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from flowsweep import plots
 from flowsweep.config import ConfigError, validate, validate_against_data
 from flowsweep.data import Dataset, load_dataset, standardized
-from flowsweep.engine import BatchedCouplingFlow
+from flowsweep.model import CouplingFlows, ModelSpec
 from flowsweep.resume import resume_job
 from flowsweep.search import StructureOptimizer
 from flowsweep.search.runner import SearchSettings, run_searches
@@ -33,7 +33,7 @@ from flowsweep.seeding import derive_seed, torch_generator
 from flowsweep.structure import Structure, parity_structure, random_structure
 from flowsweep.tracking import (SWEEP_ID_ENV, RunGroup, check_reachable, ensure_experiment, flatten, open_client,
                                 resolve_tracking_uri)
-from flowsweep.training import Schedule, evaluate_bpd, train
+from flowsweep.training import Recipe, evaluate_bpd, train
 
 __all__ = ["run_job", "build_optimizers", "fingerprint"]
 
@@ -106,6 +106,7 @@ def run_job(cfg: DictConfig, data: Optional[Dataset] = None) -> float:
         # turbine's ~1000 hPa. Its log-determinant keeps every bpd in raw units.
         data = standardized(data)
     m = validate_against_data(cfg, data.d, data.train.shape[0])
+    spec = ModelSpec.from_config(cfg.model, data.d, m, cfg.depth.layers)
     seeds = [derive_seed(cfg.seed, i) for i in range(cfg.instances)]
     optimizers = build_optimizers(cfg, data.d, m, seeds) if cfg.layout.name == "opt" else None
 
@@ -127,12 +128,12 @@ def run_job(cfg: DictConfig, data: Optional[Dataset] = None) -> float:
     try:
         search_time = None
         if optimizers:
-            settings = SearchSettings(cfg.dataset.batch_size, cfg.train, cfg.progress)
+            settings = SearchSettings(spec, cfg.dataset.batch_size, cfg.train, cfg.progress)
             search_time = run_searches(optimizers, data, settings)
             structures = [(o.best or o.history[0]).structure for o in optimizers]
         else:
             structures = _fixed_structures(cfg, data.d, m, seeds)
-        result = _train_final(cfg, data, structures, seeds)
+        result = _train_final(cfg, spec, data, structures, seeds)
         result["wall_time_s"] = time.perf_counter() - started
         _log(runs, cfg, structures, result, optimizers, search_time)
     except BaseException:
@@ -148,11 +149,12 @@ def objective(result: dict) -> float:
     return float(values.mean()) if len(values) else math.inf
 
 
-def _train_final(cfg: DictConfig, data: Dataset, structures: list[Structure], seeds: list[int]) -> dict:
+def _train_final(cfg: DictConfig, spec: ModelSpec, data: Dataset, structures: list[Structure], seeds: list[int]) -> dict:
     generators = [torch_generator(s) for s in seeds]
-    flow = BatchedCouplingFlow(structures, generators)
+    flow = CouplingFlows(spec, structures, generators)
     began = time.perf_counter()
-    trained = train(flow, data.train, cfg.dataset.batch_size, Schedule.from_config(cfg.train), generators, data.log_det)
+    trained = train(flow, data.train, cfg.dataset.batch_size, Recipe.from_config(cfg.train), generators, data.log_det,
+                    valid=data.valid)
     train_time = time.perf_counter() - began
     splits = {"train": data.train, "val": data.valid, "test": data.test}
     result = {f"{name}_bpd": evaluate_bpd(flow, rows, data.log_det).numpy() for name, rows in splits.items() if len(rows)}

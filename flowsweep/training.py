@@ -1,71 +1,85 @@
-"""The one training loop: minibatch SGD with a cyclic learning rate for K models at once.
+"""The one training loop: minibatch gradient descent for K models at once.
 
 Structure-search trials and final training both call :func:`train`. Each model draws
 its own random minibatches from its own generator, so a model's numbers do not depend
 on which other models share the batch. A model whose loss turns non-finite is marked
-diverged and frozen (its gradients and momentum are zeroed from then on); the others
-go on untouched.
+diverged and frozen (its parameters stay as they were); the others go on untouched.
+With a validation split and ``patience``, a model whose validation bpd has not improved
+for ``patience`` evaluations stops too, and every model ends with the parameters of its
+best evaluation (early stopping, per model).
 
-Threads: training runs torch's kernels on ``schedule.threads`` threads (``train.threads``,
-default 1) and restores the previous setting afterwards. On the 2-core box two threads
-make an idle machine's step about 1.2x faster, but a split operation waits for its
-slowest thread, so when another process holds a core, a step becomes tens of times slower.
+The gradient comes from the native kernel where it covers the model (float32, see
+:func:`flowsweep.native.covers`) and ``kernel=native``, else from autograd through the
+reference model. Optimizers and schedules are PyTorch's; every one of them works
+element-wise, so model ``k``'s row of parameters evolves as it would alone.
 """
 
 from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 from torch import Tensor
 
-from flowsweep.engine import BatchedCouplingFlow
-from flowsweep.native import native_available
+from flowsweep.config import CHOICES
+from flowsweep.model import CouplingFlows
+from flowsweep.native import NativeStep, covers, native_available
 
-__all__ = ["Schedule", "TrainResult", "train", "evaluate_bpd", "nats_to_bpd", "minibatches", "minibatch_rows", "gather",
-           "torch_threads"]
+__all__ = ["OPTIMIZERS", "SCHEDULES", "Recipe", "TrainResult", "train", "evaluate_bpd", "nats_to_bpd",
+           "minibatch_rows", "gather", "torch_threads"]
 
+OPTIMIZERS = CHOICES["train.optimizer"]
+#: ``cyclic``: PyTorch's ``CyclicLR`` between ``base_lr`` and ``max_lr`` (Smith 2017, the
+#: paper's schedule); ``constant``: ``max_lr`` throughout; ``cosine``: from ``max_lr`` down to
+#: ``base_lr`` over the run.
+SCHEDULES = CHOICES["train.schedule"]
 #: Minibatch indices are drawn this many steps at a time (fixed, so streams never depend on K).
 _INDEX_CHUNK = 64
 
 
 @dataclass(frozen=True)
-class Schedule:
-    """SGD with momentum and PyTorch's ``CyclicLR``; ``step_size_up`` in SGD steps;
-    ``threads`` for torch's kernels."""
+class Recipe:
+    """How models are trained (the ``train`` config node, or a search's trial recipe)."""
 
     steps: int
-    base_lr: float
     max_lr: float
-    step_size_up: int
+    base_lr: float = 1e-5
+    optimizer: str = "sgd"
+    schedule: str = "cyclic"
+    step_size_up: int = 125
     mode: str = "triangular"
     momentum: float = 0.9
+    weight_decay: float = 0.0
+    #: Largest gradient norm per model (null: no clipping).
+    clip_norm: Optional[float] = None
+    #: Steps between validation evaluations (the ``val_bpd`` curve, early stopping).
+    eval_every: int = 50
+    #: Early stopping: evaluations without improvement before a model stops (null: off).
+    patience: Optional[int] = None
     threads: int = 1
-    kernel: str = "torch"
+    kernel: str = "native"
 
     @classmethod
-    def from_config(cls, train_cfg, steps: Optional[int] = None) -> Schedule:
-        return cls(
-            steps=int(train_cfg.steps if steps is None else steps),
-            base_lr=float(train_cfg.base_lr),
-            max_lr=float(train_cfg.max_lr),
-            step_size_up=int(train_cfg.step_size_up),
-            mode=str(train_cfg.mode),
-            momentum=float(train_cfg.momentum),
-            threads=int(train_cfg.get("threads", 1)),
-            kernel=str(train_cfg.get("kernel", "torch")),
-        )
+    def from_config(cls, node: Any, **changes: Any) -> Recipe:
+        """The recipe of a config node holding (some of) these keys; ``changes`` override it."""
+        values = {f.name: node[f.name] for f in fields(cls) if f.name in node}
+        values.update(changes)
+        return cls(**values)
 
 
 @dataclass
 class TrainResult:
-    """Per-step minibatch bpd ``curve`` ``[steps, K]`` and the ``diverged`` flags ``[K]``."""
+    """Per-step minibatch bpd ``curve`` ``[steps, K]`` (non-finite where a model diverged; fewer
+    steps where early stopping stopped every model),
+    ``val_curve`` ``[evaluations, K]`` at steps ``val_steps``, and the ``diverged`` flags ``[K]``."""
 
     curve: Tensor
     diverged: Tensor
+    val_curve: Tensor
+    val_steps: list[int]
 
 
 def nats_to_bpd(nll: Tensor, d: int, log_det: float = 0.0) -> Tensor:
@@ -101,81 +115,118 @@ def gather(data: Tensor, rows: Tensor) -> Tensor:
     return data.index_select(0, rows.flatten()).view(*rows.shape, -1)
 
 
-def minibatches(data: Tensor, batch_size: int, steps: int, generators: Sequence[torch.Generator]) -> Iterator[Tensor]:
-    """Yield ``steps`` minibatches ``[K, B, d]`` of rows of ``data`` (see :func:`minibatch_rows`)."""
-    for rows in minibatch_rows(data.shape[0], batch_size, steps, generators):
-        yield gather(data, rows)
+def _make_optimizer(theta: Tensor, recipe: Recipe) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    if recipe.optimizer == "adam":
+        optimizer = torch.optim.Adam([theta], lr=recipe.max_lr, weight_decay=recipe.weight_decay)
+    else:
+        optimizer = torch.optim.SGD([theta], lr=recipe.max_lr, momentum=recipe.momentum,
+                                    weight_decay=recipe.weight_decay)
+    if recipe.schedule == "cyclic":
+        scheduler = torch.optim.lr_scheduler.CyclicLR(
+            optimizer, base_lr=recipe.base_lr, max_lr=recipe.max_lr, step_size_up=recipe.step_size_up,
+            mode=recipe.mode, cycle_momentum=False)
+    elif recipe.schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=recipe.steps, eta_min=recipe.base_lr)
+    else:
+        scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    return optimizer, scheduler
 
 
-def train(
-    flow: BatchedCouplingFlow,
-    data: Tensor,
-    batch_size: int,
-    schedule: Schedule,
-    generators: Sequence[torch.Generator],
-    log_det: float = 0.0,
-    frozen: Optional[Tensor] = None,
-) -> TrainResult:
-    """Train all K models of ``flow`` on ``data`` ``[n, d]`` for ``schedule.steps`` steps.
+def _gradient_source(flow: CouplingFlows, data: Tensor, recipe: Recipe) -> tuple[Callable[[Tensor], tuple[Tensor, Tensor]], bool]:
+    """``(step, native)``: ``step(rows) -> (nll [K], grad [K, P])`` from the native kernel
+    (``native`` true) or from autograd through the reference model."""
+    if recipe.kernel == "native" and data.dtype == torch.float32 and covers(flow.spec) and native_available():
+        kernel = NativeStep(flow.spec, flow.k, recipe.threads)
+        return (lambda rows: kernel(data, rows, flow.theta, flow.perm)), True
+
+    def autograd_step(rows: Tensor) -> tuple[Tensor, Tensor]:
+        flow.theta.grad = None
+        nll = flow.nll(gather(data, rows))
+        # Each model's loss depends on its own row only: one backward gives every model's gradient.
+        torch.where(torch.isfinite(nll), nll, 0.0).sum().backward()
+        return nll.detach(), flow.theta.grad
+
+    return autograd_step, False
+
+
+def train(flow: CouplingFlows, data: Tensor, batch_size: int, recipe: Recipe, generators: Sequence[torch.Generator],
+          log_det: float = 0.0, frozen: Optional[Tensor] = None, valid: Optional[Tensor] = None) -> TrainResult:
+    """Train all K models of ``flow`` on ``data`` ``[n, d]`` for ``recipe.steps`` steps.
 
     Arguments:
         generators: One per model; they drive the minibatch draws.
         log_det: Preprocessing log-determinant (nats per sample) so bpd is in raw units.
         frozen: Optional bool ``[K]`` of models not to train (they count as diverged).
-
-    Returns:
-        The minibatch bpd curve (``inf``/``nan`` where a model diverged) and the flags.
+        valid: Validation rows ``[v, d]``, evaluated every ``recipe.eval_every`` steps (and
+            for early stopping with ``recipe.patience``); ``None`` or no rows: never.
     """
     theta = flow.theta
-    alive = torch.ones(flow.k, dtype=torch.bool) if frozen is None else ~frozen.clone()
-    keep = alive.unsqueeze(1)  # a view: follows every in-place update of alive
-    optimizer = torch.optim.SGD([theta], lr=schedule.base_lr, momentum=schedule.momentum)
-    scheduler = torch.optim.lr_scheduler.CyclicLR(
-        optimizer,
-        base_lr=schedule.base_lr,
-        max_lr=schedule.max_lr,
-        step_size_up=schedule.step_size_up,
-        mode=schedule.mode,
-        cycle_momentum=False,
-    )
-    curve = torch.empty(schedule.steps, flow.k, dtype=theta.dtype)
-    zero, ones = torch.zeros((), dtype=theta.dtype), torch.ones(flow.k, dtype=theta.dtype)
-    all_alive = bool(alive.all())
-    native = schedule.kernel == "native" and data.dtype == torch.float32 and native_available()
+    k = flow.k
+    alive = torch.ones(k, dtype=torch.bool) if frozen is None else ~frozen.clone()
+    moving = alive.clone()  # alive and not stopped early
+    resting = theta.detach().clone()  # what a model that stops moving keeps
+    optimizer, scheduler = _make_optimizer(theta, recipe)
+    curve = torch.empty(recipe.steps, k, dtype=theta.dtype)
+    checking = valid is not None and len(valid) > 0
+    val_curve, val_steps = [], []
+    best_val = torch.full((k,), math.inf, dtype=torch.float64)
+    best_theta, since_best = theta.detach().clone(), torch.zeros(k, dtype=torch.long)
+    step_of, native = _gradient_source(flow, data, recipe)
+    all_moving = bool(moving.all())
     # The native kernel runs its own threads; torch's OpenMP workers would spin against them.
-    with torch_threads(1 if native else schedule.threads):
-        for step, rows in enumerate(minibatch_rows(data.shape[0], batch_size, schedule.steps, generators)):
-            # fused forward and its backward pass, without autograd; the native kernel reads
-            # the rows in place, PyTorch's needs them gathered
-            if native:
-                nll, backward = flow.native_step(data, rows, schedule.threads)
-            else:
-                nll, backward = flow.nll_step(gather(data, rows))
+    with torch_threads(1 if native else recipe.threads):
+        for step, rows in enumerate(minibatch_rows(data.shape[0], batch_size, recipe.steps, generators)):
+            nll, grad = step_of(rows)
             curve[step] = nll
-            theta.grad = backward(ones)
-            # Reading one flag per step costs one small op on a CPU (there is no device queue
-            # to stall) and spares the usual step two passes over every parameter.
-            if not (all_alive and bool(torch.isfinite(nll).all())):
-                alive &= torch.isfinite(nll)
-                all_alive = False
-                # Dead models get zero gradient and momentum (where, since NaN * 0 is NaN): frozen.
-                theta.grad = torch.where(keep, theta.grad, zero)
-                buffer = optimizer.state.get(theta, {}).get("momentum_buffer")
-                if buffer is not None:
-                    buffer.mul_(keep)
+            finite = torch.isfinite(nll)
+            # One flag per step: spares the usual step the masking passes over every parameter.
+            if not (all_moving and bool(finite.all())):
+                newly_dead = moving & ~finite
+                alive &= finite | ~moving
+                moving &= finite
+                resting[newly_dead] = theta.detach()[newly_dead]
+                all_moving = False
+            grad = torch.where(moving.unsqueeze(1), grad, 0.0)
+            if recipe.clip_norm is not None:
+                norm = grad.norm(dim=1, keepdim=True)
+                grad = grad * (recipe.clip_norm / norm).clamp(max=1.0).nan_to_num(1.0)
+            theta.grad = grad
             optimizer.step()
             scheduler.step()
+            if not all_moving:
+                with torch.no_grad():
+                    theta.copy_(torch.where(moving.unsqueeze(1), theta, resting))
+            if checking and ((step + 1) % recipe.eval_every == 0 or step + 1 == recipe.steps):
+                values = evaluate_bpd(flow, valid, log_det, threads=1 if native else recipe.threads)
+                val_curve.append(values)
+                val_steps.append(step + 1)
+                better = values < best_val
+                best_val = torch.where(better, values, best_val)
+                best_theta[better] = theta.detach()[better]
+                since_best = torch.where(better, 0, since_best + 1)
+                if recipe.patience is not None:
+                    stopping = moving & (since_best >= recipe.patience)
+                    if stopping.any():
+                        resting[stopping] = best_theta[stopping]
+                        moving &= ~stopping
+                        all_moving = False
+                        if not moving.any():
+                            curve = curve[: step + 1]
+                            break
+    if checking and recipe.patience is not None:
+        with torch.no_grad():
+            keep = (alive & torch.isfinite(best_val)).unsqueeze(1)
+            theta.copy_(torch.where(keep, best_theta, theta))
     diverged = ~(alive & flow.finite_models())
-    return TrainResult(curve=nats_to_bpd(curve, flow.d, log_det), diverged=diverged)
+    val = torch.stack(val_curve) if val_curve else torch.empty(0, k, dtype=torch.float64)
+    return TrainResult(curve=nats_to_bpd(curve, flow.d, log_det), diverged=diverged, val_curve=val, val_steps=val_steps)
 
 
 @torch.no_grad()
-def evaluate_bpd(flow: BatchedCouplingFlow, data: Tensor, log_det: float = 0.0, chunk: int = 8192,
+def evaluate_bpd(flow: CouplingFlows, data: Tensor, log_det: float = 0.0, chunk: int = 8192,
                  threads: int = 1) -> Tensor:
-    """Mean bpd (raw units) of each model on the whole of ``data`` ``[n, d]``: ``[K]``, ``inf`` if not finite.
-
-    ``threads``: torch's threads meanwhile (the previous setting is restored).
-    """
+    """Mean bpd (raw units) of each model on the whole of ``data`` ``[n, d]``: ``[K]`` float64,
+    ``inf`` where not finite. ``threads``: torch's threads meanwhile (the previous setting is restored)."""
     total = torch.zeros(flow.k, dtype=torch.float64)
     with torch_threads(threads):
         for start in range(0, data.shape[0], chunk):

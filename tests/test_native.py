@@ -1,4 +1,4 @@
-"""The native training step against the PyTorch kernel it replaces, and its build."""
+"""The native training step held to the reference model (autograd) for every variant it covers, and its build."""
 
 import os
 import subprocess
@@ -9,34 +9,45 @@ import numpy as np
 import pytest
 import torch
 
-from flowsweep.engine import BatchedCouplingFlow
-from flowsweep.native import NativeStep, native_available
+from flowsweep.model import CouplingFlows, ModelSpec
+from flowsweep.native import NativeStep, covers, native_available
 from flowsweep.structure import random_structure
-from flowsweep.training import Schedule, train
+from flowsweep.training import Recipe, train
+from tests.test_model import VARIANTS
 
 pytestmark = pytest.mark.skipif(not native_available(), reason="no C compiler: the PyTorch kernel is used")
 
 
-def make_flow(k: int, d: int, m: int, depth: int, seed: int = 0, noise: float = 0.3) -> BatchedCouplingFlow:
+COVERED = [dict(constant="exp"), dict(constant="linear")]
+
+
+def make_flow(k: int, d: int, m: int, depth: int, seed: int = 0, noise: float = 0.3, **variant) -> CouplingFlows:
     rng = np.random.default_rng(seed)
-    flow = BatchedCouplingFlow([random_structure(d, m, depth, rng) for _ in range(k)],
-                               [torch.Generator().manual_seed(seed + i) for i in range(k)])
+    flow = CouplingFlows(ModelSpec(d, m, depth, **variant), [random_structure(d, m, depth, rng) for _ in range(k)],
+                         [torch.Generator().manual_seed(seed + i) for i in range(k)])
     with torch.no_grad():  # away from the identity start, so every term of the backward pass matters
         flow.theta.add_(noise * torch.randn(flow.theta.shape, generator=torch.Generator().manual_seed(seed)))
     return flow
 
 
-def native(flow: BatchedCouplingFlow, x: torch.Tensor, threads: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+def native(flow: CouplingFlows, x: torch.Tensor, threads: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """The native step on minibatches ``x`` ``[K, N, d]``, read in place from a shuffled table of rows."""
     k, n, d = x.shape
     order = torch.randperm(k * n, generator=torch.Generator().manual_seed(5))
     data = torch.empty(k * n, d)
     data[order] = x.reshape(k * n, d)
     rows = order.view(k, n)
-    nll, grad = NativeStep(flow.k, flow.d, flow.m, flow.depth, flow.layout.numel, threads)(data, rows, flow.theta, flow.perm)
+    nll, grad = NativeStep(flow.spec, flow.k, threads)(data, rows, flow.theta, flow.perm)
     return nll.clone(), grad.clone()
 
 
+def test_the_kernel_covers_exactly_the_paper_layer():
+    covered = [v for v in VARIANTS if covers(ModelSpec(4, 2, 2, **v))]
+    assert covered == [dict(order="constant_first", constant=c, direction="normalizing", conditioner="tanh")
+                       for c in ("exp", "linear")]
+
+
+@pytest.mark.parametrize("variant", COVERED, ids=lambda v: v["constant"])
 @pytest.mark.parametrize("k, d, m, depth, n", [
     (3, 10, 5, 8, 380),  # magic's shape; 380 = 47.5 blocks of eight
     (2, 60, 30, 2, 16),  # sonar's
@@ -44,15 +55,16 @@ def native(flow: BatchedCouplingFlow, x: torch.Tensor, threads: int = 1) -> tupl
     (3, 5, 1, 2, 7),     # fewer samples than one block
     (1, 2, 1, 1, 1),
 ])
-def test_native_step_equals_the_pytorch_kernel_in_float64(k, d, m, depth, n):
+def test_native_step_equals_the_reference_in_float64(k, d, m, depth, n, variant):
     # The reference runs in float64, so the comparison measures the native kernel's own
     # float32 error, not the sum of two.
-    flow = make_flow(k, d, m, depth)
+    flow = make_flow(k, d, m, depth, **variant)
     x = torch.randn(k, n, d, generator=torch.Generator().manual_seed(7))
     nll, grad = native(flow, x)
     exact = flow.double()
-    nll_ref, backward = exact.nll_step(x.double())
-    grad_ref = backward(torch.ones(k, dtype=torch.float64))
+    nll_ref = exact.nll(x.double())
+    nll_ref.sum().backward()
+    grad_ref = exact.theta.grad
     torch.testing.assert_close(nll.double(), nll_ref, rtol=2e-6, atol=1e-5)
     torch.testing.assert_close(grad.double(), grad_ref, rtol=1e-4, atol=1e-4 * float(grad_ref.abs().max()))
 
@@ -64,7 +76,7 @@ def test_models_are_independent_of_the_batch_and_of_threads():
     for threads in (2, 4):
         again = native(flow, x, threads=threads)
         assert torch.equal(again[0], nll) and torch.equal(again[1], grad)
-    alone = BatchedCouplingFlow([flow.structures[4]], [torch.Generator()])
+    alone = CouplingFlows(flow.spec, [flow.structures[4]], [torch.Generator()])
     alone.copy_model(0, flow, 4)
     nll4, grad4 = native(alone, x[4:5])
     assert torch.equal(nll4[0], nll[4]) and torch.equal(grad4[0], grad[4])  # bitwise
@@ -75,36 +87,49 @@ def test_a_poisoned_model_yields_nan_and_leaves_the_others_alone():
     x = torch.randn(3, 20, 6)
     clean = native(flow, x)
     with torch.no_grad():
-        flow.weight[1, 0, 0, 0] = float("nan")
-        flow.log_scale[2, 1, 0] = float("inf")
+        flow.params()["weight"][1, 0, 0, 0] = float("nan")
+        flow.params()["scale"][2, 1, 0] = float("inf")
     nll, grad = native(flow, x)
     assert torch.isnan(nll[1]) and not torch.isfinite(nll[2])
     assert torch.equal(nll[0], clean[0][0]) and torch.equal(grad[0], clean[1][0])
 
 
-def test_training_with_the_native_kernel_follows_the_pytorch_kernel():
+@pytest.mark.parametrize("variant", COVERED, ids=lambda v: v["constant"])
+def test_training_with_the_native_kernel_follows_the_reference(variant):
     data = torch.randn(400, 6) * torch.linspace(0.5, 2.0, 6) + 1.0
     structures = [random_structure(6, 3, 3, np.random.default_rng(i)) for i in range(3)]
     curves = {}
     for kernel in ("torch", "native"):
         gens = [torch.Generator().manual_seed(20 + i) for i in range(3)]
-        flow = BatchedCouplingFlow(structures, gens)
-        schedule = Schedule(steps=30, base_lr=1e-3, max_lr=1e-2, step_size_up=10, kernel=kernel, threads=2)
-        curves[kernel] = train(flow, data, 32, schedule, gens).curve
+        flow = CouplingFlows(ModelSpec(6, 3, 3, **variant), structures, gens)
+        recipe = Recipe(steps=30, base_lr=1e-4, max_lr=2e-3, step_size_up=10, kernel=kernel, threads=2)
+        curves[kernel] = train(flow, data, 32, recipe, gens).curve
     torch.testing.assert_close(curves["native"], curves["torch"], rtol=1e-4, atol=1e-4)
     assert curves["native"][-1].mean() < curves["native"][0].mean()  # it trained
 
 
-def test_without_a_compiler_training_falls_back_to_pytorch_with_one_warning(tmp_path):
+def test_a_variant_the_kernel_does_not_cover_trains_on_the_reference_path():
+    data = torch.randn(300, 6)
+    spec = ModelSpec(6, 3, 2, conditioner="mlp", hidden=8, order="coupling_first", direction="generative")
+    assert not covers(spec)
+    gens = [torch.Generator().manual_seed(i) for i in range(2)]
+    flow = CouplingFlows(spec, [random_structure(6, 3, 2, np.random.default_rng(i)) for i in range(2)], gens)
+    result = train(flow, data, 32, Recipe(steps=40, max_lr=1e-2, optimizer="adam", kernel="native"), gens)
+    assert torch.isfinite(result.curve).all() and result.curve[-5:].mean() < result.curve[:5].mean()
+    with pytest.raises(ValueError, match="does not cover"):
+        NativeStep(spec, 2)
+
+
+def test_without_a_compiler_training_falls_back_to_the_reference_with_one_warning(tmp_path):
     script = textwrap.dedent("""
         import warnings, torch
-        from flowsweep.engine import BatchedCouplingFlow
+        from flowsweep.model import CouplingFlows, ModelSpec
         from flowsweep.structure import parity_structure
-        from flowsweep.training import Schedule, train
-        flow = BatchedCouplingFlow([parity_structure(4, 2, 2)], [torch.Generator().manual_seed(0)])
+        from flowsweep.training import Recipe, train
+        flow = CouplingFlows(ModelSpec(4, 2, 2), [parity_structure(4, 2, 2)], [torch.Generator().manual_seed(0)])
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            result = train(flow, torch.randn(100, 4), 10, Schedule(5, 1e-4, 1e-3, 2, kernel="native"),
+            result = train(flow, torch.randn(100, 4), 10, Recipe(5, 1e-3, 1e-4, step_size_up=2, kernel="native"),
                            [torch.Generator().manual_seed(1)])
         print(len(caught), str(caught[0].message) if caught else "", bool(torch.isfinite(result.curve).all()))
     """)

@@ -14,13 +14,13 @@ from omegaconf import OmegaConf
 
 from flowsweep.config import ConfigError, register_schema
 from flowsweep.data import Dataset
-from flowsweep.engine import BatchedCouplingFlow
+from flowsweep.model import CouplingFlows, ModelSpec
 from flowsweep.run import build_optimizers
 from flowsweep.search import Evolutionary, EvolutionaryLambda, StructureOptimizer, TrialState, modify
 from flowsweep.search.runner import SearchSettings, run_searches
 from flowsweep.seeding import torch_generator
 from flowsweep.structure import Structure, parity_structure
-from flowsweep.training import Schedule, evaluate_bpd, train
+from flowsweep.training import Recipe, evaluate_bpd, train
 
 REPO = Path(__file__).resolve().parents[1]
 SEARCHES = sorted(p.stem for p in (REPO / "conf" / "search").glob("*.yaml"))
@@ -199,7 +199,7 @@ def searches(seeds, iterations=20, steps=30):
 
 
 def test_batched_searches_equal_searches_run_alone(planted):
-    settings = SearchSettings(batch_size=64, train=TRAIN, progress=False)
+    settings = SearchSettings(spec=ModelSpec(8, 4, 2), batch_size=64, train=TRAIN, progress=False)
     together = searches([10, 11, 12], iterations=6, steps=10)
     run_searches(together, planted, settings)
     for opt in together:
@@ -211,13 +211,12 @@ def test_batched_searches_equal_searches_run_alone(planted):
 
 def test_evolutionary_search_beats_parity_on_planted_pairs(planted):
     opts = searches([0, 1, 2, 3])
-    run_searches(opts, planted, SearchSettings(batch_size=128, train=TRAIN, progress=False))
+    run_searches(opts, planted, SearchSettings(spec=ModelSpec(8, 4, 2), batch_size=128, train=TRAIN, progress=False))
 
     def final_test_bpd(structures):
         gens = [torch_generator(100 + i) for i in range(len(structures))]
-        flow = BatchedCouplingFlow(structures, gens)
-        flow.initialize_from_data(planted.train)
-        train(flow, planted.train, 128, Schedule.from_config(TRAIN), gens)
+        flow = CouplingFlows(ModelSpec(8, 4, 2), structures, gens)
+        train(flow, planted.train, 128, Recipe.from_config(TRAIN), gens)
         return evaluate_bpd(flow, planted.test).median().item()  # robust to one unlucky final run
 
     splits = [sum(any((i in layer) != (j in layer) for layer in o.best.structure.conditioning) for i, j in PAIRS)
@@ -245,7 +244,7 @@ def test_a_new_optimizer_is_one_class_plus_one_yaml(tmp_path, planted):
     cfg = job_config("search=first_layer", "depth.layers=3", f"hydra.searchpath=[file://{tmp_path}]")
     opts = build_optimizers(cfg, 8, 4, [0, 1])
     assert all(type(o).__name__ == "FirstLayerOnly" for o in opts)
-    run_searches(opts, planted, SearchSettings(batch_size=32, train=TRAIN, progress=False))
+    run_searches(opts, planted, SearchSettings(spec=ModelSpec(8, 4, 3), batch_size=32, train=TRAIN, progress=False))
     for opt in opts:
         assert len(opt.history) == 5
         assert all(t.structure.conditioning[1:] == opt.history[0].structure.conditioning[1:] for t in opt.history)

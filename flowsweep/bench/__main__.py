@@ -5,7 +5,6 @@
     python -m flowsweep.bench scaling               # wall time against K, d and depth
     python -m flowsweep.bench job dataset=magic layout=opt depth=8     # one whole job, by phase
     python -m flowsweep.bench job -- -m +experiment=paper              # the paper's grid
-    python -m flowsweep.bench history --rev 45064fd                    # an earlier commit's training loop vs now
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ import torch
 __all__ = ["main"]
 
 
-_COMMANDS = ("compare", "scaling", "job", "history")
+_COMMANDS = ("compare", "scaling", "job")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,12 +42,6 @@ def _parser() -> argparse.ArgumentParser:
     scaling = sub.add_parser("scaling", parents=[common], help="batched engine: wall time against K, d and depth")
     scaling.add_argument("--steps", type=int, default=100)
     scaling.add_argument("--repeats", type=int, default=3)
-    history = sub.add_parser("history", parents=[common],
-                             help="the training loop of an earlier commit against the current one (needs git)")
-    history.add_argument("--rev", default="45064fd", help="the earlier commit (default: the engine before issue 5)")
-    history.add_argument("--models", type=int, default=20, help="K")
-    history.add_argument("--steps", type=int, default=30)
-    history.add_argument("--repeats", type=int, default=3)
     job = sub.add_parser("job", parents=[common], help="time one whole main.py run by phase (Hydra overrides follow)")
     job.add_argument("--keep", default=None, help="run in this folder and keep it (default: a temporary one)")
     job.add_argument("overrides", nargs="*", help="as for main.py, e.g. dataset=magic layout=opt depth=8")
@@ -84,14 +77,6 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
               + ", ".join(f"{a[i] / a[0]:.1f}x over {name[:3]}" for i, name in enumerate(timing["engine"]) if i))
         print("\nSame models, same initial parameters and minibatches:")
         print(agreement.to_markdown(index=False))
-    elif command == "history":
-        from flowsweep.bench.history import before_after
-        from flowsweep.bench.workload import make_workload
-
-        work = make_workload("magic", 8, args.models, data_dir=args.data_dir)
-        print(f"# magic, batch {work.batch_size}, depth 8, K={args.models}, {args.steps} SGD steps, "
-              f"best of {args.repeats}; {load_note()}")
-        print(before_after(args.rev, work, args.steps, args.repeats).to_markdown(index=False))
     elif command == "scaling":
         from flowsweep.bench.scaling import scaling_table
 

@@ -19,8 +19,8 @@ from torch import Tensor, nn
 
 from flowsweep.bench.reference import UsualFlow, copy_into_nflows, copy_into_usual, nflows_flow
 from flowsweep.bench.workload import Workload, best_of
-from flowsweep.engine import BatchedCouplingFlow
-from flowsweep.training import Schedule, evaluate_bpd, minibatches, nats_to_bpd, train
+from flowsweep.model import CouplingFlows
+from flowsweep.training import Recipe, evaluate_bpd, gather, minibatch_rows, nats_to_bpd, train
 
 __all__ = ["EngineRun", "run_batched", "run_sequential", "compare"]
 
@@ -44,13 +44,13 @@ class EngineRun:
         return 1e3 * self.seconds / self.model_steps
 
 
-def run_batched(work: Workload, initial: BatchedCouplingFlow, steps: int, repeats: int) -> EngineRun:
+def run_batched(work: Workload, initial: CouplingFlows, steps: int, repeats: int) -> EngineRun:
     """(a): all K models in one :func:`flowsweep.training.train` call, best of ``repeats``."""
-    train(work.fresh(initial), work.data.train, work.batch_size, work.schedule(_WARMUP_STEPS), work.generators())
+    train(work.fresh(initial), work.data.train, work.batch_size, work.recipe(_WARMUP_STEPS), work.generators())
 
-    def once() -> tuple[BatchedCouplingFlow, np.ndarray]:
+    def once() -> tuple[CouplingFlows, np.ndarray]:
         flow = work.fresh(initial)
-        result = train(flow, work.data.train, work.batch_size, work.schedule(steps), work.generators(),
+        result = train(flow, work.data.train, work.batch_size, work.recipe(steps), work.generators(),
                        work.data.log_det)
         return flow, result.curve.numpy()
 
@@ -61,12 +61,18 @@ def run_batched(work: Workload, initial: BatchedCouplingFlow, steps: int, repeat
     return EngineRun(label, seconds, steps * work.k, curve, final)
 
 
-def _train_one(model: nn.Module, batches: Iterator[Tensor], schedule: Schedule) -> list[float]:
+def _minibatches(data: Tensor, batch_size: int, steps: int, generator: torch.Generator) -> Iterator[Tensor]:
+    """One model's minibatches ``[1, B, d]``, the same rows :func:`flowsweep.training.train` draws for it."""
+    for rows in minibatch_rows(data.shape[0], batch_size, steps, [generator]):
+        yield gather(data, rows)
+
+
+def _train_one(model: nn.Module, batches: Iterator[Tensor], recipe: Recipe) -> list[float]:
     """The usual loop: one model, ``loss.backward()``, ``optimizer.step()``, ``scheduler.step()``;
-    returns the minibatch loss (nats) per step."""
-    optimizer = torch.optim.SGD(model.parameters(), lr=schedule.base_lr, momentum=schedule.momentum)
-    scheduler = torch.optim.lr_scheduler.CyclicLR(optimizer, base_lr=schedule.base_lr, max_lr=schedule.max_lr,
-                                                  step_size_up=schedule.step_size_up, mode=schedule.mode,
+    returns the minibatch loss (nats) per step. The job's recipe: SGD, cyclic learning rate."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=recipe.base_lr, momentum=recipe.momentum)
+    scheduler = torch.optim.lr_scheduler.CyclicLR(optimizer, base_lr=recipe.base_lr, max_lr=recipe.max_lr,
+                                                  step_size_up=recipe.step_size_up, mode=recipe.mode,
                                                   cycle_momentum=False)
     curve = []
     for batch in batches:
@@ -79,19 +85,19 @@ def _train_one(model: nn.Module, batches: Iterator[Tensor], schedule: Schedule) 
     return curve
 
 
-def run_sequential(name: str, work: Workload, initial: BatchedCouplingFlow, steps: int,
+def run_sequential(name: str, work: Workload, initial: CouplingFlows, steps: int,
                    build: Callable[[int], nn.Module]) -> EngineRun:
     """(b) or (c): the K models one after another; ``build(k)`` returns model ``k`` with its
     initial parameters. Only the training loops are timed."""
     data = work.data
-    _train_one(build(0), minibatches(data.train, work.batch_size, _WARMUP_STEPS, work.generators()[:1]),
-               work.schedule(_WARMUP_STEPS))
+    _train_one(build(0), _minibatches(data.train, work.batch_size, _WARMUP_STEPS, work.generators()[0]),
+               work.recipe(_WARMUP_STEPS))
     models = [build(k) for k in range(work.k)]
     curves, seconds = [], 0.0
     for model, generator in zip(models, work.generators()):
-        batches = minibatches(data.train, work.batch_size, steps, [generator])
+        batches = _minibatches(data.train, work.batch_size, steps, generator)
         start = time.perf_counter()
-        curves.append(_train_one(model, batches, work.schedule(steps)))
+        curves.append(_train_one(model, batches, work.recipe(steps)))
         seconds += time.perf_counter() - start
     with torch.no_grad():
         final = torch.stack([-model.log_prob(data.train).double().mean() for model in models])
@@ -99,7 +105,7 @@ def run_sequential(name: str, work: Workload, initial: BatchedCouplingFlow, step
     return EngineRun(name, seconds, steps * work.k, curve, nats_to_bpd(final, data.d, data.log_det).numpy())
 
 
-def _engines(work: Workload, initial: BatchedCouplingFlow, steps: int, repeats: int, nflows: bool) -> list[EngineRun]:
+def _engines(work: Workload, initial: CouplingFlows, steps: int, repeats: int, nflows: bool) -> list[EngineRun]:
     dtype = initial.theta.dtype
     runs = [run_batched(work, initial, steps, repeats),
             run_sequential("(b) usual way: nn.Module per model", work, initial, steps,

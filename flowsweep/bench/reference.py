@@ -5,7 +5,7 @@ layer a textbook masked affine coupling (RealNVP style) with an ``nn.Linear``
 conditioner and ``tanh``. (c) :func:`nflows_flow`: the same model from nflows'
 ``AffineCouplingTransform`` and ``ActNorm`` (a learnable elementwise affine). Both are
 exactly flowsweep's model: :func:`copy_into_usual` and :func:`copy_into_nflows` load a
-model of a :class:`~flowsweep.engine.BatchedCouplingFlow` into them.
+model of a :class:`~flowsweep.model.CouplingFlows` (the paper's variant: ``model.*`` at its defaults) into them.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from flowsweep.engine import BatchedCouplingFlow
+from flowsweep.model import CouplingFlows
 from flowsweep.structure import Structure
 
 __all__ = ["UsualCoupling", "UsualFlow", "nflows_flow", "copy_into_usual", "copy_into_nflows"]
@@ -60,24 +60,25 @@ class UsualFlow(nn.Module):
 
 
 @torch.no_grad()
-def copy_into_usual(target: UsualFlow, flow: BatchedCouplingFlow, model: int) -> UsualFlow:
+def copy_into_usual(target: UsualFlow, flow: CouplingFlows, model: int) -> UsualFlow:
     """Load model ``model`` of ``flow`` into ``target``: compact weights go to their masked places."""
-    structure = flow.structures[model]
+    structure, params = flow.structures[model], flow.params()
     for l, layer in enumerate(target.layers):
         cond, trans = list(structure.conditioning[l]), list(structure.transformed(l))
         rows = trans + [structure.d + i for i in trans]  # s rows, then t rows, of the transformed features
-        layer.log_scale.copy_(flow.log_scale[model, l])
-        layer.shift.copy_(flow.shift[model, l])
+        layer.log_scale.copy_(params["scale"][model, l])
+        layer.shift.copy_(params["shift"][model, l])
         layer.conditioner.weight.zero_()
         layer.conditioner.bias.zero_()
-        layer.conditioner.weight[torch.tensor(rows).unsqueeze(1), torch.tensor(cond)] = flow.weight[model, l]
-        layer.conditioner.bias[rows] = flow.bias[model, l]
+        layer.conditioner.weight[torch.tensor(rows).unsqueeze(1), torch.tensor(cond)] = params["weight"][model, l]
+        layer.conditioner.bias[rows] = params["bias"][model, l]
     return target
 
 
 def nflows_flow(structure: Structure) -> nn.Module:
     """One model from nflows: per layer ``ActNorm`` then ``AffineCouplingTransform`` whose
-    conditioner is ``tanh(Linear(x_B))`` and whose scale is ``exp(s)``."""
+    conditioner is ``tanh(Linear(x_B))`` and whose scale is ``exp(s)``. The result's
+    ``log_prob`` is the nflows ``Flow``'s; its ``layers`` are the flow's transforms in order."""
     from nflows.distributions import StandardNormal
     from nflows.flows import Flow
     from nflows.transforms import ActNorm, AffineCouplingTransform, CompositeTransform
@@ -91,32 +92,41 @@ def nflows_flow(structure: Structure) -> nn.Module:
             return torch.tanh(self.linear(x))
 
     class ExpAffineCoupling(AffineCouplingTransform):
-        """nflows' affine coupling with the paper's scale ``exp(s)`` (nflows: a shifted sigmoid)."""
+        """nflows' affine coupling with the paper's scale ``exp(s)`` (nflows: a shifted sigmoid),
+        through the hook its subclasses override (``AdditiveCouplingTransform`` does too)."""
 
         def _scale_and_shift(self, transform_params: Tensor) -> tuple[Tensor, Tensor]:
             n = self.num_transform_features
             return transform_params[:, n:].exp(), transform_params[:, :n]
 
-    transforms = []
-    for conditioning in structure.conditioning:
-        norm = ActNorm(structure.d)
-        norm.initialized.fill_(True)  # parameters come from the copied model, not from data
-        mask = torch.ones(structure.d)
-        mask[list(conditioning)] = 0.0  # nflows: > 0 is transformed
-        transforms += [norm, ExpAffineCoupling(mask, TanhLinear)]
-    return Flow(CompositeTransform(transforms), StandardNormal([structure.d]))
+    class NflowsModel(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            transforms: list[nn.Module] = []
+            for conditioning in structure.conditioning:
+                norm = ActNorm(structure.d)
+                norm.initialized.fill_(True)  # parameters come from the copied model, not from data
+                mask = torch.ones(structure.d)
+                mask[list(conditioning)] = 0.0  # nflows: > 0 is transformed
+                transforms += [norm, ExpAffineCoupling(mask, TanhLinear)]
+            self.layers = nn.ModuleList(transforms)
+            self.flow = Flow(CompositeTransform(transforms), StandardNormal([structure.d]))
+
+        def log_prob(self, x: Tensor) -> Tensor:
+            return self.flow.log_prob(x)
+
+    return NflowsModel()
 
 
 @torch.no_grad()
-def copy_into_nflows(target: nn.Module, flow: BatchedCouplingFlow, model: int) -> nn.Module:
+def copy_into_nflows(target: nn.Module, flow: CouplingFlows, model: int) -> nn.Module:
     """Load model ``model`` of ``flow`` into an :func:`nflows_flow` (nflows orders shift before scale)."""
-    dm = flow.d - flow.m
-    layers = list(target._transform._transforms)
+    dm, params = flow.d - flow.m, flow.params()
     for l in range(flow.depth):
-        norm, coupling = layers[2 * l], layers[2 * l + 1]
-        norm.log_scale.copy_(flow.log_scale[model, l])
-        norm.shift.copy_(flow.shift[model, l])
-        weight, bias = flow.weight[model, l], flow.bias[model, l]
+        norm, coupling = target.layers[2 * l], target.layers[2 * l + 1]
+        norm.log_scale.copy_(params["scale"][model, l])
+        norm.shift.copy_(params["shift"][model, l])
+        weight, bias = params["weight"][model, l], params["bias"][model, l]
         coupling.transform_net.linear.weight.copy_(torch.cat([weight[dm:], weight[:dm]]))
         coupling.transform_net.linear.bias.copy_(torch.cat([bias[dm:], bias[:dm]]))
     return target

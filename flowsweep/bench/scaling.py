@@ -22,9 +22,9 @@ _ROWS = (
 def time_training(work: Workload, steps: int, repeats: int) -> float:
     """Best wall seconds of ``repeats`` :func:`~flowsweep.training.train` calls of ``steps`` steps."""
     initial = work.initial_flow()
-    train(work.fresh(initial), work.data.train, work.batch_size, work.schedule(5), work.generators())  # warm up
+    train(work.fresh(initial), work.data.train, work.batch_size, work.recipe(5), work.generators())  # warm up
     seconds, _ = best_of(repeats, lambda: train(work.fresh(initial), work.data.train, work.batch_size,
-                                                 work.schedule(steps), work.generators()))
+                                                 work.recipe(steps), work.generators()))
     return seconds
 
 

@@ -19,10 +19,10 @@ import torch
 from omegaconf import DictConfig
 
 from flowsweep.data import Dataset, load_dataset, standardized
-from flowsweep.engine import BatchedCouplingFlow
+from flowsweep.model import CouplingFlows, ModelSpec
 from flowsweep.seeding import derive_seed, torch_generator
 from flowsweep.structure import Structure, random_structure
-from flowsweep.training import Schedule
+from flowsweep.training import Recipe
 
 __all__ = ["CONF_DIR", "Workload", "compose_config", "make_workload", "best_of", "load_note"]
 
@@ -49,6 +49,7 @@ class Workload:
     """K models of one dataset and depth, each with a random structure and its own seed."""
 
     cfg: DictConfig
+    spec: ModelSpec
     data: Dataset
     structures: list[Structure]
     seeds: list[int]
@@ -66,23 +67,25 @@ class Workload:
         """torch threads of the batched engine (``train.threads``)."""
         return int(self.cfg.train.threads)
 
-    def schedule(self, steps: int) -> Schedule:
-        return Schedule.from_config(self.cfg.train, steps=steps)
+    def recipe(self, steps: int) -> Recipe:
+        """The job's training recipe for ``steps`` steps (no early stopping: every step is timed)."""
+        return Recipe.from_config(self.cfg.train, steps=steps, patience=None)
 
     def generators(self) -> list[torch.Generator]:
         """Fresh generators: model ``k``'s draws are the same for every engine that uses them."""
         return [torch_generator(s) for s in self.seeds]
 
-    def initial_flow(self) -> BatchedCouplingFlow:
+    def initial_flow(self) -> CouplingFlows:
         """The K models' initial parameters, as a job starts them."""
-        return BatchedCouplingFlow(self.structures, self.generators())
+        return CouplingFlows(self.spec, self.structures, self.generators())
 
-    def fresh(self, flow: BatchedCouplingFlow) -> BatchedCouplingFlow:
+    def fresh(self, flow: CouplingFlows) -> CouplingFlows:
         return copy.deepcopy(flow)
 
     def in_dtype(self, dtype: torch.dtype) -> Workload:
         """The same workload with its data in ``dtype``."""
-        data = dataclasses.replace(self.data, train=self.data.train.to(dtype), test=self.data.test.to(dtype))
+        data = dataclasses.replace(self.data, train=self.data.train.to(dtype), valid=self.data.valid.to(dtype),
+                                   test=self.data.test.to(dtype))
         return dataclasses.replace(self, data=data)
 
 
@@ -104,7 +107,7 @@ def make_workload(dataset: str = "magic", depth: int = 8, models: int = 20, seed
     seeds = [derive_seed(seed, i) for i in range(models)]
     structures = [random_structure(data.d, m, depth, np.random.default_rng(derive_seed(s, _STRUCTURE_KEY)))
                   for s in seeds]
-    return Workload(cfg, data, structures, seeds)
+    return Workload(cfg, ModelSpec.from_config(cfg.model, data.d, m, depth), data, structures, seeds)
 
 
 def best_of(repeats: int, run: Callable[[], object]) -> tuple[float, object]:

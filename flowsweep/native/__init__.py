@@ -2,9 +2,11 @@
 
 One call runs the forward and backward pass of K coupling flows on a minibatch, each
 model's samples in blocks of eight (one AVX register per feature) with every
-intermediate kept in cache; see the C file for the shapes. It is the same model and the
-same parameter layout as :mod:`flowsweep.fused`, which stays the reference (tests compare
-the two) and the fallback where no C compiler is found.
+intermediate kept in cache; see the C file for the shapes. It computes the model of
+:class:`flowsweep.model.CouplingFlows` for the variants :func:`covers` accepts, with the
+parameter offsets of the spec's :class:`~flowsweep.model.ParamLayout`; the reference
+model, differentiated by autograd, is what the tests hold it to and the fallback where
+no C compiler is found or a variant is not covered.
 
 The shared library is built with the system's C compiler (``$CC``, else ``cc``) into
 ``native/`` of the cache (``$FLOWSWEEP_CACHE_DIR``, else the OS cache), named by a hash of the source,
@@ -31,7 +33,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-__all__ = ["NativeStep", "native_available", "load_library", "NativeBuildError"]
+from flowsweep.model.spec import ModelSpec
+
+__all__ = ["NativeStep", "native_available", "load_library", "NativeBuildError", "covers"]
 
 _SOURCE = Path(__file__).with_name("coupling_step.c")
 _FLAGS = ["-O3", "-funroll-loops", "-march=native", "-fPIC", "-shared", "-fno-math-errno", "-std=gnu11"]
@@ -85,7 +89,7 @@ def load_library() -> ctypes.CDLL:
     except OSError as error:
         raise NativeBuildError(f"cannot load {target}: {error}") from None
     library.coupling_step.restype = ctypes.c_int
-    library.coupling_step.argtypes = [ctypes.c_int] * 6 + [ctypes.c_void_p] * 6
+    library.coupling_step.argtypes = [ctypes.c_int] * 12 + [ctypes.c_void_p] * 6
     return library
 
 
@@ -106,20 +110,32 @@ def _pool(threads: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="flowsweep-native")
 
 
+def covers(spec: ModelSpec) -> bool:
+    """Whether the kernel computes ``spec``'s model: the paper's layer (the constant transform,
+    then the coupling with the tanh conditioner), data to latent, either constant transform."""
+    return spec.order == "constant_first" and spec.direction == "normalizing" and spec.conditioner == "tanh"
+
+
 class NativeStep:
-    """The native step for one flow's shapes, with its output buffers made once.
+    """The native step for one flow's spec and model count, with its output buffers made once.
 
     Arguments:
-        k, d, m, depth: The flows' shapes; ``p`` parameters per model.
+        spec: The models' spec (:func:`covers` must accept it).
+        k: The number of models.
         threads: Model ranges run in this many threads (ctypes releases the GIL); the
             numbers do not depend on it.
     """
 
-    def __init__(self, k: int, d: int, m: int, depth: int, p: int, threads: int = 1):
+    def __init__(self, spec: ModelSpec, k: int, threads: int = 1):
+        if not covers(spec):
+            raise ValueError(f"the native kernel does not cover {spec}")
         self.library = load_library()
-        self.k, self.d, self.m, self.depth, self.threads = k, d, m, depth, threads
+        self.spec, self.k, self.threads = spec, k, threads
+        layout = spec.layout()
+        self.shape = [spec.d, spec.m, spec.depth, layout.numel, *(layout.offset(b) for b in ("scale", "shift", "weight", "bias")),
+                      int(spec.constant == "linear")]
         self.nll = torch.empty(k, dtype=torch.float32)
-        self.grad = torch.empty(k, p, dtype=torch.float32)
+        self.grad = torch.empty(k, layout.numel, dtype=torch.float32)
         share = -(-k // max(1, threads))
         self.ranges = [(a, min(k, a + share)) for a in range(0, k, share)]
 
@@ -134,7 +150,7 @@ class NativeStep:
         pointers = [t.data_ptr() for t in (data, rows, theta, perm, self.nll, self.grad)]
 
         def run(bounds: tuple[int, int]) -> int:
-            return self.library.coupling_step(*bounds, n, self.d, self.m, self.depth, *pointers)
+            return self.library.coupling_step(*bounds, n, *self.shape, *pointers)
 
         # The first share runs in this thread: one hand-over to a worker per step, not two.
         others = [_pool(len(self.ranges) - 1).submit(run, r) for r in self.ranges[1:]] if len(self.ranges) > 1 else []

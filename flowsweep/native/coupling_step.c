@@ -1,7 +1,10 @@
 /* One training step of K affine coupling flows: mean NLL per model and its gradient.
  *
- * The same model and the same parameter layout as flowsweep/fused.py (the reference this
- * kernel is tested against). Per model and per block of 8 samples (one AVX register per
+ * The model of flowsweep/model/flow.py (the reference this kernel is tested against) for
+ * the variants it covers: each layer the affine constant transform, then the coupling with
+ * the single-layer tanh conditioner, data to latent; the constant transform as
+ * x * exp(a) + c or, with `linear`, s * x + c. Where each parameter block lives in a
+ * model's row comes from the caller (ParamLayout), never from here. Per model and per block of 8 samples (one AVX register per
  * feature) it runs the forward pass through all layers, keeps each layer's activations
  * in cache, and runs the backward pass straight away, so every intermediate is used while
  * it is still in registers or L1. No libm call in the sample loop: exp and tanh are
@@ -10,7 +13,8 @@
  * Shapes (all C-contiguous, float32 unless noted):
  *   data   [n, d]      the training rows
  *   rows   [K, N]      int64: the rows of each model's minibatch (read in place, never gathered)
- *   theta  [K, P]      per model: log_scale [L, d], shift [L, d], weight [L, 2dm, m], bias [L, 2dm]
+ *   theta  [K, P]      per model, at the caller's offsets: scale [L, d], shift [L, d],
+ *                      weight [L, 2dm, m], bias [L, 2dm]
  *   perm   [K, L, d]   int64; layer l: conditioning features first (m), then transformed (dm)
  *   nll    [K]         out: mean negative log-likelihood over the N samples (nats)
  *   grad   [K, P]      out: its gradient
@@ -68,14 +72,16 @@ static inline v8f vtanh(v8f h) {
 
 typedef struct {
     int d, m, dm, L, P;
+    int off_scale, off_shift, off_weight, off_bias; /* block offsets within a row */
+    int linear;                                     /* constant transform s * x + c instead of x * exp(a) + c */
 } Dims;
 
 /* One model: forward and backward over all N samples. Returns 0, or -1 without memory. */
 static int one_model(const Dims *D, int N, const float *data, const int64_t *rows, const float *theta,
                      const int64_t *perm, float *nll, float *grad) {
     const int d = D->d, m = D->m, dm = D->dm, L = D->L, h2 = 2 * D->dm;
-    const float *log_scale = theta, *shift = theta + L * d;
-    const float *weight = shift + L * d, *bias = weight + L * h2 * m;
+    const float *scale = theta + D->off_scale, *shift = theta + D->off_shift;
+    const float *weight = theta + D->off_weight, *bias = theta + D->off_bias;
 
     /* Activations of one block: v (after the constant transform) per layer, tanh outputs
      * per layer, exp(s) per layer; the running y and its gradient. Then per-lane
@@ -98,8 +104,8 @@ static int one_model(const Dims *D, int N, const float *data, const int64_t *row
 
     float constant = -0.5f * (float)d * 1.8378770664093453f; /* -d/2 log(2 pi) */
     for (int i = 0; i < L * d; i++) {
-        e[i] = expf(log_scale[i]);
-        constant += log_scale[i];
+        e[i] = D->linear ? scale[i] : expf(scale[i]);
+        constant += D->linear ? logf(fabsf(scale[i])) : scale[i];
     }
     const float inv_n = 1.0f / (float)N;
 
@@ -174,11 +180,11 @@ static int one_model(const Dims *D, int N, const float *data, const int64_t *row
         }
     }
 
-    /* grad has theta's layout; the accumulators were laid out the same way, except that
-     * log_scale and shift come first in both (acc_le, acc_c). */
-    float *g_le = grad, *g_c = grad + L * d, *g_w = g_c + L * d, *g_b = g_w + (size_t)L * h2 * m;
+    /* grad has theta's layout. acc_le holds d/d(log e); s itself gets it divided by s. */
+    float *g_le = grad + D->off_scale, *g_c = grad + D->off_shift;
+    float *g_w = grad + D->off_weight, *g_b = grad + D->off_bias;
     for (int i = 0; i < L * d; i++) {
-        g_le[i] = hsum(acc_le[i]);
+        g_le[i] = D->linear ? hsum(acc_le[i]) / e[i] : hsum(acc_le[i]);
         g_c[i] = hsum(acc_c[i]);
     }
     for (size_t i = 0; i < (size_t)L * h2 * m; i++) g_w[i] = hsum(acc_w[i]);
@@ -191,9 +197,10 @@ static int one_model(const Dims *D, int N, const float *data, const int64_t *row
 
 /* Models [k0, k1) of a batch; returns 0, or -1 when memory ran out. Releases no lock:
  * callers (ctypes) drop the GIL, so disjoint model ranges can run in parallel threads. */
-int coupling_step(int k0, int k1, int N, int d, int m, int L, const float *data, const int64_t *rows,
-                  const float *theta, const int64_t *perm, float *nll, float *grad) {
-    Dims D = {d, m, d - m, L, L * d * 2 + L * 2 * (d - m) * m + L * 2 * (d - m)};
+int coupling_step(int k0, int k1, int N, int d, int m, int L, int P, int off_scale, int off_shift, int off_weight,
+                  int off_bias, int linear, const float *data, const int64_t *rows, const float *theta,
+                  const int64_t *perm, float *nll, float *grad) {
+    Dims D = {d, m, d - m, L, P, off_scale, off_shift, off_weight, off_bias, linear};
     for (int k = k0; k < k1; k++) {
         if (one_model(&D, N, data, rows + (size_t)k * N, theta + (size_t)k * D.P, perm + (size_t)k * L * d,
                       nll + k, grad + (size_t)k * D.P))

@@ -1,7 +1,7 @@
 """Runs many structure searches side by side, their trials trained as one batch.
 
 Each iteration asks every optimizer for its trials, builds one
-:class:`~flowsweep.engine.BatchedCouplingFlow` holding all of them, trains it with the
+:class:`~flowsweep.model.CouplingFlows` holding all of them, trains it with the
 shared training loop for ``steps_per_trial`` steps, and tells every optimizer its
 values. Every trial has its own random stream (derived from its instance's seed and
 its trial number), so a search gives the same result alone or among many.
@@ -19,10 +19,10 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from flowsweep.data import Dataset
-from flowsweep.engine import BatchedCouplingFlow
+from flowsweep.model import CouplingFlows, ModelSpec
 from flowsweep.search.base import StructureOptimizer, Trial, TrialState
 from flowsweep.seeding import derive_seed, torch_generator
-from flowsweep.training import Schedule, evaluate_bpd, train
+from flowsweep.training import Recipe, evaluate_bpd, train
 
 __all__ = ["SearchSettings", "run_searches"]
 
@@ -31,12 +31,13 @@ __all__ = ["SearchSettings", "run_searches"]
 class SearchSettings:
     """What the evaluation of trials needs besides the optimizers themselves."""
 
+    spec: ModelSpec
     batch_size: int
     train: DictConfig
     progress: bool = True
 
 
-def _score(flow: BatchedCouplingFlow, curve: torch.Tensor, diverged: torch.Tensor, value: str,
+def _score(flow: CouplingFlows, curve: torch.Tensor, diverged: torch.Tensor, value: str,
            validation: torch.Tensor, log_det: float) -> list[float]:
     scores = curve[-1].double() if value == "last_batch" else evaluate_bpd(flow, validation, log_det)
     scores = torch.where(diverged | ~torch.isfinite(scores), torch.full_like(scores, float("inf")), scores)
@@ -52,9 +53,9 @@ def run_searches(optimizers: Sequence[StructureOptimizer], data: Dataset, settin
     """
     start = time.perf_counter()
     lead = optimizers[0]
-    schedule = Schedule.from_config(settings.train, steps=lead.steps_per_trial)
+    recipe = Recipe.from_config(settings.train, steps=lead.steps_per_trial, patience=None)
     fit, validation = data.train, data.valid
-    champions: list[BatchedCouplingFlow | None] = [None] * len(optimizers)
+    champions: list[CouplingFlows | None] = [None] * len(optimizers)
     bar = tqdm(total=max(o.last_iteration + 1 for o in optimizers), desc="structure search",
                unit="it", disable=None if settings.progress else True, leave=False)
     while True:
@@ -62,9 +63,9 @@ def run_searches(optimizers: Sequence[StructureOptimizer], data: Dataset, settin
         if not asked:
             break
         generators = [torch_generator(derive_seed(optimizers[i].seed, trial.number)) for i, trial in asked]
-        flow = BatchedCouplingFlow([trial.structure for _, trial in asked], generators)
+        flow = CouplingFlows(settings.spec, [trial.structure for _, trial in asked], generators)
         _warm_start(flow, asked, optimizers, champions)
-        result = train(flow, fit, settings.batch_size, schedule, generators, data.log_det)
+        result = train(flow, fit, settings.batch_size, recipe, generators, data.log_det)
         values = _score(flow, result.curve, result.diverged, lead.value, validation, data.log_det)
         for (i, trial), value in zip(asked, values):
             trial.value = value
@@ -85,8 +86,8 @@ def run_searches(optimizers: Sequence[StructureOptimizer], data: Dataset, settin
     return time.perf_counter() - start
 
 
-def _warm_start(flow: BatchedCouplingFlow, asked: list[tuple[int, Trial]], optimizers: Sequence[StructureOptimizer],
-                champions: list[BatchedCouplingFlow | None]) -> None:
+def _warm_start(flow: CouplingFlows, asked: list[tuple[int, Trial]], optimizers: Sequence[StructureOptimizer],
+                champions: list[CouplingFlows | None]) -> None:
     """Copy the parent's parameters into offspring: all layers, or the unchanged ones."""
     for j, (i, trial) in enumerate(asked):
         champion = champions[i]
@@ -101,8 +102,8 @@ def _warm_start(flow: BatchedCouplingFlow, asked: list[tuple[int, Trial]], optim
         flow.copy_model(j, champion, 0, layers)
 
 
-def _extract(flow: BatchedCouplingFlow, j: int) -> BatchedCouplingFlow:
+def _extract(flow: CouplingFlows, j: int) -> CouplingFlows:
     """A one-model flow holding a copy of model ``j``'s structure and parameters."""
-    single = BatchedCouplingFlow([flow.structures[j]], [torch.Generator()])
+    single = CouplingFlows(flow.spec, [flow.structures[j]], [torch.Generator()])
     single.copy_model(0, flow, j)
     return single

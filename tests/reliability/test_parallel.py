@@ -13,7 +13,7 @@ from .conftest import TINY, assert_complete_jobs, all_runs
 from .servers import mlflow_server
 
 JOBLIB = ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
-FAILING = "dataset.batch_size=5000"  # larger than yeast's 1336 training rows
+FAILING = "dataset.batch_size=5000"  # larger than yeast's 1202 training rows
 
 
 def test_joblib_workers_share_the_default_sqlite_store_and_report_the_failed_job(flowsweep):
