@@ -22,6 +22,7 @@ __all__ = [
     "LayoutConfig",
     "DepthConfig",
     "ModelConfig",
+    "DependenceConfig",
     "TrainConfig",
     "TrackingConfig",
     "Config",
@@ -107,6 +108,15 @@ class ModelConfig:
 
 
 @dataclass
+class DependenceConfig:
+    """See flowsweep.dependence: the measure, the training rows it reads, the layers' discount."""
+
+    measure: str = "gain"
+    rows: int = 4000
+    discount: float = 0.8
+
+
+@dataclass
 class TrainConfig:
     """Types only: the values live in ``conf/config.yaml`` (see flowsweep.training.Recipe)."""
 
@@ -151,6 +161,7 @@ class Config:
     depth: DepthConfig = MISSING
     search: Any = MISSING
     model: ModelConfig = field(default_factory=ModelConfig)
+    dependence: DependenceConfig = field(default_factory=DependenceConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     seed: int = 0
@@ -167,7 +178,7 @@ def register_schema() -> None:
     ConfigStore.instance().store(name="_schema", node=Config)
 
 
-_LAYOUTS = ("parity", "random", "opt")
+_LAYOUTS = ("parity", "random", "dependence", "opt")
 #: The keys that take one of a few words, and those words (documented in conf/config.yaml
 #: and flowsweep.model.spec); flowsweep.model and flowsweep.training read them from here.
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -177,6 +188,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.direction": ("normalizing", "generative"),
     "model.init": ("uniform", "zero"),
     "model.conditioner": ("tanh", "mlp"),
+    "dependence.measure": ("gain", "mi"),
     "train.optimizer": ("sgd", "adam"),
     "train.schedule": ("cyclic", "constant", "cosine"),
     "train.mode": ("triangular", "triangular2", "exp_range"),
@@ -202,6 +214,9 @@ def validate(cfg: DictConfig) -> None:
     _at_least(cfg, "train.eval_every", 1)
     _at_least(cfg, "train.weight_decay", 0.0)
     _at_least(cfg, "model.hidden", 1)
+    _at_least(cfg, "dependence.rows", 2)
+    if not 0.0 <= cfg.dependence.discount <= 1.0:
+        raise ConfigError("dependence.discount", f"must be in [0, 1], got {cfg.dependence.discount}")
     _at_least(cfg, "dataset.batch_size", 1)
     if cfg.layout.name not in _LAYOUTS:
         raise ConfigError("layout.name", f"must be one of {_LAYOUTS}, got {cfg.layout.name!r}")
@@ -224,8 +239,9 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("dataset.validation_fraction", f"must be in [0, 1), got {cfg.dataset.validation_fraction}")
     if not 0.0 < cfg.dataset.test_fraction < 1.0:
         raise ConfigError("dataset.test_fraction", f"must be in (0, 1), got {cfg.dataset.test_fraction}")
-    if cfg.layout.name == "opt" and cfg.search.get("value") == "validation" and cfg.dataset.validation_fraction == 0:
-        raise ConfigError("search.value", "validation needs a validation split: dataset.validation_fraction > 0")
+    value = OmegaConf.select(cfg, "search.evaluation.value")
+    if cfg.layout.name == "opt" and value == "validation" and cfg.dataset.validation_fraction == 0:
+        raise ConfigError("search.evaluation.value", "validation needs a validation split: dataset.validation_fraction > 0")
     if cfg.model.m is not None and cfg.model.m < 1:
         raise ConfigError("model.m", f"must be >= 1, got {cfg.model.m}")
 

@@ -19,7 +19,6 @@ from typing import Optional
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from flowsweep import plots
@@ -27,18 +26,19 @@ from flowsweep.config import ConfigError, validate, validate_against_data
 from flowsweep.data import Dataset, load_dataset, standardized
 from flowsweep.model import CouplingFlows, ModelSpec
 from flowsweep.resume import resume_job
-from flowsweep.search import StructureOptimizer
-from flowsweep.search.runner import SearchSettings, run_searches
+from flowsweep.dependence import Dependence
+from flowsweep.search.job import JobSearch, check_search, job_dependence, search_job
 from flowsweep.seeding import derive_seed, torch_generator
 from flowsweep.structure import Structure, parity_structure, random_structure
 from flowsweep.tracking import (SWEEP_ID_ENV, RunGroup, check_reachable, ensure_experiment, flatten, open_client,
                                 resolve_tracking_uri)
 from flowsweep.training import Recipe, evaluate_bpd, train
 
-__all__ = ["run_job", "build_optimizers", "fingerprint"]
+__all__ = ["run_job", "objective", "fingerprint"]
 
-#: Stream keys under an instance's seed (fixed so results never depend on code order).
-_RANDOM_LAYOUT_KEY, _SEARCH_KEY = 1, 2
+#: Stream key under an instance's seed (fixed so results never depend on code order; the
+#: search's are in flowsweep.search.job).
+_RANDOM_LAYOUT_KEY = 1
 
 
 def _launch_dir() -> str:
@@ -64,23 +64,13 @@ def fingerprint(cfg: DictConfig) -> str:
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def build_optimizers(cfg: DictConfig, d: int, m: int, seeds: list[int]) -> list[StructureOptimizer]:
-    """One optimizer per instance from the ``search`` group (``_target_`` + its keys)."""
-    try:
-        return [instantiate(cfg.search, d=d, m=m, depth=cfg.depth.layers, seed=derive_seed(s, _SEARCH_KEY))
-                for s in seeds]
-    except ConfigError:
-        raise
-    except Exception as error:  # instantiate wraps unknown keys and bad targets
-        cause = error.__cause__ or error
-        if isinstance(cause, ConfigError):
-            raise cause from None
-        raise ConfigError("search", f"cannot build the optimizer: {cause}") from None
-
-
-def _fixed_structures(cfg: DictConfig, d: int, m: int, seeds: list[int]) -> list[Structure]:
+def _fixed_structures(cfg: DictConfig, d: int, m: int, seeds: list[int],
+                      dependence: Optional[Dependence]) -> list[Structure]:
     if cfg.layout.name == "parity":
         return [parity_structure(d, m, cfg.depth.layers)] * len(seeds)
+    if cfg.layout.name == "dependence":
+        return [dependence.structure(m, cfg.depth.layers, seed=derive_seed(s, _RANDOM_LAYOUT_KEY) % 2**32)
+                for s in seeds]
     return [random_structure(d, m, cfg.depth.layers, np.random.default_rng(derive_seed(s, _RANDOM_LAYOUT_KEY)))
             for s in seeds]
 
@@ -108,14 +98,15 @@ def run_job(cfg: DictConfig, data: Optional[Dataset] = None) -> float:
     m = validate_against_data(cfg, data.d, data.train.shape[0])
     spec = ModelSpec.from_config(cfg.model, data.d, m, cfg.depth.layers)
     seeds = [derive_seed(cfg.seed, i) for i in range(cfg.instances)]
-    optimizers = build_optimizers(cfg, data.d, m, seeds) if cfg.layout.name == "opt" else None
+    searching = cfg.layout.name == "opt"
+    wants_dependence = check_search(cfg, data.d, m) if searching else cfg.layout.name == "dependence"
 
     client = open_client(uri)
     experiment_id = ensure_experiment(client, uri, cfg.tracking.experiment)
     finished = resume_job(client, experiment_id, fingerprint(cfg), cfg.instances, cfg.rerun)
     if finished is not None:  # this config's runs already FINISHED (a resumed sweep)
         return finished
-    search_name = str(cfg.search.name) if optimizers else "none"
+    search_name = str(cfg.search.name) if searching else "none"
     common = flatten(OmegaConf.to_container(cfg, resolve=True))
     common.update(dataset=cfg.dataset.name, layout=cfg.layout.name, depth=str(cfg.depth.layers), search=search_name)
     label = f"{cfg.dataset.name}-{cfg.layout.name}-L{cfg.depth.layers}"
@@ -126,16 +117,16 @@ def run_job(cfg: DictConfig, data: Optional[Dataset] = None) -> float:
         tags={"sweep_id": _sweep_id(cfg), "fingerprint": fingerprint(cfg)},
     )
     try:
-        search_time = None
-        if optimizers:
-            settings = SearchSettings(spec, cfg.dataset.batch_size, cfg.train, cfg.progress)
-            search_time = run_searches(optimizers, data, settings)
-            structures = [(o.best or o.history[0]).structure for o in optimizers]
+        dependence = job_dependence(cfg, data) if wants_dependence else None
+        search = search_job(cfg, spec, data, seeds, dependence) if searching else None
+        if search is not None:
+            structures = search.structures
+            start = search.outcome.champions if search.evaluation.final_start == "best" else None
         else:
-            structures = _fixed_structures(cfg, data.d, m, seeds)
-        result = _train_final(cfg, spec, data, structures, seeds)
+            structures, start = _fixed_structures(cfg, data.d, m, seeds, dependence), None
+        result = _train_final(cfg, spec, data, structures, seeds, start)
         result["wall_time_s"] = time.perf_counter() - started
-        _log(runs, cfg, structures, result, optimizers, search_time)
+        _log(runs, cfg, structures, result, search, dependence)
     except BaseException:
         runs.close(failed=True)
         raise
@@ -149,9 +140,14 @@ def objective(result: dict) -> float:
     return float(values.mean()) if len(values) else math.inf
 
 
-def _train_final(cfg: DictConfig, spec: ModelSpec, data: Dataset, structures: list[Structure], seeds: list[int]) -> dict:
+def _train_final(cfg: DictConfig, spec: ModelSpec, data: Dataset, structures: list[Structure], seeds: list[int],
+                 start: Optional[list[Optional[CouplingFlows]]] = None) -> dict:
+    """Train the instances' structures with ``train.*``; from ``start``'s parameters where given."""
     generators = [torch_generator(s) for s in seeds]
     flow = CouplingFlows(spec, structures, generators)
+    for i, champion in enumerate(start or []):
+        if champion is not None:
+            flow.copy_model(i, champion, 0)
     began = time.perf_counter()
     trained = train(flow, data.train, cfg.dataset.batch_size, Recipe.from_config(cfg.train), generators, data.log_det,
                     valid=data.valid)
@@ -165,8 +161,8 @@ def _train_final(cfg: DictConfig, spec: ModelSpec, data: Dataset, structures: li
             "train_time_s": train_time}
 
 
-def _log(runs: RunGroup, cfg: DictConfig, structures: list[Structure], result: dict,
-         optimizers: Optional[list[StructureOptimizer]], search_time: Optional[float]) -> None:
+def _log(runs: RunGroup, cfg: DictConfig, structures: list[Structure], result: dict, search: Optional[JobSearch],
+         dependence: Optional[Dependence]) -> None:
     for i, structure in enumerate(structures):
         diverged = bool(result["diverged"][i])
         runs.curve(i, "batch_bpd", result["curve"][:, i], first_step=1)
@@ -183,13 +179,16 @@ def _log(runs: RunGroup, cfg: DictConfig, structures: list[Structure], result: d
             (folder / "masks.json").write_text(json.dumps(structure.to_dict(), indent=1))
             plots.save_mask_heatmap(structure, folder / "masks.png")
             plots.save_bpd_curve(result["curve"][:, i], folder / "bpd_curve.png", title=f"instance {i}")
-            if optimizers:
-                _log_search(runs, i, optimizers[i], search_time, folder)
+            if dependence is not None:  # what the data-driven layout or search started from
+                (folder / "dependence.json").write_text(json.dumps(np.round(dependence.weight, 5).tolist()))
+            if search is not None:
+                _log_search(runs, i, search, folder)
             runs.artifacts(i, tmp)
 
 
-def _log_search(runs: RunGroup, i: int, optimizer: StructureOptimizer, search_time: float, folder: Path) -> None:
+def _log_search(runs: RunGroup, i: int, search: JobSearch, folder: Path) -> None:
     """Search metrics at step = iteration t; every trial (diverged ones too) in ``search_trials.json``."""
+    optimizer = search.optimizers[i]
     trials = optimizer.history
     finite = [t for t in trials if math.isfinite(t.value)]  # diverged trials: in the JSON, not the chart
     for trial in finite:
@@ -199,7 +198,8 @@ def _log_search(runs: RunGroup, i: int, optimizer: StructureOptimizer, search_ti
         runs.metric(i, "search_accepted", float(t in accepted), step=t)
         if math.isfinite(best):
             runs.metric(i, "search_best_bpd", best, step=t)
-    runs.metric(i, "search_time_s", search_time)
+    runs.metric(i, "search_time_s", search.outcome.seconds)
+    runs.metric(i, "search_model_steps", search.outcome.model_steps[i])
     runs.metric(i, "search_trials", len(trials))
     runs.metric(i, "search_diverged_trials", len(trials) - len(finite))
     (folder / "search_trials.json").write_text(json.dumps([t.to_dict() for t in trials]))

@@ -126,7 +126,7 @@ def test_preset_grid_and_budgets(preset: str, instances: int, steps: int, iterat
     grid = {o.key_or_group: [v.strip("'") for v in o.sweep_string_iterator()] for o in parsed}
     assert grid == {"dataset": ["magic", "turbine", "sonar", "yeast"], "depth": ["2", "4", "6", "8"],
                     "layout": ["random", "parity", "opt"]}
-    assert (cfg.instances, cfg.train.steps, cfg.search.iterations, cfg.search.steps_per_trial) == (
+    assert (cfg.instances, cfg.train.steps, cfg.search.iterations, cfg.search.evaluation.steps) == (
         instances, steps, iterations, steps_per_trial)
     assert cfg.search.name == "evolutionary" and cfg.train.max_lr == 1e-3  # the paper's optimizer and schedule
 

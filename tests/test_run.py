@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 STEPS, ITERATIONS, INSTANCES = 6, 3, 2
 SWEEP = [
     "dataset=yeast", "layout=parity,opt", "depth=2", f"instances={INSTANCES}", f"train.steps={STEPS}",
-    f"search.iterations={ITERATIONS}", "search.steps_per_trial=2", "progress=false",
+    f"search.iterations={ITERATIONS}", "search.evaluation.steps=2", "progress=false",
 ]
 
 
@@ -80,7 +80,7 @@ def test_one_finished_run_per_instance_with_the_flattened_config(sweep):
         assert set(runs["params.search"]) == {search}
         assert set(runs["params.train.steps"]) == {str(STEPS)}
         assert set(runs["params.dataset.batch_size"]) == {"29"}
-        assert set(runs["params.search.warm_start"]) == {"fresh"}
+        assert set(runs["params.search.evaluation.warm_start"]) == {"fresh"}
         assert list(runs["tags.mlflow.runName"]) == [f"yeast-{layout}-L2-i{i:02d}" for i in range(INSTANCES)]
     # the same instance seeds for both layouts: instance i differs only in its structure
     assert list(sweep.of("parity")["params.instance_seed"]) == list(sweep.of("opt")["params.instance_seed"])
@@ -200,7 +200,7 @@ class Exploding(StructureOptimizer):
 def test_a_crashing_job_leaves_its_runs_failed(tmp_path, data_dir, search_runs):
     (tmp_path / "search").mkdir()
     (tmp_path / "search" / "exploding.yaml").write_text(
-        "_target_: tests.test_run.Exploding\nname: exploding\niterations: 3\nsteps_per_trial: 2\n")
+        "defaults:\n  - /search/evaluation@evaluation: paper\n_target_: tests.test_run.Exploding\nname: exploding\niterations: 3\n")
     cfg = job(tmp_path, data_dir, "layout=opt", "search=exploding", searchpath=tmp_path)
     with pytest.raises(RuntimeError, match="optimizer exploded"):
         run_job(cfg)

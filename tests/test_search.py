@@ -105,7 +105,7 @@ class TestOptimizerContract:
     def test_bad_settings_name_the_key(self, name):
         with pytest.raises(ConfigError, match="search.iterations"):
             build(name, iterations=-1)
-        with pytest.raises(ConfigError, match="search.steps_per_trial"):
+        with pytest.raises(ConfigError, match="search.evaluation.steps"):
             build(name, steps_per_trial=0)
 
 

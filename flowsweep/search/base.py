@@ -1,10 +1,13 @@
 """The ask/tell contract every structure optimizer follows.
 
-An optimizer proposes structures (:meth:`StructureOptimizer.ask`), the engine trains
-and scores them as one batch of models, and the results come back through
-:meth:`StructureOptimizer.tell` with a state: complete, or diverged (never dropped).
-The base class owns the history, the best-so-far, the acceptance rule and the
-stopping rules; a concrete optimizer implements :meth:`StructureOptimizer.propose`.
+An optimizer proposes structures (:meth:`StructureOptimizer.ask`); the evaluation
+(:mod:`flowsweep.search.evaluation`) trains and scores them, and the results come back
+through :meth:`StructureOptimizer.tell` with a state: complete, or diverged (never
+dropped). How a trial is trained and scored is the evaluation's business, not the
+optimizer's. The base class owns the history, the best-so-far and the stopping rules;
+a concrete optimizer implements :meth:`StructureOptimizer.propose`, and may replace
+the first structures (:meth:`StructureOptimizer.initial`) and the acceptance rule
+(:meth:`StructureOptimizer.select`).
 
 A new optimizer is one subclass plus one YAML file in ``conf/search/`` whose
 ``_target_`` names it; its extra keys become constructor arguments.
@@ -16,21 +19,15 @@ import enum
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, ClassVar, Optional, Sequence
 
 import numpy as np
 
 from flowsweep.config import ConfigError
+from flowsweep.dependence import Dependence
 from flowsweep.structure import Structure, random_structure
 
-__all__ = ["TrialState", "Trial", "StructureOptimizer", "WARM_STARTS", "VALUES"]
-
-#: How an offspring's parameters start: new ones, all of its parent's, or the parent's
-#: for the layers whose mask did not change.
-WARM_STARTS = ("fresh", "parent", "inherit")
-#: What a trial is scored by: bpd of the last training minibatch (the paper) or of the
-#: dataset's validation split (``dataset.validation_fraction`` of the training rows).
-VALUES = ("last_batch", "validation")
+__all__ = ["TrialState", "Trial", "Proposal", "StructureOptimizer"]
 
 
 class TrialState(enum.Enum):
@@ -41,7 +38,11 @@ class TrialState(enum.Enum):
 
 @dataclass
 class Trial:
-    """One structure to evaluate and, once told, its value (bpd) and state."""
+    """One structure to evaluate and, once told, its value (bpd) and state.
+
+    ``steps`` (null: the evaluation's) is the trial's fidelity; ``resume`` names an earlier
+    trial of the same structure whose trained parameters this one continues from.
+    """
 
     number: int
     iteration: int
@@ -50,12 +51,16 @@ class Trial:
     value: float = math.inf
     state: TrialState = TrialState.PENDING
     accepted: bool = False
+    steps: Optional[int] = None
+    resume: Optional[int] = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "number": self.number,
             "t": self.iteration,
             "parent": self.parent,
+            "steps": self.steps,
+            "resume": self.resume,
             "conditioning": [list(layer) for layer in self.structure.conditioning],
             "value": self.value if math.isfinite(self.value) else None,
             "state": self.state.value,
@@ -64,28 +69,40 @@ class Trial:
 
 
 @dataclass
+class Proposal:
+    """A structure an optimizer proposes, with what it descends from (``parent``, default the
+    best), its fidelity (``steps``, default the evaluation's) and the earlier trial whose
+    parameters it continues (``resume``)."""
+
+    structure: Structure
+    parent: Optional[int] = None
+    steps: Optional[int] = None
+    resume: Optional[int] = None
+
+
+@dataclass
 class StructureOptimizer(ABC):
     """Base of all structure optimizers: one search for one model instance.
 
-    Arguments (from ``conf/search/*.yaml``, plus ``d``, ``m``, ``depth``, ``seed``):
+    Arguments (from ``conf/search/*.yaml``, plus ``d``, ``m``, ``depth``, ``seed`` and, for the
+    optimizers that read it, ``dependence``):
         name: Label logged as the ``search`` param.
-        iterations: Iterations ``T`` after the initial structure (``0`` evaluates it only).
-        steps_per_trial: SGD steps that train each candidate.
-        warm_start: One of :data:`WARM_STARTS`.
-        value: One of :data:`VALUES`.
+        iterations: Iterations ``T`` after the initial one (``0`` evaluates the initial structures only).
         patience: Stop after this many iterations without improvement (null: never).
+        dependence: The features' estimated :class:`~flowsweep.dependence.Dependence`, given by the job
+            to the optimizers that declare ``uses_dependence``.
     """
 
+    #: Whether the job must compute the features' dependence matrix for this optimizer.
+    uses_dependence: ClassVar[bool] = False
     d: int
     m: int
     depth: int
     seed: int
     name: str = "search"
     iterations: int = 200
-    steps_per_trial: int = 50
-    warm_start: str = "fresh"
-    value: str = "last_batch"
     patience: Optional[int] = None
+    dependence: Optional[Dependence] = field(default=None, repr=False)
     history: list[Trial] = field(default_factory=list, init=False)
     best: Optional[Trial] = field(default=None, init=False)
 
@@ -102,20 +119,27 @@ class StructureOptimizer(ABC):
         """Validate settings; subclasses extend it. Raises :class:`ConfigError`."""
         if self.iterations < 0:
             raise ConfigError("search.iterations", f"must be >= 0, got {self.iterations}")
-        if self.steps_per_trial < 1:
-            raise ConfigError("search.steps_per_trial", f"must be >= 1, got {self.steps_per_trial}")
-        if self.warm_start not in WARM_STARTS:
-            raise ConfigError("search.warm_start", f"must be one of {WARM_STARTS}, got {self.warm_start!r}")
-        if self.value not in VALUES:
-            raise ConfigError("search.value", f"must be one of {VALUES}, got {self.value!r}")
         if self.patience is not None and self.patience < 1:
             raise ConfigError("search.patience", f"must be >= 1 or null, got {self.patience}")
 
-    # -- the hook -------------------------------------------------------------------
+    # -- the hooks ------------------------------------------------------------------
 
     @abstractmethod
-    def propose(self) -> list[Structure]:
-        """Structures to evaluate in the current iteration (``self.best`` is set after iteration 0)."""
+    def propose(self) -> Sequence[Structure | Proposal]:
+        """Structures to evaluate in iteration ``self.iteration >= 1`` (``self.best`` is set), each
+        alone (its parent is the best) or as a :class:`Proposal`."""
+
+    def initial(self) -> Sequence[Structure | Proposal]:
+        """Structures of iteration 0: one uniformly random structure (Algorithm 1)."""
+        return [self.random_structure()]
+
+    def select(self, complete: list[Trial]) -> Optional[Trial]:
+        """The trial of this iteration that becomes the best, if any: the lowest value when it is
+        ``<=`` the best's (ties accepted, as in Algorithm 1)."""
+        winner = min(complete, key=lambda t: (t.value, t.number)) if complete else None
+        if winner is not None and (self.best is None or winner.value <= self.best.value):
+            return winner
+        return None
 
     # -- ask / tell -----------------------------------------------------------------
 
@@ -138,19 +162,18 @@ class StructureOptimizer(ABC):
             raise RuntimeError("tell() the previous trials before asking again")
         if self.done:
             return []
-        structures = [self.random_structure()] if self.best is None else self.propose()
-        parent = None if self.best is None else self.best.number
-        self._pending = [
-            Trial(len(self.history) + i, self.iteration, s, parent) for i, s in enumerate(structures)
-        ]
+        proposed = self.initial() if self.best is None else self.propose()
+        best = None if self.best is None else self.best.number
+        proposals = [p if isinstance(p, Proposal) else Proposal(p, best) for p in proposed]
+        self._pending = [Trial(len(self.history) + i, self.iteration, p.structure, p.parent, steps=p.steps,
+                               resume=p.resume) for i, p in enumerate(proposals)]
         return list(self._pending)
 
     def tell(self, trials: Sequence[Trial]) -> None:
         """Record the asked trials with their values and states; update the best-so-far.
 
-        The lowest complete trial is accepted when its value is ``<=`` the best's (ties
-        accepted, as in Algorithm 1). A non-finite value counts as diverged, and a
-        diverged trial is recorded but never accepted.
+        A non-finite value counts as diverged, and a diverged trial is recorded but never
+        accepted; :meth:`select` picks the new best among the complete ones.
         """
         if sorted(t.number for t in trials) != sorted(t.number for t in self._pending):
             raise ValueError("tell() needs exactly the trials of the last ask()")
@@ -159,16 +182,20 @@ class StructureOptimizer(ABC):
                 raise ValueError(f"trial {trial.number} was told without a state")
             if not math.isfinite(trial.value):
                 trial.state = TrialState.DIVERGED
-        complete = [t for t in trials if t.state is TrialState.COMPLETE]
-        winner = min(complete, key=lambda t: (t.value, t.number)) if complete else None
-        improved = False
-        if winner is not None and (self.best is None or winner.value <= self.best.value):
-            improved = self.best is None or winner.value < self.best.value
+        previous = self.best.value if self.best is not None else math.inf
+        winner = self.select([t for t in trials if t.state is TrialState.COMPLETE])
+        if winner is not None:
             winner.accepted = True
             self.best = winner
+        improved = self.best is not None and self.best_value < previous
         self.history.extend(sorted(trials, key=lambda t: t.number))
         if self.iteration > 0:
             self._since_improvement = 0 if improved else self._since_improvement + 1
-        self.best_trace.append(self.best.value if self.best is not None else math.inf)
+        self.best_trace.append(self.best_value)
         self._pending = []
         self.iteration += 1
+
+    @property
+    def best_value(self) -> float:
+        """The value the search holds for its best structure (``inf`` before any complete trial)."""
+        return self.best.value if self.best is not None else math.inf

@@ -1,17 +1,19 @@
 """Runs many structure searches side by side, their trials trained as one batch.
 
 Each iteration asks every optimizer for its trials, builds one
-:class:`~flowsweep.model.CouplingFlows` holding all of them, trains it with the
-shared training loop for ``steps_per_trial`` steps, and tells every optimizer its
-values. Every trial has its own random stream (derived from its instance's seed and
-its trial number), so a search gives the same result alone or among many.
+:class:`~flowsweep.model.CouplingFlows` holding every replica of all of them, trains it
+with the shared training loop as the :class:`~flowsweep.search.evaluation.Evaluation`
+says, and tells every optimizer its values. Every replica of every trial has its own
+random stream (derived from its instance's seed, its trial number and its replica), so
+a search gives the same result alone or among many.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -21,89 +23,123 @@ from tqdm.auto import tqdm
 from flowsweep.data import Dataset
 from flowsweep.model import CouplingFlows, ModelSpec
 from flowsweep.search.base import StructureOptimizer, Trial, TrialState
+from flowsweep.search.evaluation import Evaluation
 from flowsweep.seeding import derive_seed, torch_generator
-from flowsweep.training import Recipe, evaluate_bpd, train
+from flowsweep.training import evaluate_bpd, train
 
-__all__ = ["SearchSettings", "run_searches"]
+__all__ = ["SearchSettings", "SearchOutcome", "run_searches"]
 
 
 @dataclass(frozen=True)
 class SearchSettings:
-    """What the evaluation of trials needs besides the optimizers themselves."""
+    """What the searches of a job share besides their optimizers."""
 
     spec: ModelSpec
     batch_size: int
     train: DictConfig
+    evaluation: Evaluation
     progress: bool = True
 
 
-def _score(flow: CouplingFlows, curve: torch.Tensor, diverged: torch.Tensor, value: str,
-           validation: torch.Tensor, log_det: float) -> list[float]:
-    scores = curve[-1].double() if value == "last_batch" else evaluate_bpd(flow, validation, log_det)
-    scores = torch.where(diverged | ~torch.isfinite(scores), torch.full_like(scores, float("inf")), scores)
-    return scores.tolist()
+@dataclass
+class SearchOutcome:
+    """Wall ``seconds`` of all searches; per instance, the ``model_steps`` spent and, where the
+    evaluation keeps them, the parameters its best trial reached (``champions``, one-model flows)."""
+
+    seconds: float
+    model_steps: list[int]
+    champions: list[Optional[CouplingFlows]]
 
 
-def run_searches(optimizers: Sequence[StructureOptimizer], data: Dataset, settings: SearchSettings) -> float:
-    """Run every optimizer to the end; returns the wall time in seconds.
+def _scores(flow: CouplingFlows, curve: torch.Tensor, diverged: torch.Tensor, value: str, data: Dataset) -> torch.Tensor:
+    scores = curve[-1].double() if value == "last_batch" else evaluate_bpd(flow, data.valid, data.log_det)
+    return torch.where(diverged | ~torch.isfinite(scores), torch.full_like(scores, math.inf), scores)
 
-    All optimizers must share ``steps_per_trial``, ``warm_start``, ``value`` and
-    ``validation_fraction`` (they come from one config). Trial ``j`` of instance ``i``
-    trains with the generator seeded ``derive_seed(optimizers[i].seed, j)``.
-    """
+
+def run_searches(optimizers: Sequence[StructureOptimizer], data: Dataset, settings: SearchSettings) -> SearchOutcome:
+    """Run every optimizer to the end. Each replica trains with the generator seeded by its
+    :meth:`Evaluation.stream <flowsweep.search.evaluation.Evaluation.stream>`."""
     start = time.perf_counter()
-    lead = optimizers[0]
-    recipe = Recipe.from_config(settings.train, steps=lead.steps_per_trial, patience=None)
-    fit, validation = data.train, data.valid
-    champions: list[CouplingFlows | None] = [None] * len(optimizers)
+    evaluation, replicas = settings.evaluation, settings.evaluation.replicas
+    keep = evaluation.warm_start != "fresh" or evaluation.final_start == "best"
+    champions: list[Optional[CouplingFlows]] = [None] * len(optimizers)
+    #: Per instance, the parameters ``[replicas, P]`` each trial reached (for trials that resume it).
+    reached: list[dict[int, torch.Tensor]] = [{} for _ in optimizers]
+    spent = [0] * len(optimizers)
     bar = tqdm(total=max(o.last_iteration + 1 for o in optimizers), desc="structure search",
                unit="it", disable=None if settings.progress else True, leave=False)
     while True:
         asked = [(i, trial) for i, opt in enumerate(optimizers) for trial in opt.ask()]
         if not asked:
             break
-        generators = [torch_generator(derive_seed(optimizers[i].seed, trial.number)) for i, trial in asked]
-        flow = CouplingFlows(settings.spec, [trial.structure for _, trial in asked], generators)
-        _warm_start(flow, asked, optimizers, champions)
-        result = train(flow, fit, settings.batch_size, recipe, generators, data.log_det)
-        values = _score(flow, result.curve, result.diverged, lead.value, validation, data.log_det)
-        for (i, trial), value in zip(asked, values):
-            trial.value = value
-            trial.state = TrialState.COMPLETE if np.isfinite(value) else TrialState.DIVERGED
+        for steps in sorted({trial.steps or evaluation.steps for _, trial in asked}):
+            group = [(i, trial) for i, trial in asked if (trial.steps or evaluation.steps) == steps]
+            flow, scores = _evaluate(group, optimizers, data, settings, steps, champions, reached)
+            for j, ((i, trial), row) in enumerate(zip(group, scores)):
+                finite = row[torch.isfinite(row)]
+                trial.value = float(finite.mean()) if len(finite) else math.inf
+                trial.state = TrialState.COMPLETE if len(finite) else TrialState.DIVERGED
+                reached[i][trial.number] = flow.theta.detach()[j * replicas:(j + 1) * replicas].clone()
+                spent[i] += steps * replicas
         for i, opt in enumerate(optimizers):
-            mine = [(j, t) for j, (owner, t) in enumerate(asked) if owner == i]
+            mine = [t for owner, t in asked if owner == i]
             if not mine:
                 continue
-            opt.tell([t for _, t in mine])
-            for j, trial in mine:
-                if trial.accepted and lead.warm_start != "fresh":
-                    champions[i] = _extract(flow, j)
+            opt.tell(mine)
+            for trial in mine:
+                if trial.accepted and keep:
+                    champions[i] = _champion(settings.spec, trial, reached[i][trial.number])
         bar.update(1)
-        bests = [o.best.value for o in optimizers if o.best is not None]
+        bests = [o.best_value for o in optimizers if o.best is not None]
         if bests:
             bar.set_postfix(best_bpd=f"{np.mean(bests):.4f}")
     bar.close()
-    return time.perf_counter() - start
+    return SearchOutcome(time.perf_counter() - start, spent, champions)
 
 
-def _warm_start(flow: CouplingFlows, asked: list[tuple[int, Trial]], optimizers: Sequence[StructureOptimizer],
-                champions: list[CouplingFlows | None]) -> None:
-    """Copy the parent's parameters into offspring: all layers, or the unchanged ones."""
-    for j, (i, trial) in enumerate(asked):
+def _evaluate(group: list[tuple[int, Trial]], optimizers: Sequence[StructureOptimizer], data: Dataset,
+              settings: SearchSettings, steps: int, champions: list[Optional[CouplingFlows]],
+              reached: list[dict[int, torch.Tensor]]) -> tuple[CouplingFlows, torch.Tensor]:
+    """Train every replica of ``group``'s trials for ``steps`` steps as one batch; the flow and
+    the scores ``[trials, replicas]`` (``inf`` where a replica diverged)."""
+    evaluation, replicas = settings.evaluation, settings.evaluation.replicas
+    models = [(i, trial, r) for i, trial in group for r in range(replicas)]
+    generators = [torch_generator(derive_seed(*evaluation.stream(optimizers[i].seed, trial, r)))
+                  for i, trial, r in models]
+    flow = CouplingFlows(settings.spec, [trial.structure for _, trial, _ in models], generators)
+    with torch.no_grad():
+        for j, (i, trial, r) in enumerate(models):
+            if trial.resume is not None:
+                flow.theta[j] = reached[i][trial.resume][r]
+    _warm_start(flow, [m for m in models if m[1].resume is None], models, champions, evaluation.warm_start)
+    recipe = evaluation.trial_recipe(settings.train, steps)
+    result = train(flow, data.train, settings.batch_size, recipe, generators, data.log_det)
+    scores = _scores(flow, result.curve, result.diverged, evaluation.value, data)
+    return flow, scores.view(len(group), replicas)
+
+
+def _warm_start(flow: CouplingFlows, fresh: list[tuple[int, Trial, int]], models: list[tuple[int, Trial, int]],
+                champions: list[Optional[CouplingFlows]], warm_start: str) -> None:
+    """Copy the parent's parameters into the ``fresh`` offspring: all layers, or the unchanged ones."""
+    if warm_start == "fresh":
+        return
+    for entry in fresh:
+        j = models.index(entry)
+        i, trial, _ = entry
         champion = champions[i]
-        if trial.parent is None or champion is None or optimizers[i].warm_start == "fresh":
+        if trial.parent is None or champion is None:
             continue
-        parent = optimizers[i].best.structure
-        if optimizers[i].warm_start == "parent":
+        if warm_start == "parent":
             layers = list(range(flow.depth))
         else:
-            changed = set(trial.structure.changed_layers(parent))
+            changed = set(trial.structure.changed_layers(champion.structures[0]))
             layers = [l for l in range(flow.depth) if l not in changed]
         flow.copy_model(j, champion, 0, layers)
 
 
-def _extract(flow: CouplingFlows, j: int) -> CouplingFlows:
-    """A one-model flow holding a copy of model ``j``'s structure and parameters."""
-    single = CouplingFlows(flow.spec, [flow.structures[j]], [torch.Generator()])
-    single.copy_model(0, flow, j)
+def _champion(spec: ModelSpec, trial: Trial, reached: torch.Tensor) -> CouplingFlows:
+    """A one-model flow of ``trial``'s structure with the parameters its first replica reached."""
+    single = CouplingFlows(spec, [trial.structure], [torch.Generator()])
+    with torch.no_grad():
+        single.theta[0] = reached[0]
     return single

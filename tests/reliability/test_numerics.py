@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from .conftest import make_flowsweep, tiny
 
 INSTANCES = 12
-JOB = tiny("layout=opt", f"instances={INSTANCES}", "search.iterations=2", "search.steps_per_trial=5",
+JOB = tiny("layout=opt", f"instances={INSTANCES}", "search.iterations=2", "search.evaluation.steps=5",
            "train.max_lr=2", "train.step_size_up=2")
 TIMINGS = {"wall_time_s", "train_time_s", "search_time_s"}
 CURVES = ("batch_bpd", "search_trial_bpd", "search_best_bpd", "search_accepted")
