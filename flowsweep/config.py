@@ -19,6 +19,7 @@ from omegaconf import MISSING, DictConfig
 __all__ = [
     "ConfigError",
     "DatasetConfig",
+    "SyntheticConfig",
     "LayoutConfig",
     "DepthConfig",
     "ModelConfig",
@@ -41,6 +42,33 @@ class ConfigError(ValueError):
     def __reduce__(self) -> tuple:
         # Picklable, so a failed job's error crosses process boundaries (joblib, submitit).
         return type(self), (self.key, str(self)[len(self.key) + 2 :])
+
+
+@dataclass
+class SyntheticConfig:
+    """A table with planted dependencies (flowsweep.data.synthetic); values in conf/dataset/synthetic.yaml."""
+
+    #: pairs | hetero | tree | mixed: the kinds of dependent components.
+    family: str = MISSING
+    #: Number of features.
+    d: int = MISSING
+    #: Training rows, the validation split included; the test rows are drawn apart.
+    n_train: int = MISSING
+    n_test: int = MISSING
+    #: adverse (parity masks cover no edge) | friendly (parity masks cover every edge) | shuffled.
+    placement: str = MISSING
+    #: Seed of the rows and the placement (the validation cut uses dataset.split_seed).
+    seed: int = MISSING
+    #: Independent Student-t features, besides those left over by the components.
+    distractors: int = MISSING
+    #: Std of the additive noise of pair and tree children.
+    noise: float = MISSING
+    #: Slope of the tanh links of pairs and trees.
+    gain: float = MISSING
+    #: A hetero child's log-scale is amplitude * tanh(parent).
+    amplitude: float = MISSING
+    #: Degrees of freedom of the distractors.
+    dof: float = MISSING
 
 
 @dataclass
@@ -74,6 +102,8 @@ class DatasetConfig:
     labels: list[str] = field(default_factory=list)
     #: Feature columns used when ``columns`` is null; null means every non-label column.
     default_columns: Optional[list[Any]] = None
+    #: A generated table with planted dependencies instead of files (dataset=synthetic*).
+    synthetic: Optional[SyntheticConfig] = None
 
 
 @dataclass
