@@ -108,8 +108,12 @@ class DatasetConfig:
 
 @dataclass
 class LayoutConfig:
-    #: parity | random | opt
+    #: parity | random | opt | file | oracle
     name: str = MISSING
+    #: layout=file: a masks.json to train (the format every run logs; flowsweep.layouts).
+    path: Optional[str] = None
+    #: layout=file: instead of a path, the id of an earlier run of the same store whose masks.json to train.
+    run_id: Optional[str] = None
 
 
 @dataclass
@@ -179,7 +183,7 @@ def register_schema() -> None:
     ConfigStore.instance().store(name="_schema", node=Config)
 
 
-_LAYOUTS = ("parity", "random", "opt")
+_LAYOUTS = ("parity", "random", "opt", "file", "oracle")
 _SCHEDULE_MODES = ("triangular", "triangular2", "exp_range")
 _KERNELS = ("native", "torch")
 _PREPROCESS = ("standardize", "none")
@@ -203,6 +207,11 @@ def validate(cfg: DictConfig) -> None:
     _at_least(cfg, "dataset.batch_size", 1)
     if cfg.layout.name not in _LAYOUTS:
         raise ConfigError("layout.name", f"must be one of {_LAYOUTS}, got {cfg.layout.name!r}")
+    given = [key for key in ("path", "run_id") if cfg.layout.get(key)]
+    if cfg.layout.name == "file" and len(given) != 1:
+        raise ConfigError("layout.path", "layout=file needs either layout.path=FILE (a masks.json) or layout.run_id=RUN_ID")
+    if cfg.layout.name != "file" and given:
+        raise ConfigError(f"layout.{given[0]}", f"is only read by layout=file, not layout={cfg.layout.name}")
     if cfg.train.kernel not in _KERNELS:
         raise ConfigError("train.kernel", f"must be one of {_KERNELS}, got {cfg.train.kernel!r}")
     if cfg.train.mode not in _SCHEDULE_MODES:

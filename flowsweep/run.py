@@ -22,9 +22,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from flowsweep import plots
+from flowsweep import layouts, plots
 from flowsweep.config import ConfigError, validate, validate_against_data
 from flowsweep.data import Dataset, load_dataset, standardized
+from flowsweep.dependency import Graph, dependency_recall
 from flowsweep.engine import BatchedCouplingFlow
 from flowsweep.resume import resume_job
 from flowsweep.search import StructureOptimizer
@@ -56,11 +57,14 @@ def _sweep_id(cfg: DictConfig) -> str:
     return "interactive"
 
 
-def fingerprint(cfg: DictConfig) -> str:
-    """Hash of everything that determines a job's numbers (not where they are logged)."""
+def fingerprint(cfg: DictConfig, given: Optional[Structure] = None) -> str:
+    """Hash of everything that determines a job's numbers (not where they are logged);
+    ``given`` is a structure read from outside the config (layout=file)."""
     content = OmegaConf.to_container(cfg, resolve=True)
     for volatile in ("tracking", "progress", "data_dir", "rerun"):
         content.pop(volatile, None)
+    if given is not None:
+        content["given_structure"] = given.to_dict()
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -78,10 +82,17 @@ def build_optimizers(cfg: DictConfig, d: int, m: int, seeds: list[int]) -> list[
         raise ConfigError("search", f"cannot build the optimizer: {cause}") from None
 
 
-def _fixed_structures(cfg: DictConfig, d: int, m: int, seeds: list[int]) -> list[Structure]:
+def _fixed_structures(cfg: DictConfig, data: Dataset, m: int, seeds: list[int], uri: str) -> list[Structure]:
+    d, depth = data.d, cfg.depth.layers
     if cfg.layout.name == "parity":
-        return [parity_structure(d, m, cfg.depth.layers)] * len(seeds)
-    return [random_structure(d, m, cfg.depth.layers, np.random.default_rng(derive_seed(s, _RANDOM_LAYOUT_KEY)))
+        return [parity_structure(d, m, depth)] * len(seeds)
+    if cfg.layout.name == "oracle":
+        return [layouts.oracle(data.graph, data.name, d, m, depth)] * len(seeds)
+    if cfg.layout.name == "file":
+        given = (layouts.structure_from_file(cfg.layout.path, d, m, depth) if cfg.layout.path
+                 else layouts.structure_from_run(cfg.layout.run_id, uri, d, m, depth))
+        return [given] * len(seeds)
+    return [random_structure(d, m, depth, np.random.default_rng(derive_seed(s, _RANDOM_LAYOUT_KEY)))
             for s in seeds]
 
 
@@ -108,10 +119,14 @@ def run_job(cfg: DictConfig, data: Optional[Dataset] = None) -> float:
     m = validate_against_data(cfg, data.d, data.train.shape[0])
     seeds = [derive_seed(cfg.seed, i) for i in range(cfg.instances)]
     optimizers = build_optimizers(cfg, data.d, m, seeds) if cfg.layout.name == "opt" else None
+    # Fixed structures before any run exists: a bad layout.path leaves nothing behind.
+    fixed = None if optimizers else _fixed_structures(cfg, data, m, seeds, uri)
+    # A file's content, not only its path, decides the numbers.
+    key = fingerprint(cfg, fixed[0] if cfg.layout.name == "file" else None)
 
     client = open_client(uri)
     experiment_id = ensure_experiment(client, uri, cfg.tracking.experiment)
-    finished = resume_job(client, experiment_id, fingerprint(cfg), cfg.instances, cfg.rerun)
+    finished = resume_job(client, experiment_id, key, cfg.instances, cfg.rerun)
     if finished is not None:  # this config's runs already FINISHED (a resumed sweep)
         return finished
     search_name = str(cfg.search.name) if optimizers else "none"
@@ -122,7 +137,7 @@ def run_job(cfg: DictConfig, data: Optional[Dataset] = None) -> float:
         client, experiment_id,
         names=[f"{label}-i{i:02d}" for i in range(cfg.instances)],
         params=[{**common, "instance": str(i), "instance_seed": str(s)} for i, s in enumerate(seeds)],
-        tags={"sweep_id": _sweep_id(cfg), "fingerprint": fingerprint(cfg)},
+        tags={"sweep_id": _sweep_id(cfg), "fingerprint": key},
     )
     try:
         search_time = None
@@ -131,10 +146,10 @@ def run_job(cfg: DictConfig, data: Optional[Dataset] = None) -> float:
             search_time = run_searches(optimizers, data, settings)
             structures = [(o.best or o.history[0]).structure for o in optimizers]
         else:
-            structures = _fixed_structures(cfg, data.d, m, seeds)
+            structures = fixed
         result = _train_final(cfg, data, structures, seeds)
         result["wall_time_s"] = time.perf_counter() - started
-        _log(runs, cfg, structures, result, optimizers, search_time)
+        _log(runs, cfg, structures, result, optimizers, search_time, data.graph)
     except BaseException:
         runs.close(failed=True)
         raise
@@ -164,7 +179,8 @@ def _train_final(cfg: DictConfig, data: Dataset, structures: list[Structure], se
 
 
 def _log(runs: RunGroup, cfg: DictConfig, structures: list[Structure], result: dict,
-         optimizers: Optional[list[StructureOptimizer]], search_time: Optional[float]) -> None:
+         optimizers: Optional[list[StructureOptimizer]], search_time: Optional[float],
+         graph: Optional[Graph] = None) -> None:
     for i, structure in enumerate(structures):
         diverged = bool(result["diverged"][i])
         runs.curve(i, "batch_bpd", result["curve"][:, i], first_step=1)
@@ -176,6 +192,8 @@ def _log(runs: RunGroup, cfg: DictConfig, structures: list[Structure], result: d
         runs.metric(i, "wall_time_s", result["wall_time_s"])
         runs.metric(i, "train_time_s", result["train_time_s"])
         runs.metric(i, "pair_coverage", structure.pair_coverage())
+        if graph:
+            runs.metric(i, "dependency_recall", dependency_recall(structure, graph))
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
             (folder / "masks.json").write_text(json.dumps(structure.to_dict(), indent=1))
