@@ -61,6 +61,18 @@ def _fitting(structure: Structure, d: int, m: int, depth: int) -> Optional[str]:
     return None
 
 
+def _checked(text: str, key: str, source: str, d: int, m: int, depth: int) -> Structure:
+    """The structure in ``text`` if it is this job's; else a :class:`ConfigError` on ``key`` naming ``source``."""
+    try:
+        structure = parse_structure(text)
+    except StructureError as error:
+        raise ConfigError(key, f"{source}: {error}") from None
+    mismatch = _fitting(structure, d, m, depth)
+    if mismatch:
+        raise ConfigError(key, f"{source}: {mismatch}")
+    return structure
+
+
 def structure_from_file(path: str, d: int, m: int, depth: int) -> Structure:
     """The structure in masks.json ``path``, checked against the job's ``d``, ``m`` and ``depth``."""
     file = Path(path).expanduser()
@@ -70,14 +82,7 @@ def structure_from_file(path: str, d: int, m: int, depth: int) -> Structure:
         raise ConfigError("layout.path", f"{file}: no such file") from None
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError("layout.path", f"{file}: cannot read it ({error})") from None
-    try:
-        structure = parse_structure(text)
-    except StructureError as error:
-        raise ConfigError("layout.path", f"{file}: {error}") from None
-    mismatch = _fitting(structure, d, m, depth)
-    if mismatch:
-        raise ConfigError("layout.path", f"{file}: {mismatch}")
-    return structure
+    return _checked(text, "layout.path", str(file), d, m, depth)
 
 
 def structure_from_run(run_id: str, tracking_uri: str, d: int, m: int, depth: int) -> Structure:
@@ -98,14 +103,7 @@ def structure_from_run(run_id: str, tracking_uri: str, d: int, m: int, depth: in
         except (MlflowException, OSError, UnicodeDecodeError) as error:
             raise ConfigError("layout.run_id", f"run {run_id} has no readable {MASKS_ARTIFACT} artifact "
                                                f"({type(error).__name__})") from None
-    try:
-        structure = parse_structure(text)
-    except StructureError as error:
-        raise ConfigError("layout.run_id", f"{MASKS_ARTIFACT} of run {run_id}: {error}") from None
-    mismatch = _fitting(structure, d, m, depth)
-    if mismatch:
-        raise ConfigError("layout.run_id", f"{MASKS_ARTIFACT} of run {run_id}: {mismatch}")
-    return structure
+    return _checked(text, "layout.run_id", f"{MASKS_ARTIFACT} of run {run_id}", d, m, depth)
 
 
 def oracle(graph: Optional[tuple[tuple[int, int], ...]], dataset: str, d: int, m: int, depth: int) -> Structure:

@@ -68,6 +68,9 @@ def test_layout_file_and_run_id_retrain_a_runs_masks_exactly(tmp_path):
         assert run.data.metrics["dependency_recall"] == source.data.metrics["dependency_recall"]
         if run.data.params["instance"] == "1":  # the source's seed and structure: its very numbers
             assert run.data.metrics["test_bpd"] == source.data.metrics["test_bpd"]
+    with pytest.raises(ConfigError, match=f"^layout.run_id: masks.json of run {source.info.run_id}: "
+                                          r"the structure has depth=2, the job 3 \(depth.layers\)$"):
+        run_job(job(tmp_path, "layout=file", f"layout.run_id={source.info.run_id}", "depth.layers=3"))
 
 
 def test_same_seed_same_numbers_for_a_given_structure(tmp_path):
