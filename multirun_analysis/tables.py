@@ -77,7 +77,8 @@ class Table:
         out = pd.DataFrame("", index=self.means.index, columns=self.means.columns)
         for row in out.index:
             for col in out.columns:
-                parts = [] if pd.isna(shares.loc[row, col]) else [f"{100 * shares.loc[row, col]:.0f} %"]
+                # round() to an int: a share of -0.001 reads "0 %", not "-0 %"
+                parts = [] if pd.isna(shares.loc[row, col]) else [f"{round(100 * shares.loc[row, col])} %"]
                 if not pd.isna(recall.loc[row, col]):
                     parts.append(f"(recall {recall.loc[row, col]:.2f})" if parts else f"recall {recall.loc[row, col]:.2f}")
                 out.loc[row, col] = " ".join(parts)
