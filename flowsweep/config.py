@@ -19,6 +19,7 @@ from omegaconf import MISSING, DictConfig
 __all__ = [
     "ConfigError",
     "DatasetConfig",
+    "SyntheticConfig",
     "LayoutConfig",
     "DepthConfig",
     "ModelConfig",
@@ -43,6 +44,33 @@ class ConfigError(ValueError):
     def __reduce__(self) -> tuple:
         # Picklable, so a failed job's error crosses process boundaries (joblib, submitit).
         return type(self), (self.key, str(self)[len(self.key) + 2 :])
+
+
+@dataclass
+class SyntheticConfig:
+    """A table with planted dependencies (flowsweep.data.synthetic); values in conf/dataset/synthetic.yaml."""
+
+    #: pairs | hetero | tree | mixed: the kinds of dependent components.
+    family: str = MISSING
+    #: Number of features.
+    d: int = MISSING
+    #: Training rows, the validation split included; the test rows are drawn apart.
+    n_train: int = MISSING
+    n_test: int = MISSING
+    #: adverse (parity masks cover no edge) | friendly (parity masks cover every edge) | shuffled.
+    placement: str = MISSING
+    #: Seed of the rows and the placement (the validation cut uses dataset.split_seed).
+    seed: int = MISSING
+    #: Independent Student-t features, besides those left over by the components.
+    distractors: int = MISSING
+    #: Std of the additive noise of pair and tree children.
+    noise: float = MISSING
+    #: Slope of the tanh links of pairs and trees.
+    gain: float = MISSING
+    #: A hetero child's log-scale is amplitude * tanh(parent).
+    amplitude: float = MISSING
+    #: Degrees of freedom of the distractors.
+    dof: float = MISSING
 
 
 @dataclass
@@ -76,12 +104,18 @@ class DatasetConfig:
     labels: list[str] = field(default_factory=list)
     #: Feature columns used when ``columns`` is null; null means every non-label column.
     default_columns: Optional[list[Any]] = None
+    #: A generated table with planted dependencies instead of files (dataset=synthetic*).
+    synthetic: Optional[SyntheticConfig] = None
 
 
 @dataclass
 class LayoutConfig:
-    #: parity | random | opt
+    #: parity | random | opt | file | oracle
     name: str = MISSING
+    #: layout=file: a masks.json to train (the format every run logs; flowsweep.layouts).
+    path: Optional[str] = None
+    #: layout=file: instead of a path, the id of an earlier run of the same store whose masks.json to train.
+    run_id: Optional[str] = None
 
 
 @dataclass
@@ -178,7 +212,7 @@ def register_schema() -> None:
     ConfigStore.instance().store(name="_schema", node=Config)
 
 
-_LAYOUTS = ("parity", "random", "dependence", "opt")
+_LAYOUTS = ("parity", "random", "dependence", "opt", "file", "oracle")
 #: The keys that take one of a few words, and those words (documented in conf/config.yaml
 #: and flowsweep.model.spec); flowsweep.model and flowsweep.training read them from here.
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -220,6 +254,11 @@ def validate(cfg: DictConfig) -> None:
     _at_least(cfg, "dataset.batch_size", 1)
     if cfg.layout.name not in _LAYOUTS:
         raise ConfigError("layout.name", f"must be one of {_LAYOUTS}, got {cfg.layout.name!r}")
+    given = [key for key in ("path", "run_id") if cfg.layout.get(key)]
+    if cfg.layout.name == "file" and len(given) != 1:
+        raise ConfigError("layout.path", "layout=file needs either layout.path=FILE (a masks.json) or layout.run_id=RUN_ID")
+    if cfg.layout.name != "file" and given:
+        raise ConfigError(f"layout.{given[0]}", f"is only read by layout=file, not layout={cfg.layout.name}")
     from omegaconf import OmegaConf
 
     for key, allowed in CHOICES.items():

@@ -21,9 +21,10 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from flowsweep import plots
+from flowsweep import layouts, plots
 from flowsweep.config import ConfigError, validate, validate_against_data
 from flowsweep.data import Dataset, load_dataset, standardized
+from flowsweep.graph import Graph, dependency_recall
 from flowsweep.model import CouplingFlows, ModelSpec
 from flowsweep.resume import resume_job
 from flowsweep.dependence import Dependence
@@ -56,22 +57,31 @@ def _sweep_id(cfg: DictConfig) -> str:
     return "interactive"
 
 
-def fingerprint(cfg: DictConfig) -> str:
-    """Hash of everything that determines a job's numbers (not where they are logged)."""
+def fingerprint(cfg: DictConfig, given: Optional[Structure] = None) -> str:
+    """Hash of everything that determines a job's numbers (not where they are logged);
+    ``given`` is a structure read from outside the config (layout=file)."""
     content = OmegaConf.to_container(cfg, resolve=True)
     for volatile in ("tracking", "progress", "data_dir", "rerun"):
         content.pop(volatile, None)
+    if given is not None:
+        content["given_structure"] = given.to_dict()
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _fixed_structures(cfg: DictConfig, d: int, m: int, seeds: list[int],
+def _fixed_structures(cfg: DictConfig, data: Dataset, m: int, seeds: list[int], uri: str,
                       dependence: Optional[Dependence]) -> list[Structure]:
+    d, depth = data.d, cfg.depth.layers
     if cfg.layout.name == "parity":
-        return [parity_structure(d, m, cfg.depth.layers)] * len(seeds)
+        return [parity_structure(d, m, depth)] * len(seeds)
+    if cfg.layout.name == "oracle":
+        return [layouts.oracle(data.graph, data.name, d, m, depth)] * len(seeds)
+    if cfg.layout.name == "file":
+        given = (layouts.structure_from_file(cfg.layout.path, d, m, depth) if cfg.layout.path
+                 else layouts.structure_from_run(cfg.layout.run_id, uri, d, m, depth))
+        return [given] * len(seeds)
     if cfg.layout.name == "dependence":
-        return [dependence.structure(m, cfg.depth.layers, seed=derive_seed(s, _RANDOM_LAYOUT_KEY) % 2**32)
-                for s in seeds]
-    return [random_structure(d, m, cfg.depth.layers, np.random.default_rng(derive_seed(s, _RANDOM_LAYOUT_KEY)))
+        return [dependence.structure(m, depth, seed=derive_seed(s, _RANDOM_LAYOUT_KEY) % 2**32) for s in seeds]
+    return [random_structure(d, m, depth, np.random.default_rng(derive_seed(s, _RANDOM_LAYOUT_KEY)))
             for s in seeds]
 
 
@@ -100,10 +110,15 @@ def run_job(cfg: DictConfig, data: Optional[Dataset] = None) -> float:
     seeds = [derive_seed(cfg.seed, i) for i in range(cfg.instances)]
     searching = cfg.layout.name == "opt"
     wants_dependence = check_search(cfg, data.d, m) if searching else cfg.layout.name == "dependence"
+    dependence = job_dependence(cfg, data) if wants_dependence else None
+    # Fixed structures before any run exists: a bad layout.path leaves nothing behind.
+    fixed = None if searching else _fixed_structures(cfg, data, m, seeds, uri, dependence)
+    # A file's content, not only its path, decides the numbers.
+    key = fingerprint(cfg, fixed[0] if cfg.layout.name == "file" else None)
 
     client = open_client(uri)
     experiment_id = ensure_experiment(client, uri, cfg.tracking.experiment)
-    finished = resume_job(client, experiment_id, fingerprint(cfg), cfg.instances, cfg.rerun)
+    finished = resume_job(client, experiment_id, key, cfg.instances, cfg.rerun)
     if finished is not None:  # this config's runs already FINISHED (a resumed sweep)
         return finished
     search_name = str(cfg.search.name) if searching else "none"
@@ -114,19 +129,18 @@ def run_job(cfg: DictConfig, data: Optional[Dataset] = None) -> float:
         client, experiment_id,
         names=[f"{label}-i{i:02d}" for i in range(cfg.instances)],
         params=[{**common, "instance": str(i), "instance_seed": str(s)} for i, s in enumerate(seeds)],
-        tags={"sweep_id": _sweep_id(cfg), "fingerprint": fingerprint(cfg)},
+        tags={"sweep_id": _sweep_id(cfg), "fingerprint": key},
     )
     try:
-        dependence = job_dependence(cfg, data) if wants_dependence else None
         search = search_job(cfg, spec, data, seeds, dependence) if searching else None
         if search is not None:
             structures = search.structures
             start = search.outcome.champions if search.evaluation.final_start == "best" else None
         else:
-            structures, start = _fixed_structures(cfg, data.d, m, seeds, dependence), None
+            structures, start = fixed, None
         result = _train_final(cfg, spec, data, structures, seeds, start)
         result["wall_time_s"] = time.perf_counter() - started
-        _log(runs, cfg, structures, result, search, dependence)
+        _log(runs, cfg, structures, result, search, dependence, data.graph)
     except BaseException:
         runs.close(failed=True)
         raise
@@ -162,7 +176,7 @@ def _train_final(cfg: DictConfig, spec: ModelSpec, data: Dataset, structures: li
 
 
 def _log(runs: RunGroup, cfg: DictConfig, structures: list[Structure], result: dict, search: Optional[JobSearch],
-         dependence: Optional[Dependence]) -> None:
+         dependence: Optional[Dependence], graph: Optional[Graph] = None) -> None:
     for i, structure in enumerate(structures):
         diverged = bool(result["diverged"][i])
         runs.curve(i, "batch_bpd", result["curve"][:, i], first_step=1)
@@ -174,6 +188,8 @@ def _log(runs: RunGroup, cfg: DictConfig, structures: list[Structure], result: d
         runs.metric(i, "wall_time_s", result["wall_time_s"])
         runs.metric(i, "train_time_s", result["train_time_s"])
         runs.metric(i, "pair_coverage", structure.pair_coverage())
+        if graph:
+            runs.metric(i, "dependency_recall", dependency_recall(structure, graph))
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
             (folder / "masks.json").write_text(json.dumps(structure.to_dict(), indent=1))

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -28,7 +28,7 @@ from flowsweep.config import CHOICES
 from flowsweep.model import CouplingFlows
 from flowsweep.native import NativeStep, covers, native_available
 
-__all__ = ["OPTIMIZERS", "SCHEDULES", "Recipe", "TrainResult", "train", "evaluate_bpd", "nats_to_bpd",
+__all__ = ["OPTIMIZERS", "SCHEDULES", "Recipe", "TrainResult", "make_optimizer", "train", "evaluate_bpd", "nats_to_bpd",
            "minibatch_rows", "gather", "torch_threads"]
 
 OPTIMIZERS = CHOICES["train.optimizer"]
@@ -115,11 +115,13 @@ def gather(data: Tensor, rows: Tensor) -> Tensor:
     return data.index_select(0, rows.flatten()).view(*rows.shape, -1)
 
 
-def _make_optimizer(theta: Tensor, recipe: Recipe) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+def make_optimizer(params: Iterable[Tensor], recipe: Recipe) -> tuple[torch.optim.Optimizer,
+                                                                      torch.optim.lr_scheduler.LRScheduler]:
+    """PyTorch's optimizer and learning-rate scheduler of ``recipe`` for ``params``."""
     if recipe.optimizer == "adam":
-        optimizer = torch.optim.Adam([theta], lr=recipe.max_lr, weight_decay=recipe.weight_decay)
+        optimizer = torch.optim.Adam(params, lr=recipe.max_lr, weight_decay=recipe.weight_decay)
     else:
-        optimizer = torch.optim.SGD([theta], lr=recipe.max_lr, momentum=recipe.momentum,
+        optimizer = torch.optim.SGD(params, lr=recipe.max_lr, momentum=recipe.momentum,
                                     weight_decay=recipe.weight_decay)
     if recipe.schedule == "cyclic":
         scheduler = torch.optim.lr_scheduler.CyclicLR(
@@ -165,7 +167,7 @@ def train(flow: CouplingFlows, data: Tensor, batch_size: int, recipe: Recipe, ge
     alive = torch.ones(k, dtype=torch.bool) if frozen is None else ~frozen.clone()
     moving = alive.clone()  # alive and not stopped early
     resting = theta.detach().clone()  # what a model that stops moving keeps
-    optimizer, scheduler = _make_optimizer(theta, recipe)
+    optimizer, scheduler = make_optimizer([theta], recipe)
     curve = torch.empty(recipe.steps, k, dtype=theta.dtype)
     checking = valid is not None and len(valid) > 0
     val_curve, val_steps = [], []

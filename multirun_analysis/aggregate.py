@@ -15,6 +15,7 @@ from typing import Iterable, Optional, Sequence
 import pandas as pd
 
 from multirun_analysis.load import AnalysisError
+from multirun_analysis.recovery import RECALL, add_recovery
 
 __all__ = [
     "DEFAULT_GROUP_BY",
@@ -29,8 +30,9 @@ __all__ = [
 ]
 
 DEFAULT_GROUP_BY = ("dataset", "depth", "layout")
-#: Column order of the paper's tables; other layouts follow alphabetically.
-LAYOUT_ORDER = ("parity", "random", "opt")
+#: Column order of the paper's tables, then a given structure and the oracle (a reference);
+#: other layouts follow alphabetically.
+LAYOUT_ORDER = ("parity", "random", "opt", "file", "oracle")
 SPLITS = ("train", "test")
 #: Shown for a group param some runs did not log.
 UNSET = "(unset)"
@@ -87,7 +89,9 @@ def _sorted(frame: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
 
 def aggregate(runs: pd.DataFrame, group_by: Sequence[str] = DEFAULT_GROUP_BY) -> pd.DataFrame:
     """Long form: one row per cell with the group params, ``n``, ``n_diverged`` and
-    ``{train,test}_bpd_{mean,std}`` over the non-diverged instances."""
+    ``{train,test}_bpd_{mean,std}`` over the non-diverged instances; for runs that logged
+    ``dependency_recall``, its mean, and where parity and oracle cells exist, each cell's
+    ``{train,test}_recovered_share`` (:mod:`multirun_analysis.recovery`)."""
     keys = list(group_by)
     split_keys(keys)
     for split in SPLITS:
@@ -97,15 +101,19 @@ def aggregate(runs: pd.DataFrame, group_by: Sequence[str] = DEFAULT_GROUP_BY) ->
     for split in SPLITS:
         data[split] = runs[f"metrics.{split}_bpd"].astype(float).where(~runs["diverged"])
     data["diverged"] = runs["diverged"].astype(int)
-    out = data.groupby(keys, sort=False).agg(
+    stats = dict(
         n=("diverged", "size"),
         n_diverged=("diverged", "sum"),
         train_bpd_mean=("train", "mean"),
         train_bpd_std=("train", "std"),
         test_bpd_mean=("test", "mean"),
         test_bpd_std=("test", "std"),
-    ).reset_index()
-    return _sorted(out, keys)
+    )
+    if "metrics.dependency_recall" in runs.columns:  # runs on data with planted dependencies
+        data["recall"] = runs["metrics.dependency_recall"].astype(float)
+        stats[RECALL] = ("recall", "mean")
+    out = data.groupby(keys, sort=False).agg(**stats).reset_index()
+    return add_recovery(_sorted(out, keys), keys, SPLITS)
 
 
 def mixed_params(runs: pd.DataFrame, group_by: Sequence[str]) -> list[str]:

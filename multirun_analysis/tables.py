@@ -19,8 +19,10 @@ import numpy as np
 import pandas as pd
 
 from multirun_analysis.aggregate import ordered_values, split_keys
+from multirun_analysis.recovery import RECALL, share_column
 
-__all__ = ["Table", "FORMATS", "build_tables", "render", "render_text", "render_markdown", "render_latex"]
+__all__ = ["Table", "FORMATS", "build_tables", "render", "render_text", "render_markdown", "render_latex",
+           "render_recovery"]
 
 #: The paper-form renderings (``csv`` is the long-form aggregate, see the CLI).
 FORMATS = ("text", "markdown", "latex")
@@ -42,6 +44,10 @@ class Table:
     n: pd.DataFrame
     n_diverged: pd.DataFrame
     value: Optional[str] = None
+    #: Recovered shares of the oracle's gain over parity and mean dependency recalls, same
+    #: shape; ``None`` when the runs have neither (see multirun_analysis.recovery).
+    shares: Optional[pd.DataFrame] = None
+    recall: Optional[pd.DataFrame] = None
 
     @property
     def slug(self) -> str:
@@ -61,6 +67,27 @@ class Table:
                 out.loc[row, col] = _cell(self.means.loc[row, col], self.stds.loc[row, col],
                                           self.n.loc[row, col], self.n_diverged.loc[row, col], precision, pm)
         return out
+
+    def recovery_cells(self) -> Optional[pd.DataFrame]:
+        """Cell texts ``"46 % (recall 0.72)"`` of the recovery table; ``None`` when there is nothing to show."""
+        if self.shares is None and self.recall is None:
+            return None
+        nan = pd.DataFrame(np.nan, index=self.means.index, columns=self.means.columns)
+        shares, recall = (nan if f is None else f for f in (self.shares, self.recall))
+        out = pd.DataFrame("", index=self.means.index, columns=self.means.columns)
+        for row in out.index:
+            for col in out.columns:
+                # round() to an int: a share of -0.001 reads "0 %", not "-0 %"
+                parts = [] if pd.isna(shares.loc[row, col]) else [f"{round(100 * shares.loc[row, col])} %"]
+                if not pd.isna(recall.loc[row, col]):
+                    parts.append(f"(recall {recall.loc[row, col]:.2f})" if parts else f"recall {recall.loc[row, col]:.2f}")
+                out.loc[row, col] = " ".join(parts)
+        return out
+
+    def recovery_caption(self) -> str:
+        """What the recovery table's cells are."""
+        return (f"{self.title}: share of the oracle's gain over parity recovered, (parity − x) / (parity − oracle) "
+                f"of the mean {self.split} bpd, and mean dependency recall")
 
     def caption(self) -> str:
         """What the cells are: split, statistic, instance counts, the best-per-row rule."""
@@ -96,6 +123,8 @@ def build_tables(agg: pd.DataFrame, group_by: Sequence[str], split: str = "test"
     """Split the aggregate into tables (first key), rows (second key), columns (the rest)."""
     table_key, row_key, col_keys = split_keys(group_by)
     values = {"means": f"{split}_bpd_mean", "stds": f"{split}_bpd_std", "n": "n", "n_diverged": "n_diverged"}
+    values.update({name: column for name, column in (("shares", share_column(split)), ("recall", RECALL))
+                   if column in agg.columns})
     tables = []
     parts = agg.groupby(table_key, sort=False) if table_key else [("all runs", agg)]
     for title, part in parts:
@@ -157,7 +186,28 @@ def render_latex(table: Table, precision: int = 3) -> str:
                            caption=caption, position_float="centering")
 
 
+def render_recovery(table: Table, fmt: str) -> Optional[str]:
+    """The recovery table of ``table`` in ``fmt``, no cell marked; ``None`` when it has none."""
+    cells = table.recovery_cells()
+    if cells is None:
+        return None
+    if fmt == "text":
+        return f"{table.recovery_caption()}\n{cells.to_string()}"
+    if fmt == "markdown":
+        body = _flat_columns(cells).to_markdown(disable_numparse=True, stralign="right")
+        return f"### {table.recovery_caption()}\n\n{body}"
+    cells = cells.apply(lambda column: column.str.replace("%", r"\%"))
+    cells.index.name = None if cells.index.name is None else _latex_escape(cells.index.name)
+    cells.columns.names = [None if n is None else _latex_escape(n) for n in cells.columns.names]
+    styler = cells.style.format_index(escape="latex", axis=0).format_index(escape="latex", axis=1)
+    return styler.to_latex(hrules=True, column_format="l" * cells.index.nlevels + "r" * len(cells.columns),
+                           multicol_align="c", caption=_latex_escape(table.recovery_caption()).replace("−", "-"),
+                           position_float="centering")
+
+
 def render(tables: Sequence[Table], fmt: str, precision: int = 3) -> str:
-    """All tables in one of ``text``, ``markdown``, ``latex``, separated by blank lines."""
+    """All tables in one of ``text``, ``markdown``, ``latex``, separated by blank lines; each
+    followed by its recovery table where the runs have one."""
     renderer = {"text": render_text, "markdown": render_markdown, "latex": render_latex}[fmt]
-    return "\n\n".join(renderer(t, precision) for t in tables) + "\n"
+    blocks = [block for t in tables for block in (renderer(t, precision), render_recovery(t, fmt)) if block]
+    return "\n\n".join(blocks) + "\n"

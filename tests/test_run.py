@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 STEPS, ITERATIONS, INSTANCES = 6, 3, 2
 SWEEP = [
     "dataset=yeast", "layout=parity,opt", "depth=2", f"instances={INSTANCES}", f"train.steps={STEPS}",
-    f"search.iterations={ITERATIONS}", "search.evaluation.steps=2", "progress=false",
+    "search=evolutionary", f"search.iterations={ITERATIONS}", "search.evaluation.steps=2", "progress=false",
 ]
 
 

@@ -1,7 +1,7 @@
 """Side by side: (a) flowsweep's batched engine, (b) the usual way, (c) nflows.
 
 All three train the same K models (same structures, same initial parameters, same
-minibatches, SGD with PyTorch's ``CyclicLR``) for the same number of steps; (b) and (c)
+minibatches, the job's optimizer and schedule) for the same number of steps; (b) and (c)
 train their models one after another, as one would without a batched engine.
 """
 
@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from flowsweep.bench.reference import UsualFlow, copy_into_nflows, copy_into_usual, nflows_flow
 from flowsweep.bench.workload import Workload, best_of
 from flowsweep.model import CouplingFlows
-from flowsweep.training import Recipe, evaluate_bpd, gather, minibatch_rows, nats_to_bpd, train
+from flowsweep.training import Recipe, evaluate_bpd, gather, make_optimizer, minibatch_rows, nats_to_bpd, train
 
 __all__ = ["EngineRun", "run_batched", "run_sequential", "compare"]
 
@@ -69,11 +69,8 @@ def _minibatches(data: Tensor, batch_size: int, steps: int, generator: torch.Gen
 
 def _train_one(model: nn.Module, batches: Iterator[Tensor], recipe: Recipe) -> list[float]:
     """The usual loop: one model, ``loss.backward()``, ``optimizer.step()``, ``scheduler.step()``;
-    returns the minibatch loss (nats) per step. The job's recipe: SGD, cyclic learning rate."""
-    optimizer = torch.optim.SGD(model.parameters(), lr=recipe.base_lr, momentum=recipe.momentum)
-    scheduler = torch.optim.lr_scheduler.CyclicLR(optimizer, base_lr=recipe.base_lr, max_lr=recipe.max_lr,
-                                                  step_size_up=recipe.step_size_up, mode=recipe.mode,
-                                                  cycle_momentum=False)
+    returns the minibatch loss (nats) per step. The job's optimizer and schedule."""
+    optimizer, scheduler = make_optimizer(model.parameters(), recipe)
     curve = []
     for batch in batches:
         loss = -model.log_prob(batch[0]).mean()

@@ -49,7 +49,7 @@ PHASES: dict[str, list[tuple[str, str]]] = {
         ("flowsweep.plots", "save_search_trajectory"),
     ],
     "data loading": [("flowsweep.run", "load_dataset")],
-    "structure search": [("flowsweep.run", "run_searches")],
+    "structure search": [("flowsweep.run", "search_job"), ("flowsweep.run", "job_dependence")],
     "final training": [("flowsweep.run", "train")],
     "evaluation": [("flowsweep.run", "evaluate_bpd")],
 }

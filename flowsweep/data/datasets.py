@@ -3,7 +3,9 @@
 Known datasets (magic, turbine, sonar, yeast) are described entirely by their option
 file in ``conf/dataset/``: raw files with address, sha256 and row count, column names,
 label columns and the default features. ``dataset=csv`` reads any CSV file with a
-header row from ``dataset.path``. Without a fixed test file, the test split is a
+header row from ``dataset.path``. ``dataset.synthetic`` generates a table with planted
+dependencies instead (:mod:`flowsweep.data.synthetic`; its edges become ``Dataset.graph``,
+its test rows are drawn apart). Without a fixed test file, the test split is a
 seeded random hold-out of ``round(test_fraction * n)`` rows. A validation split of
 ``round(validation_fraction * n_train)`` rows is then cut from the training rows (seeded
 by ``split_seed`` too): model selection (early stopping, structure search, a sweeper's
@@ -84,21 +86,17 @@ def load_dataset(cfg: Union[DictConfig, Mapping[str, Any], DatasetConfig], data_
     """
     spec = _as_dict(cfg)
     name = str(spec["name"])
-    if spec["files"]:
-        if spec["path"]:
-            raise DataError(
-                f"dataset.path is only read by dataset=csv; dataset {name} reads {list(spec['files'])} "
-                f"from data_dir / the cache. Drop dataset.path or use dataset=csv."
-            )
-        columns, parts = _read_known(name, spec, data_dir)
+    graph = None
+    if spec["synthetic"] is not None:
+        # Imported here: ``python -m flowsweep.data.synthetic`` must find it not yet imported.
+        from .synthetic import generate
+
+        for key in ("path", "columns", "files"):
+            if spec[key]:
+                raise DataError(f"dataset.{key} is not read by the synthetic dataset {name}; drop it.")
+        columns, train, test, graph = generate(spec["synthetic"])
     else:
-        columns, parts = _read_csv(spec)
-    test_files = list(spec["test_files"])
-    if test_files:
-        train = np.concatenate([x for f, x in parts.items() if f not in test_files])
-        test = np.concatenate([parts[f] for f in test_files])
-    else:
-        train, test = _hold_out(np.concatenate(list(parts.values())), float(spec["test_fraction"]), int(spec["split_seed"]), name)
+        columns, train, test = _read_splits(name, spec, data_dir)
     seed = int(spec["split_seed"])
     train, valid = _cut_validation(train, float(spec["validation_fraction"]), seed, name)
     splits = [train, valid, test]
@@ -107,7 +105,7 @@ def load_dataset(cfg: Union[DictConfig, Mapping[str, Any], DatasetConfig], data_
         rng = np.random.default_rng([seed, _DEQUANTIZE_KEY])
         splits = [x + rng.uniform(0.0, 1.0, size=x.shape) * width for x in splits]
     train, valid, test = (torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)) for x in splits)
-    return Dataset(name=name, columns=tuple(columns), train=train, valid=valid, test=test, log_det=0.0)
+    return Dataset(name=name, columns=tuple(columns), train=train, valid=valid, test=test, log_det=0.0, graph=graph)
 
 
 def resolution(x: np.ndarray) -> np.ndarray:
@@ -156,6 +154,26 @@ def _as_dict(cfg: Union[DictConfig, Mapping[str, Any], DatasetConfig]) -> dict[s
     if spec["name"] in (None, "???"):
         raise DataError("dataset.name: missing; choose a dataset, e.g. dataset=magic or dataset=csv.")
     return spec
+
+
+def _read_splits(name: str, spec: dict[str, Any], data_dir: Optional[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """``(columns, train, test)`` of a file-backed dataset: a fixed test split or a seeded hold-out."""
+    if spec["files"]:
+        if spec["path"]:
+            raise DataError(
+                f"dataset.path is only read by dataset=csv; dataset {name} reads {list(spec['files'])} "
+                f"from data_dir / the cache. Drop dataset.path or use dataset=csv."
+            )
+        columns, parts = _read_known(name, spec, data_dir)
+    else:
+        columns, parts = _read_csv(spec)
+    test_files = list(spec["test_files"])
+    if test_files:
+        train = np.concatenate([x for f, x in parts.items() if f not in test_files])
+        test = np.concatenate([parts[f] for f in test_files])
+    else:
+        train, test = _hold_out(np.concatenate(list(parts.values())), float(spec["test_fraction"]), int(spec["split_seed"]), name)
+    return columns, train, test
 
 
 def _read_known(name: str, spec: dict[str, Any], data_dir: Optional[str]) -> tuple[list[str], dict[str, np.ndarray]]:

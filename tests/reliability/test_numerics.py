@@ -18,8 +18,9 @@ from mlflow.tracking import MlflowClient
 from .conftest import make_flowsweep, tiny
 
 INSTANCES = 12
-JOB = tiny("layout=opt", f"instances={INSTANCES}", "search.iterations=2", "search.evaluation.steps=5",
-           "train.max_lr=2", "train.step_size_up=2")
+JOB = tiny("layout=opt", "search=evolutionary", f"instances={INSTANCES}", "search.iterations=2",
+           "search.evaluation.steps=5", "train.optimizer=sgd", "train.schedule=cyclic", "train.max_lr=2",
+           "train.step_size_up=2", "train.patience=null")
 TIMINGS = {"wall_time_s", "train_time_s", "search_time_s"}
 CURVES = ("batch_bpd", "search_trial_bpd", "search_best_bpd", "search_accepted")
 
