@@ -147,7 +147,7 @@ class DependenceConfig:
 
     measure: str = "gain"
     rows: int = 4000
-    discount: float = 0.8
+    discount: float = 0.5
 
 
 @dataclass

@@ -35,7 +35,7 @@ class Dependence:
     the ``discount`` of :func:`dependence_structure`."""
 
     weight: np.ndarray
-    discount: float = 0.8
+    discount: float = 0.5
 
     @classmethod
     def estimate(cls, x: np.ndarray, node: Any, seed: int) -> Dependence:
@@ -57,36 +57,38 @@ def dependence_matrix(x: np.ndarray, measure: str = "gain", rows: int = 4000, se
     """``[d, d]``: how much feature ``i`` tells about feature ``j`` (zero diagonal), by ``measure``
     (:data:`MEASURES`), from at most ``rows`` random rows of ``x`` ``[n, d]``."""
     sample = _sample(x, rows, seed)
-    return affine_gain(sample) if measure == "gain" else mutual_information(sample, seed=seed)
+    return affine_gain(sample, seed=seed) if measure == "gain" else mutual_information(sample, seed=seed)
 
 
-def affine_gain(x: np.ndarray, bins: int = 20) -> np.ndarray:
+def affine_gain(x: np.ndarray, bins: int = 20, seed: int = 0) -> np.ndarray:
     """``[d, d]``, nats: what an affine coupling can gain by letting ``x_i`` condition ``x_j``.
 
     The log-likelihood gain, per sample, of a Gaussian for ``x_j`` whose mean and variance
     depend on ``x_i`` (within ``bins`` quantile bins of ``x_i``, or its values where it takes
-    fewer) over one Gaussian for ``x_j``: ``0.5 (log Var x_j - E_b log Var(x_j | b))``, with the
-    small-sample bias of a log variance removed and negatives set to zero. Directional:
-    ``j = sin(i) + noise`` gains more from ``i -> j`` than from ``j -> i``; and a scale that ``i``
-    sets counts as much as a mean.
+    fewer) over one Gaussian for ``x_j``: ``0.5 (log Var x_j - E_b log Var(x_j | b))``, less the
+    same with ``x_i``'s bins shuffled (what noise alone gains with that many bins, heavy
+    tails included), negatives set to zero. Directional: ``j = sin(i) + noise`` gains more
+    from ``i -> j`` than from ``j -> i``; and a scale that ``i`` sets counts as much as a mean.
     """
-    n, d = x.shape
+    d = x.shape[1]
     centred = x - x.mean(0)
-    log_var = np.log(np.maximum(centred.var(0), 1e-300))
+    rng = np.random.default_rng(seed)
+
+    def expected_log_var(codes: np.ndarray) -> np.ndarray:
+        count = np.bincount(codes).astype(float)
+        keep = count >= 3
+        sums = np.stack([np.bincount(codes, weights=centred[:, j]) for j in range(d)], 1)[keep]
+        squares = np.stack([np.bincount(codes, weights=centred[:, j] ** 2) for j in range(d)], 1)[keep]
+        within = (squares - sums**2 / count[keep, None]) / (count[keep, None] - 1)
+        return np.log(np.maximum(within, 1e-300)).T @ count[keep] / count[keep].sum()
+
     gain = np.zeros((d, d))
     for i in range(d):
         values, codes = np.unique(x[:, i], return_inverse=True)
         if len(values) > bins:
             edges = np.quantile(x[:, i], np.linspace(0, 1, bins + 1)[1:-1])
             codes = np.searchsorted(edges, x[:, i], side="right")
-        count = np.bincount(codes).astype(float)
-        keep = count >= 3
-        sums = np.stack([np.bincount(codes, weights=centred[:, j]) for j in range(d)], 1)
-        squares = np.stack([np.bincount(codes, weights=centred[:, j] ** 2) for j in range(d)], 1)
-        within = (squares[keep] - sums[keep] ** 2 / count[keep, None]) / (count[keep, None] - 1)
-        # E log s^2 = log sigma^2 - 1/(n_b - 1) to first order: added back per bin.
-        expected = (np.log(np.maximum(within, 1e-300)) + 1.0 / (count[keep, None] - 1)).T @ count[keep] / count[keep].sum()
-        gain[i] = 0.5 * (log_var - expected)
+        gain[i] = 0.5 * (expected_log_var(rng.permutation(codes)) - expected_log_var(codes))
     np.fill_diagonal(gain, 0.0)
     return np.clip(gain, 0.0, None)
 
@@ -130,7 +132,7 @@ def _best_split(weight: np.ndarray, m: int, start: np.ndarray) -> np.ndarray:
         cond[c[a]], cond[t[b]] = False, True
 
 
-def dependence_structure(weight: np.ndarray, m: int, depth: int, discount: float = 0.8,
+def dependence_structure(weight: np.ndarray, m: int, depth: int, discount: float = 0.5,
                          seed: int = 0) -> Structure:
     """``depth`` layers of ``m`` conditioning features that cover the most dependence.
 

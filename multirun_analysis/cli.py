@@ -21,7 +21,8 @@ from mlflow.tracking import MlflowClient
 
 from flowsweep.config import TrackingConfig
 from multirun_analysis.aggregate import DEFAULT_GROUP_BY, SPLITS, aggregate, mixed_params
-from multirun_analysis.load import LATEST, AnalysisError, load_runs, resolve_uri
+from multirun_analysis.calibration import best_cells, calibration, load_baselines, reading_keys
+from multirun_analysis.load import LATEST, AnalysisError, SweepRuns, load_runs, resolve_uri
 from multirun_analysis.report import log_summary, write_report
 from multirun_analysis.tables import FORMATS, build_tables, render
 
@@ -59,13 +60,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-to-mlflow", action="store_true",
                         help="log the --out files (a temp folder without --out) as one summary run")
     parser.add_argument("--precision", type=int, default=3, help="decimals in the tables (default: %(default)s)")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="score each reading (the params that differ within a dataset/depth/layout cell) "
+                             "against the paper's parity and random baselines; the best reading's cells follow")
+    parser.add_argument("--baselines", type=Path, metavar="CSV",
+                        help="the paper's baselines for --calibrate (default: the packaged copy of Tables 2-5)")
     return parser
+
+
+def _calibrate(runs: SweepRuns, args: argparse.Namespace) -> None:
+    keys = reading_keys(runs.frame)
+    ranking, cells = calibration(runs.frame, load_baselines(args.baselines), keys)
+    fmt = "github" if args.format == "markdown" else "simple"
+    print(f"Readings scored against the paper's baselines (mean |z| over the cells; keys: {', '.join(keys) or 'none'})")
+    print(ranking.to_markdown(index=False, tablefmt=fmt, floatfmt=f".{args.precision}f"))
+    print("\nThe best reading, cell by cell (z = (flowsweep - paper) / paper std):")
+    print(best_cells(ranking, cells, keys).to_markdown(index=False, tablefmt=fmt, floatfmt=f".{args.precision}f"))
 
 
 def _analyse(args: argparse.Namespace) -> None:
     group_by = list(dict.fromkeys(args.group_by))
     runs = load_runs(resolve_uri(args.tracking_uri), args.experiment, args.sweep)
     print(f"{PROG}: {runs.describe()}", file=sys.stderr)
+    if args.calibrate:
+        _calibrate(runs, args)
+        return
     agg = aggregate(runs.frame, group_by)
     mixed = mixed_params(runs.frame, group_by)
     if mixed:

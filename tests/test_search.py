@@ -322,3 +322,32 @@ def test_a_new_optimizer_is_one_class_plus_one_yaml(tmp_path, planted):
     for opt in opts:
         assert len(opt.history) == 5
         assert all(t.structure.conditioning[1:] == opt.history[0].structure.conditioning[1:] for t in opt.history)
+
+
+# -- planted structure, found at the default training settings ------------------------------
+
+
+@pytest.fixture(scope="module")
+def planted_jobs(tmp_path_factory) -> dict[str, "pd.DataFrame"]:
+    """Parity, oracle and the default search on synthetic_pairs (depth 2, the default training
+    settings), the search at a budget of 8 x 30 + 2 x 120 model-steps per instance."""
+    from flowsweep.run import run_job
+    from tests.conftest import _search_runs
+
+    uri = f"sqlite:///{tmp_path_factory.mktemp('planted') / 'm.db'}"
+    found = {}
+    for layout, extra in (("parity", []), ("oracle", []), ("opt", ["search.candidates=8", "search.rungs=[30,120]"])):
+        cfg = job_config("dataset=synthetic_pairs", "depth.layers=2", "instances=3", f"layout={layout}",
+                         "progress=false", f"tracking.uri={uri}", f"tracking.sweep_id={layout}", *extra)
+        run_job(cfg)
+        found[layout] = _search_runs(uri, experiment_names=["flowsweep"], filter_string=f"tags.sweep_id = '{layout}'")
+    return found
+
+
+def test_the_default_search_finds_a_strong_planted_structure(planted_jobs):
+    test = {layout: runs["metrics.test_bpd"].mean() for layout, runs in planted_jobs.items()}
+    share = (test["parity"] - test["opt"]) / (test["parity"] - test["oracle"])
+    assert share >= 0.8, test
+    assert (planted_jobs["opt"]["metrics.dependency_recall"] == 1.0).all()
+    assert (planted_jobs["opt"]["metrics.search_model_steps"] == 8 * 30 + 2 * 120).all()
+    assert (planted_jobs["opt"]["params.search"] == "halving").all()  # the default

@@ -3,6 +3,7 @@
     python -m flowsweep.bench                       # (a) vs (b) vs (c): magic, batch 380, depth 8, K = 20
     python -m flowsweep.bench compare --steps 50 --no-nflows
     python -m flowsweep.bench scaling               # wall time against K, d and depth
+    python -m flowsweep.bench structure             # layouts and searches on the synthetic benchmarks
     python -m flowsweep.bench job dataset=magic layout=opt depth=8     # one whole job, by phase
     python -m flowsweep.bench job -- -m +experiment=paper              # the paper's grid
 """
@@ -18,7 +19,7 @@ import torch
 __all__ = ["main"]
 
 
-_COMMANDS = ("compare", "scaling", "job")
+_COMMANDS = ("compare", "scaling", "job", "structure")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,6 +43,13 @@ def _parser() -> argparse.ArgumentParser:
     scaling = sub.add_parser("scaling", parents=[common], help="batched engine: wall time against K, d and depth")
     scaling.add_argument("--steps", type=int, default=100)
     scaling.add_argument("--repeats", type=int, default=3)
+    structure = sub.add_parser("structure", parents=[common],
+                               help="parity, random, oracle, dependence and every search on the synthetic benchmarks")
+    structure.add_argument("--datasets", nargs="+", default=None, help="default: every synthetic_* benchmark")
+    structure.add_argument("--depth", type=int, default=4)
+    structure.add_argument("--instances", type=int, default=8)
+    structure.add_argument("--uri", default=None, help="MLflow store to log into (default: a temporary one)")
+    structure.add_argument("overrides", nargs="*", help="further overrides for every job, e.g. train.threads=1")
     job = sub.add_parser("job", parents=[common], help="time one whole main.py run by phase (Hydra overrides follow)")
     job.add_argument("--keep", default=None, help="run in this folder and keep it (default: a temporary one)")
     job.add_argument("overrides", nargs="*", help="as for main.py, e.g. dataset=magic layout=opt depth=8")
@@ -77,6 +85,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
               + ", ".join(f"{a[i] / a[0]:.1f}x over {name[:3]}" for i, name in enumerate(timing["engine"]) if i))
         print("\nSame models, same initial parameters and minibatches:")
         print(agreement.to_markdown(index=False))
+    elif command == "structure":
+        from flowsweep.bench.structure import DATASETS, main_tables
+
+        print(f"# python -m flowsweep.bench structure; {load_note()}", flush=True)
+        main_tables(args.datasets or DATASETS, args.depth, args.instances, args.uri, args.overrides)
+        print(f"\n{load_note()}")
     elif command == "scaling":
         from flowsweep.bench.scaling import scaling_table
 

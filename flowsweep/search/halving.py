@@ -18,10 +18,15 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Optional
 
 from flowsweep.config import ConfigError
+from flowsweep.dependence import dependence_structure
 from flowsweep.search.base import Proposal, StructureOptimizer, Trial, TrialState
 from flowsweep.search.guided import swap
+from flowsweep.structure import Structure
 
 __all__ = ["Halving"]
+
+#: Discounts of the field's other dependence structures (the job's own is the start).
+_DISCOUNTS = (0.0, 0.25, 0.75, 1.0)
 
 
 @dataclass
@@ -73,13 +78,23 @@ class Halving(StructureOptimizer):
         if self.dependence is None:
             raise ConfigError("search", f"{type(self).__name__} needs the features' dependence matrix")
         start = self.dependence.structure(self.m, self.depth, self.seed)
-        field_ = [start]
         randoms = round(self.random_share * (self.candidates - 1))
+        field_ = list(dict.fromkeys([start, *self._variants(start)]))[: self.candidates - randoms]
         while len(field_) < self.candidates - randoms:
             count = min(int(self.rng.geometric(self.swap_p)), 2 * self.depth)
             field_.append(swap(start, self.rng, self.dependence.weight, count, self.explore))
         field_ += [self.random_structure() for _ in range(self.candidates - len(field_))]
         return [Proposal(s, None, steps=int(self.rungs[0])) for s in field_]
+
+    def _variants(self, start: Structure) -> list[Structure]:
+        """Other readings of the same dependence: the masks with other discounts (from covering each
+        pair once to repeating the strongest), and the start's first one, two or three layers repeated
+        in turn (a chain needs two complementary splits, alternating)."""
+        weight = self.dependence.weight
+        others = [dependence_structure(weight, self.m, self.depth, discount, self.seed) for discount in _DISCOUNTS]
+        cycles = [Structure(start.d, start.m, tuple(start.conditioning[l % k] for l in range(self.depth)))
+                  for k in (1, 2, 3) if k < self.depth]
+        return others + cycles
 
     def propose(self) -> list[Proposal]:
         previous = [t for t in self.history if t.iteration == self.iteration - 1 and t.state is TrialState.COMPLETE]
