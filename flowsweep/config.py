@@ -129,7 +129,8 @@ class ModelConfig:
     #: Number of conditioning features per coupling; null means floor(d / 2).
     m: Optional[int] = None
     #: ``standardize``: a fixed map to the training split's zero mean and unit variance ahead
-    #: of the first layer (its log-determinant keeps every bpd in raw units); ``none``: raw data.
+    #: of the first layer (its log-determinant keeps every bpd in raw units); ``whiten``: to zero
+    #: mean and a shrinkage estimate of identity covariance; ``none``: raw data.
     preprocess: str = "standardize"
     #: The paper's open choices (see flowsweep.model.spec): layer order, constant transform,
     #: direction, initialisation, conditioner (and its hidden units).
@@ -216,7 +217,7 @@ _LAYOUTS = ("parity", "random", "dependence", "opt", "file", "oracle")
 #: The keys that take one of a few words, and those words (documented in conf/config.yaml
 #: and flowsweep.model.spec); flowsweep.model and flowsweep.training read them from here.
 CHOICES: dict[str, tuple[str, ...]] = {
-    "model.preprocess": ("standardize", "none"),
+    "model.preprocess": ("standardize", "whiten", "none"),
     "model.order": ("constant_first", "coupling_first"),
     "model.constant": ("exp", "linear"),
     "model.direction": ("normalizing", "generative"),

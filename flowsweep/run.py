@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from flowsweep import layouts, plots
 from flowsweep.config import ConfigError, validate, validate_against_data
-from flowsweep.data import Dataset, load_dataset, standardized
+from flowsweep.data import Dataset, load_dataset, preprocessed
 from flowsweep.graph import Graph, dependency_recall
 from flowsweep.model import CouplingFlows, ModelSpec
 from flowsweep.resume import resume_job
@@ -100,11 +100,11 @@ def run_job(cfg: DictConfig, data: Optional[Dataset] = None) -> float:
     check_reachable(uri)
     if data is None:
         data = load_dataset(cfg.dataset, cfg.data_dir)
-    if cfg.model.preprocess == "standardize":
-        # A fixed standardizing map ahead of the first layer: the same model family (its
-        # constant transform absorbs it), but SGD no longer fights raw scales such as
-        # turbine's ~1000 hPa. Its log-determinant keeps every bpd in raw units.
-        data = standardized(data)
+    # A fixed map ahead of the first layer: standardizing is the same model family (its
+    # constant transform absorbs it), but SGD no longer fights raw scales such as turbine's
+    # ~1000 hPa; whitening starts the flow from a full-covariance Gaussian. The map's
+    # log-determinant keeps every bpd in raw units.
+    data = preprocessed(data, cfg.model.preprocess)
     m = validate_against_data(cfg, data.d, data.train.shape[0])
     spec = ModelSpec.from_config(cfg.model, data.d, m, cfg.depth.layers)
     seeds = [derive_seed(cfg.seed, i) for i in range(cfg.instances)]

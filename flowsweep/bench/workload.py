@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from flowsweep.data import Dataset, load_dataset, standardized
+from flowsweep.data import Dataset, load_dataset, preprocessed
 from flowsweep.model import CouplingFlows, ModelSpec
 from flowsweep.seeding import derive_seed, torch_generator
 from flowsweep.structure import Structure, random_structure
@@ -101,8 +101,7 @@ def make_workload(dataset: str = "magic", depth: int = 8, models: int = 20, seed
         overrides.append(f"train.kernel={kernel}")
     cfg = compose_config(overrides)
     data = load_dataset(cfg.dataset, data_dir or cfg.data_dir)
-    if cfg.model.preprocess == "standardize":  # as run_job: the data standardized ahead of the first layer
-        data = standardized(data)
+    data = preprocessed(data, cfg.model.preprocess)  # as run_job
     m = cfg.model.m if cfg.model.m is not None else data.d // 2
     seeds = [derive_seed(seed, i) for i in range(models)]
     structures = [random_structure(data.d, m, depth, np.random.default_rng(derive_seed(s, _STRUCTURE_KEY)))

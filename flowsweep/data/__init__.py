@@ -8,7 +8,7 @@
 (torch.Size([17118, 10]), torch.Size([1902, 10]))
 """
 
-from .datasets import Dataset, load_dataset, standardized
+from .datasets import Dataset, load_dataset, preprocessed, standardized, whitened
 from .sources import DataError
 
-__all__ = ["Dataset", "DataError", "load_dataset", "standardized"]
+__all__ = ["Dataset", "DataError", "load_dataset", "preprocessed", "standardized", "whitened"]
