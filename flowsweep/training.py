@@ -175,6 +175,10 @@ def train(flow: CouplingFlows, data: Tensor, batch_size: int, recipe: Recipe, ge
     best_theta, since_best = theta.detach().clone(), torch.zeros(k, dtype=torch.long)
     step_of, native = _gradient_source(flow, data, recipe)
     all_moving = bool(moving.all())
+    if checking and recipe.patience is not None:
+        # Step 0 counts: where no training beats the start (a whitened Gaussian, say), keep it.
+        best_val = evaluate_bpd(flow, valid, log_det, threads=1 if native else recipe.threads)
+        best_theta = theta.detach().clone()
     # The native kernel runs its own threads; torch's OpenMP workers would spin against them.
     with torch_threads(1 if native else recipe.threads):
         for step, rows in enumerate(minibatch_rows(data.shape[0], batch_size, recipe.steps, generators)):

@@ -29,11 +29,13 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def dataset_cfg() -> Callable[..., DictConfig]:
     """Factory: ``dataset_cfg("magic", validation_fraction=0)`` composes ``conf/dataset/magic.yaml``
-    over the ``DatasetConfig`` schema with plain OmegaConf, then applies the overrides."""
+    over the ``DatasetConfig`` schema with plain OmegaConf, then applies the overrides. The
+    rows are the files' own (``dequantize=False``) unless an override says otherwise."""
     from flowsweep.config import DatasetConfig
 
     def make(name: str, **overrides: Any) -> DictConfig:
         cfg = OmegaConf.merge(OmegaConf.structured(DatasetConfig), OmegaConf.load(REPO / "conf" / "dataset" / f"{name}.yaml"))
+        cfg.dequantize = False
         for key, value in overrides.items():
             cfg[key] = value
         return cfg

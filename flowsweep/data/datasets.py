@@ -110,14 +110,15 @@ def load_dataset(cfg: Union[DictConfig, Mapping[str, Any], DatasetConfig], data_
 
 def resolution(x: np.ndarray) -> np.ndarray:
     """Per column of ``x`` ``[n, d]`` (float64 as parsed), ``10^-k`` for the fewest decimals
-    ``k <= 8`` that write every value (``1.0`` for integers)."""
-    width = np.empty(x.shape[1])
+    ``k <= 8`` that write every value (``1.0`` for integers); 0 for a column that needs more
+    (continuous, as synthetic data: nothing to dequantize)."""
+    width = np.zeros(x.shape[1])
     for j in range(x.shape[1]):
         for k in range(_MAX_DECIMALS + 1):
             scaled = x[:, j] * 10.0**k
             if np.abs(scaled - np.round(scaled)).max() <= 1e-4:
+                width[j] = 10.0**-k
                 break
-        width[j] = 10.0**-k
     return width
 
 
@@ -151,25 +152,20 @@ def preprocessed(data: Dataset, preprocess: str) -> Dataset:
 
 
 def whitened(data: Dataset, key: str = "model.preprocess") -> Dataset:
-    """Every split mapped by ``W = S^(-1/2)`` (ZCA) after subtracting the train mean, where ``S`` is
-    the Ledoit-Wolf shrinkage estimate of the train covariance (scikit-learn): the flow then
-    starts from a full-covariance Gaussian fit. ``log_det`` grows by ``0.5 log det S``, so bpd
-    computed on the result stays in the units of ``data``."""
+    """:func:`standardized`, then every split mapped by ``W = S^(-1/2)`` (ZCA), where ``S`` is the
+    Ledoit-Wolf shrinkage estimate (scikit-learn) of the standardized training rows' covariance:
+    the flow then starts from a full-covariance Gaussian fit. ``log_det`` grows by both maps'
+    log-determinants, so bpd computed on the result stays in the units of ``data``."""
     from sklearn.covariance import LedoitWolf
 
-    train = data.train.double().numpy()
-    if not (train.std(0) > 0).all():
-        constant = [c for c, s in zip(data.columns, train.std(0)) if not s > 0]
-        raise DataError(f"{key}: column(s) {constant} of {data.name} are constant in the training split "
-                        f"(std 0); leave them out with dataset.columns or set {key}=none.")
-    estimate = LedoitWolf().fit(train)
+    scaled = standardized(data, key)
+    estimate = LedoitWolf(assume_centered=True).fit(scaled.train.double().numpy())
     values, vectors = np.linalg.eigh(estimate.covariance_)
     inverse_root = torch.from_numpy((vectors / np.sqrt(values)) @ vectors.T)
-    mean = torch.from_numpy(estimate.location_)
-    mapped = lambda x: ((x.double() - mean) @ inverse_root).float()  # noqa: E731 (the matrix is symmetric)
+    mapped = lambda x: (x.double() @ inverse_root).float()  # noqa: E731 (the matrix is symmetric)
     return dataclasses.replace(
-        data, train=mapped(data.train), valid=mapped(data.valid), test=mapped(data.test),
-        log_det=data.log_det + 0.5 * float(np.log(values).sum()),
+        scaled, train=mapped(scaled.train), valid=mapped(scaled.valid), test=mapped(scaled.test),
+        log_det=scaled.log_det + 0.5 * float(np.log(values).sum()),
     )
 
 
