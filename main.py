@@ -2,6 +2,10 @@
 
     python main.py dataset=magic layout=opt depth=8
     python main.py -m dataset=yeast,sonar layout=parity,random depth=2
+
+Ctrl-C stops a job or a whole sweep at once: the running job ends its MLflow runs
+KILLED, no further job starts, and the exit status is 130 (128 + SIGINT), as a shell
+reports for a command it interrupted.
 """
 
 import sys
@@ -25,4 +29,8 @@ def main(cfg: DictConfig) -> float:
 
 if __name__ == "__main__":
     sys.argv = [sys.argv[0], *quote_depth(sys.argv[1:])]
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("flowsweep: interrupted; the running job's MLflow runs ended KILLED", file=sys.stderr, flush=True)
+        sys.exit(130)

@@ -1,29 +1,36 @@
 """MLflow writes in a helper process, so that a job computes while its runs are written.
 
-Writing to MLflow is pure Python (an ORM row per metric point: about a quarter of a
-millisecond each on the 2-core box), and a job logs tens of thousands of points. A
-:class:`MlflowWriter` hands the calls to a child process, ``python -m
-flowsweep.mlflow_writer <uri>``, which performs them in order on its own client while
-the job goes on using the other core; :meth:`MlflowWriter.sync` waits until everything
-sent so far is written and returns what went wrong.
+Writing to MLflow is pure Python (tens of microseconds per metric point through
+``log_batch``), and a job logs tens of thousands of points. A :class:`MlflowWriter`
+hands the calls to a child process, ``python -m flowsweep.mlflow_writer <uri>``, which
+performs them in order on its own :class:`~mlflow.tracking.MlflowClient` while the job
+goes on using the other core; :meth:`MlflowWriter.sync` waits until everything sent so
+far is written and returns what went wrong. Only MLflow's public client API is used.
 
 Requests travel as JSON lines over the child's stdin, replies over its stdout (JSON, not
 pickle: nothing the child reads can run code). The child's stdin has no other writer,
 so when the job's process ends, however it ends, the child reads what was sent, writes
-it, and exits.
+it, and exits. Ctrl-C in a terminal signals the whole foreground process group; the child
+runs in a session of its own and ignores SIGINT besides, so that the interrupted job can
+still end its runs KILLED through it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
 from collections import defaultdict
 from typing import Any, BinaryIO, Optional
 
-__all__ = ["MlflowWriter", "MlflowWriteError", "writer_for"]
+__all__ = ["MlflowWriter", "MlflowWriteError", "writer_for", "close_writers"]
+
+#: MLflow's limits on one ``log_batch`` request (REST API reference, "Log Batch").
+_METRICS_PER_BATCH = 1000
+_PARAMS_TAGS_PER_BATCH = 100
 
 
 class MlflowWriteError(RuntimeError):
@@ -34,13 +41,15 @@ class MlflowWriter:
     """The job's side of a writer process for the tracking store at ``uri``.
 
     Calls are grouped (one group per :class:`~flowsweep.tracking.RunGroup`): a group's runs
-    are created by :meth:`create_runs` and addressed by their position afterwards.
+    are created by one ``create`` request and addressed by their position afterwards.
     """
 
     def __init__(self, uri: str):
         self.uri = uri
+        # A session of its own: Ctrl-C in a terminal (SIGINT to the foreground process group)
+        # does not reach the child, which must outlive the job's interrupt to end its runs KILLED.
         self._process = subprocess.Popen([sys.executable, "-m", "flowsweep.mlflow_writer", uri],
-                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
         self._lock = threading.Lock()
         self._groups = 0
 
@@ -100,62 +109,16 @@ def writer_for(uri: str) -> MlflowWriter:
         return writer
 
 
-class _BulkMetrics:
-    """Metric points straight into a SQL tracking store, as one multi-row INSERT.
+def close_writers() -> None:
+    """End every writer of this process once it has written everything (waits for them)."""
+    with _writers_lock:
+        for writer in _writers.values():
+            writer.close()
+        _writers.clear()
 
-    ``MlflowClient.log_batch`` builds an ORM object per point (about 0.2 ms each); a job
-    logs tens of thousands. This does what the store's own ``_log_metrics`` does — MLflow's
-    validation of each key, its NaN/inf sanitising, the run's ``latest_metrics`` through
-    the store's own update — with one ``executemany``: about five times faster. It reads
-    store internals, so anything unexpected (another store, another MLflow) turns it off
-    for good and ``log_batch`` takes over; a duplicate point falls back for that batch.
-    """
 
-    def __init__(self, client: Any):
-        self.store = getattr(getattr(client, "_tracking_client", None), "store", None)
-        self.enabled = type(self.store).__name__ == "SqlAlchemyStore"
-
-    def log(self, run_id: str, metrics: list) -> bool:
-        """Write ``(key, value, timestamp, step)`` points; ``False`` where the caller must use ``log_batch``."""
-        if not self.enabled or not metrics:
-            return False
-        try:
-            import sqlalchemy
-            from mlflow.store.tracking.dbmodels.models import SqlMetric
-            from mlflow.utils.validation import _validate_metric
-        except ImportError:
-            self.enabled = False
-            return False
-        rows, seen, latest, checked = [], set(), {}, set()
-        for key, value, timestamp, step in metrics:
-            if key not in checked:
-                _validate_metric(key, value, timestamp, step)
-                checked.add(key)
-            is_nan, value = self.store.sanitize_metric_value(float(value))
-            identity = (key, int(timestamp), int(step), value, is_nan)
-            if identity in seen:
-                continue
-            seen.add(identity)
-            row = dict(run_uuid=run_id, key=key, value=value, timestamp=int(timestamp), step=int(step), is_nan=is_nan)
-            rows.append(row)
-            old = latest.get(key)
-            if old is None or (row["step"], row["timestamp"], value) > (old["step"], old["timestamp"], old["value"]):
-                latest[key] = row
-        try:
-            with self.store.ManagedSessionMaker(read_only=False) as session:
-                self.store._check_run_is_active(self.store._get_run(run_uuid=run_id, session=session))
-                session.execute(sqlalchemy.insert(SqlMetric), rows)
-                self.store._update_latest_metrics_if_necessary([SqlMetric(**r) for r in latest.values()], session)
-                session.commit()
-        except (AttributeError, TypeError):
-            self.enabled = False
-            return False
-        except Exception as error:  # the store wraps what the database raised
-            if isinstance(error, sqlalchemy.exc.IntegrityError) or isinstance(
-                    error.__cause__ or error.__context__, sqlalchemy.exc.IntegrityError):
-                return False  # a point already there: log_batch knows how to skip it
-            raise
-        return True
+def _chunks(items: list, size: int) -> list[list]:
+    return [items[start:start + size] for start in range(0, len(items), size)]
 
 
 def _serve(uri: str, requests: BinaryIO, replies: BinaryIO) -> None:
@@ -166,7 +129,6 @@ def _serve(uri: str, requests: BinaryIO, replies: BinaryIO) -> None:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
-    bulk = _BulkMetrics(client)
     runs: dict[int, list[str]] = {}
     errors: dict[int, list[str]] = defaultdict(list)
     for line in requests:
@@ -177,19 +139,23 @@ def _serve(uri: str, requests: BinaryIO, replies: BinaryIO) -> None:
             continue
         try:
             if op == "create":
-                experiment_id, names, params, tags = args
+                # specs: [name, params, tags, parent position or None]; a parent comes before its children
+                experiment_id, specs, start_ms = args
                 runs[group] = []
-                for name, run_params in zip(names, params):
-                    run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+                for name, params, tags, parent in specs:
+                    if parent is not None:
+                        tags = {**tags, "mlflow.parentRunId": runs[group][parent]}  # MLflow's nested-run tag
+                    run_id = client.create_run(experiment_id, start_time=start_ms, tags=tags, run_name=name).info.run_id
                     runs[group].append(run_id)
-                    client.log_batch(run_id, params=[Param(k, v) for k, v in run_params.items()])
+                    for chunk in _chunks([Param(k, v) for k, v in params.items()], _PARAMS_TAGS_PER_BATCH):
+                        client.log_batch(run_id, params=chunk)
             elif op == "log":
                 run, metrics, tags = args
                 run_id = runs[group][run]
-                if bulk.log(run_id, metrics):
-                    metrics = []
-                if metrics or tags:
-                    client.log_batch(run_id, metrics=[Metric(*m) for m in metrics], tags=[RunTag(*t) for t in tags])
+                for chunk in _chunks([Metric(*m) for m in metrics], _METRICS_PER_BATCH):
+                    client.log_batch(run_id, metrics=chunk)
+                for chunk in _chunks([RunTag(*t) for t in tags], _PARAMS_TAGS_PER_BATCH):
+                    client.log_batch(run_id, tags=chunk)
             elif op == "artifacts":
                 run, folder = args
                 try:
@@ -197,9 +163,9 @@ def _serve(uri: str, requests: BinaryIO, replies: BinaryIO) -> None:
                 finally:
                     shutil.rmtree(folder, ignore_errors=True)
             elif op == "terminate":
-                (status,) = args
+                status, end_ms = args
                 for run_id in runs.get(group, []):
-                    client.set_terminated(run_id, status)
+                    client.set_terminated(run_id, status, end_time=end_ms)
             else:
                 raise ValueError(f"unknown request {op!r}")
         except Exception as error:  # noqa: BLE001 - reported to the job at its next sync
@@ -207,6 +173,8 @@ def _serve(uri: str, requests: BinaryIO, replies: BinaryIO) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
+    # Also when signalled directly: the job ends its runs through us after an interrupt.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     (uri,) = sys.argv[1:] if argv is None else argv
     # Replies get their own copy of stdout; anything a library prints goes to stderr instead.
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")

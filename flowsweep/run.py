@@ -1,8 +1,11 @@
 """One job: a dataset × layout × depth (× search), ``instances`` models trained as one batch.
 
 Order matters for failure handling: every check that can reject the input (types,
-values, data files, tracking store) runs before the first MLflow run exists, so bad
-input leaves nothing behind; once runs exist, a crash ends them FAILED.
+values, data files, tracking store, experiment) runs before the first MLflow run exists,
+so bad input leaves nothing behind. The job's runs (a parent run and one nested run per
+instance, :mod:`flowsweep.runinfo`) start with the job and end with it: FINISHED, FAILED
+after a crash or when every instance diverged, KILLED after Ctrl-C. The job then reports
+its outcome in a few lines (:mod:`flowsweep.summary`).
 """
 
 from __future__ import annotations
@@ -11,10 +14,8 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
-from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -22,17 +23,18 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from flowsweep import plots
-from flowsweep.config import ConfigError, validate, validate_against_data
+from flowsweep import runinfo, summary
+from flowsweep.config import ConfigError, DivergedError, validate, validate_against_data
 from flowsweep.data import Dataset, load_dataset, standardized
 from flowsweep.engine import BatchedCouplingFlow
-from flowsweep.resume import resume_job
+from flowsweep.results import LiveCurve, log_instances, log_job, log_search_metrics
+from flowsweep.resume import objective_of, resume_job
 from flowsweep.search import StructureOptimizer
 from flowsweep.search.runner import SearchSettings, run_searches
 from flowsweep.seeding import derive_seed, torch_generator
 from flowsweep.structure import Structure, parity_structure, random_structure
-from flowsweep.tracking import (SWEEP_ID_ENV, RunGroup, check_reachable, ensure_experiment, flatten, open_client,
-                                resolve_tracking_uri)
+from flowsweep.tracking import (FAILED, JOB, KILLED, PHASE_TAG, SWEEP_ID_ENV, RunGroup, RunSpec, check_reachable,
+                                open_store, resolve_tracking_uri)
 from flowsweep.training import Schedule, evaluate_bpd, train
 
 __all__ = ["run_job", "build_optimizers", "fingerprint"]
@@ -91,10 +93,11 @@ def run_job(cfg: DictConfig, data: Optional[Dataset] = None) -> float:
     The objective is the mean validation bpd over the instances that did not diverge (the
     mean train bpd where ``dataset.validation_fraction=0`` leaves no validation split):
     never a test number, so a sweeper that minimises it does not tune on the test rows.
+    A job whose every instance diverged raises :class:`~flowsweep.config.DivergedError`.
 
     ``data`` is the dataset of ``cfg.dataset`` when the caller has loaded it already.
     """
-    started = time.perf_counter()
+    started, clock = time.time(), time.perf_counter()
     validate(cfg)
     uri = resolve_tracking_uri(cfg.tracking.uri, _launch_dir())
     check_reachable(uri)
@@ -109,37 +112,78 @@ def run_job(cfg: DictConfig, data: Optional[Dataset] = None) -> float:
     seeds = [derive_seed(cfg.seed, i) for i in range(cfg.instances)]
     optimizers = build_optimizers(cfg, data.d, m, seeds) if cfg.layout.name == "opt" else None
 
-    client = open_client(uri)
-    experiment_id = ensure_experiment(client, uri, cfg.tracking.experiment)
+    client, experiment_id = open_store(uri, cfg.tracking.experiment)
+    job_name, names = runinfo.run_names(cfg, fingerprint(cfg))
+    outcome = dict(cfg=cfg, uri=uri, run_name=job_name)
     finished = resume_job(client, experiment_id, fingerprint(cfg), cfg.instances, cfg.rerun)
     if finished is not None:  # this config's runs already FINISHED (a resumed sweep)
-        return finished
-    search_name = str(cfg.search.name) if optimizers else "none"
-    common = flatten(OmegaConf.to_container(cfg, resolve=True))
-    common.update(dataset=cfg.dataset.name, layout=cfg.layout.name, depth=str(cfg.depth.layers), search=search_name)
-    label = f"{cfg.dataset.name}-{cfg.layout.name}-L{cfg.depth.layers}"
+        summary.report(_summary_of_runs(finished, **outcome))
+        return objective_of(finished)
+    params = runinfo.job_params(cfg)
     runs = RunGroup(
-        client, experiment_id,
-        names=[f"{label}-i{i:02d}" for i in range(cfg.instances)],
-        params=[{**common, "instance": str(i), "instance_seed": str(s)} for i, s in enumerate(seeds)],
-        tags={"sweep_id": _sweep_id(cfg), "fingerprint": fingerprint(cfg)},
+        client, experiment_id, job=RunSpec(job_name, params),
+        instances=[RunSpec(n, runinfo.instance_params(params, i, s)) for i, (n, s) in enumerate(zip(names, seeds))],
+        tags={"sweep_id": _sweep_id(cfg), "fingerprint": fingerprint(cfg)}, start_time=started,
     )
     try:
-        search_time = None
         if optimizers:
+            runs.tag(JOB, PHASE_TAG, "structure search")
             settings = SearchSettings(cfg.dataset.batch_size, cfg.train, cfg.progress)
             search_time = run_searches(optimizers, data, settings)
             structures = [(o.best or o.history[0]).structure for o in optimizers]
+            log_search_metrics(runs, optimizers, search_time)
         else:
             structures = _fixed_structures(cfg, data.d, m, seeds)
-        result = _train_final(cfg, data, structures, seeds)
-        result["wall_time_s"] = time.perf_counter() - started
-        _log(runs, cfg, structures, result, optimizers, search_time)
-    except BaseException:
-        runs.close(failed=True)
+        runs.tag(JOB, PHASE_TAG, "training")
+        runs.send(JOB)
+        live = LiveCurve(runs, data.d, data.log_det, cfg.tracking.progress_interval_s,
+                         stride=math.ceil(cfg.train.steps / cfg.tracking.curve_points))
+        result = _train_final(cfg, data, structures, seeds, on_progress=live)
+        result["wall_time_s"] = time.perf_counter() - clock
+        live.finish(result["curve"])
+        title = runinfo.job_title(cfg)
+        log_instances(runs, structures, result, data.columns, title, optimizers)
+        job = _summary(result, **outcome)
+        runs.tag(JOB, PHASE_TAG, "done")
+        log_job(runs, job, result, title, optimizers)
+        if job.all_diverged:
+            raise DivergedError.of(cfg.instances, cfg.train.max_lr, cfg.depth.layers)
+    except KeyboardInterrupt:
+        runs.close(KILLED)
+        raise
+    except BaseException as error:
+        runs.close(FAILED)
+        if isinstance(error, DivergedError):
+            summary.report(job)
         raise
     runs.close()
+    job.wall_time_s = time.perf_counter() - clock  # the whole job, its logging included
+    summary.report(job)
     return objective(result)
+
+
+def _summary(result: dict, cfg: DictConfig, uri: str, run_name: str, skipped: bool = False) -> summary.JobSummary:
+    """The job's summary from its result (or, with ``result`` built from runs, a skipped job's)."""
+    converged = ~np.asarray(result["diverged"], dtype=bool)
+    return summary.JobSummary(
+        dataset=str(cfg.dataset.name), layout=str(cfg.layout.name),
+        search=str(cfg.search.name) if cfg.layout.name == "opt" else None, depth=int(cfg.depth.layers),
+        instances=int(cfg.instances), diverged=int((~converged).sum()), wall_time_s=float(result["wall_time_s"]),
+        experiment=str(cfg.tracking.experiment), uri=uri, sweep_id=_sweep_id(cfg), run_name=run_name,
+        objective=objective(result), skipped=skipped,
+        bpd={split: summary.spread(result[f"{split}_bpd"][converged]) for split in summary.SPLITS
+             if f"{split}_bpd" in result and converged.any()},
+    )
+
+
+def _summary_of_runs(runs: list[Any], **outcome: Any) -> summary.JobSummary:
+    """A skipped job's summary, from its FINISHED instance runs."""
+    metrics = [r.data.metrics for r in runs]
+    result = {key: np.array([m.get(key, math.inf) for m in metrics]) for key in ("train_bpd", "val_bpd", "test_bpd")
+              if all(key in m for m in metrics)}
+    result["diverged"] = np.array([bool(m.get("diverged", 0.0)) for m in metrics])
+    result["wall_time_s"] = max(m.get("wall_time_s", 0.0) for m in metrics)
+    return _summary(result, skipped=True, **outcome)
 
 
 def objective(result: dict) -> float:
@@ -148,11 +192,13 @@ def objective(result: dict) -> float:
     return float(values.mean()) if len(values) else math.inf
 
 
-def _train_final(cfg: DictConfig, data: Dataset, structures: list[Structure], seeds: list[int]) -> dict:
+def _train_final(cfg: DictConfig, data: Dataset, structures: list[Structure], seeds: list[int],
+                 on_progress: Optional[Callable[[int, torch.Tensor], None]] = None) -> dict:
     generators = [torch_generator(s) for s in seeds]
     flow = BatchedCouplingFlow(structures, generators)
     began = time.perf_counter()
-    trained = train(flow, data.train, cfg.dataset.batch_size, Schedule.from_config(cfg.train), generators, data.log_det)
+    trained = train(flow, data.train, cfg.dataset.batch_size, Schedule.from_config(cfg.train), generators, data.log_det,
+                    on_progress=on_progress)
     train_time = time.perf_counter() - began
     splits = {"train": data.train, "val": data.valid, "test": data.test}
     result = {f"{name}_bpd": evaluate_bpd(flow, rows, data.log_det).numpy() for name, rows in splits.items() if len(rows)}
@@ -161,47 +207,3 @@ def _train_final(cfg: DictConfig, data: Dataset, structures: list[Structure], se
         diverged = diverged | ~np.isfinite(values)
     return {**result, "curve": trained.curve.numpy(), "diverged": diverged, "num_params": flow.num_parameters(),
             "train_time_s": train_time}
-
-
-def _log(runs: RunGroup, cfg: DictConfig, structures: list[Structure], result: dict,
-         optimizers: Optional[list[StructureOptimizer]], search_time: Optional[float]) -> None:
-    for i, structure in enumerate(structures):
-        diverged = bool(result["diverged"][i])
-        runs.curve(i, "batch_bpd", result["curve"][:, i], first_step=1)
-        for key in ("train_bpd", "val_bpd", "test_bpd"):
-            if key in result:
-                runs.metric(i, key, math.inf if diverged else result[key][i])
-        runs.metric(i, "diverged", float(diverged))
-        runs.metric(i, "num_params", result["num_params"])
-        runs.metric(i, "wall_time_s", result["wall_time_s"])
-        runs.metric(i, "train_time_s", result["train_time_s"])
-        runs.metric(i, "pair_coverage", structure.pair_coverage())
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = Path(tmp)
-            (folder / "masks.json").write_text(json.dumps(structure.to_dict(), indent=1))
-            plots.save_mask_heatmap(structure, folder / "masks.png")
-            plots.save_bpd_curve(result["curve"][:, i], folder / "bpd_curve.png", title=f"instance {i}")
-            if optimizers:
-                _log_search(runs, i, optimizers[i], search_time, folder)
-            runs.artifacts(i, tmp)
-
-
-def _log_search(runs: RunGroup, i: int, optimizer: StructureOptimizer, search_time: float, folder: Path) -> None:
-    """Search metrics at step = iteration t; every trial (diverged ones too) in ``search_trials.json``."""
-    trials = optimizer.history
-    finite = [t for t in trials if math.isfinite(t.value)]  # diverged trials: in the JSON, not the chart
-    for trial in finite:
-        runs.metric(i, "search_trial_bpd", trial.value, step=trial.iteration)
-    accepted = {t.iteration for t in trials if t.accepted}
-    for t, best in enumerate(optimizer.best_trace):
-        runs.metric(i, "search_accepted", float(t in accepted), step=t)
-        if math.isfinite(best):
-            runs.metric(i, "search_best_bpd", best, step=t)
-    runs.metric(i, "search_time_s", search_time)
-    runs.metric(i, "search_trials", len(trials))
-    runs.metric(i, "search_diverged_trials", len(trials) - len(finite))
-    (folder / "search_trials.json").write_text(json.dumps([t.to_dict() for t in trials]))
-    plots.save_search_trajectory(
-        np.array([t.iteration for t in trials]), np.array([t.value for t in trials]),
-        np.array(optimizer.best_trace), folder / "search_trajectory.png", title=f"instance {i}",
-    )

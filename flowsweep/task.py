@@ -6,7 +6,7 @@ single run, a :class:`~flowsweep.config.ConfigError` or
 :class:`~flowsweep.data.DataError` is the user's to fix, not a bug: it prints
 ``flowsweep: error: <key or file>: <what is wrong>`` and exits 2, without a traceback.
 In a multirun the error goes back to Hydra, so the other jobs still run and
-:class:`~flowsweep.callbacks.FailureReport` lists it at the end. Launchers that run
+:class:`~flowsweep.callbacks.SweepReport` lists it at the end. Launchers that run
 jobs in other processes (joblib, submitit) pickle the error on its way back; one that
 cannot be pickled would break the whole sweep, so it is replaced by a
 :class:`RuntimeError` carrying its text.

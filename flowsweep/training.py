@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -115,6 +115,7 @@ def train(
     generators: Sequence[torch.Generator],
     log_det: float = 0.0,
     frozen: Optional[Tensor] = None,
+    on_progress: Optional[Callable[[int, Tensor], None]] = None,
 ) -> TrainResult:
     """Train all K models of ``flow`` on ``data`` ``[n, d]`` for ``schedule.steps`` steps.
 
@@ -122,6 +123,9 @@ def train(
         generators: One per model; they drive the minibatch draws.
         log_det: Preprocessing log-determinant (nats per sample) so bpd is in raw units.
         frozen: Optional bool ``[K]`` of models not to train (they count as diverged).
+        on_progress: Called after every step with the number of steps done and the NLL
+            curve ``[steps, K]`` (nats; rows past that number are not filled yet), so a
+            caller can show training as it goes; it decides itself how often to act.
 
     Returns:
         The minibatch bpd curve (``inf``/``nan`` where a model diverged) and the flags.
@@ -165,6 +169,8 @@ def train(
                     buffer.mul_(keep)
             optimizer.step()
             scheduler.step()
+            if on_progress is not None:
+                on_progress(step + 1, curve)
     diverged = ~(alive & flow.finite_models())
     return TrainResult(curve=nats_to_bpd(curve, flow.d, log_det), diverged=diverged)
 

@@ -32,6 +32,13 @@ PROG = "multirun_analysis"
 _EXIT_ERROR = 2
 
 
+def _decimals(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line; every option has a default, so no argument is required."""
     parser = argparse.ArgumentParser(
@@ -58,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="draw figures into --out (reads every run's batch_bpd history; default: on)")
     parser.add_argument("--log-to-mlflow", action="store_true",
                         help="log the --out files (a temp folder without --out) as one summary run")
-    parser.add_argument("--precision", type=int, default=3, help="decimals in the tables (default: %(default)s)")
+    parser.add_argument("--precision", type=_decimals, default=3, help="decimals in the tables (default: %(default)s)")
     return parser
 
 
@@ -78,7 +85,10 @@ def _analyse(args: argparse.Namespace) -> None:
     client = MlflowClient(runs.uri)
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp)
-        written = write_report(out, client, runs, agg, tables, group_by, args.precision, args.figures)
+        try:
+            written = write_report(out, client, runs, agg, tables, group_by, args.precision, args.figures)
+        except OSError as error:  # a read-only or missing parent folder, a full disk
+            raise AnalysisError(f"--out: cannot write to {out}: {error.strerror or error}") from None
         if args.out is not None:
             print(f"{PROG}: wrote {len(written)} files to {out}", file=sys.stderr)
         if args.log_to_mlflow:
