@@ -124,7 +124,7 @@ class TrackingCallback(Callback):
     """
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from flowsweep.tracking import open_store, resolve_tracking_uri
+        from flowsweep.tracking import masked, open_store, resolve_tracking_uri
 
         os.environ[SWEEP_ID_ENV] = config.tracking.sweep_id or str(config.hydra.sweep.dir)
         uri = resolve_tracking_uri(config.tracking.uri, os.getcwd())
@@ -133,7 +133,8 @@ class TrackingCallback(Callback):
         except ConfigError as error:
             fail(error)
         except Exception as error:  # noqa: BLE001 - whatever the store says, no job could log
-            fail(ConfigError("tracking.uri", f"cannot use the MLflow store at {uri}: {type(error).__name__}: {error}"))
+            fail(ConfigError("tracking.uri", f"cannot use the MLflow store at {masked(uri)}: "
+                                             f"{type(error).__name__}: {error}"))
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         os.environ[SWEEP_ID_ENV] = config.tracking.sweep_id or str(config.hydra.run.dir)

@@ -39,6 +39,8 @@ _PAD = 0.05
 #: Inches per feature column and per layer row of a mask heatmap, and per character of
 #: a feature name written under it (rotated).
 _CELL_W, _CELL_H, _CHAR = 0.2, 0.32, 0.065
+#: Inches of a mask heatmap's layer rows at most.
+_MAX_ROWS = 8.0
 
 #: Fast PNG compression: a figure's file grows by about a third, its encoding is ~4x cheaper.
 _PNG = {"compress_level": 1}
@@ -92,10 +94,11 @@ def save_mask_heatmap(structure: Structure, path: Path, features: Optional[Seque
 
         bottom = 0.45 + _CHAR * max(len(n) for n in names)  # names stand upright under the cells
         margins = (0.75, 0.2, bottom, 0.95)  # the top holds the title and the legend
-        fig, ax = _axes(max(5.5, _CELL_W * d + 1.0), max(2.6, _CELL_H * depth + bottom + 0.95), margins)
+        rows = min(_CELL_H * depth, _MAX_ROWS)  # a 100-layer flow still fits a screen
+        fig, ax = _axes(max(5.5, _CELL_W * d + 1.0), max(2.6, rows + bottom + 0.95), margins)
         image = ax.imshow(np.zeros((depth, d)), cmap="Greys", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
         ax.set_xticks(range(d), names, rotation=90, fontsize=_SMALL if d <= 20 else _SMALL - 2)
-        ax.set_yticks(range(depth), [str(l + 1) for l in range(depth)])
+        ax.set_yticks(range(depth), [str(l + 1) for l in range(depth)], fontsize=_SMALL if depth <= 25 else 4)
         ax.set_xlabel("feature", fontsize=_LABEL)
         ax.set_ylabel("layer", fontsize=_LABEL)
         legend = [Patch(facecolor="black", edgecolor="grey", label=f"conditions the coupling ({m} per layer)"),

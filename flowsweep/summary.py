@@ -23,7 +23,9 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-__all__ = ["SPLITS", "JobSummary", "spread", "display_uri", "job_lines", "report", "take_last", "sweep_table"]
+from flowsweep.tracking import masked
+
+__all__ = ["SPLITS", "JobSummary", "spread", "job_lines", "report", "take_last", "sweep_table"]
 
 SPLITS = ("train", "val", "test")
 log = logging.getLogger("flowsweep")
@@ -65,19 +67,10 @@ def spread(values: Sequence[float]) -> tuple[float, float]:
     return float(finite.mean()), float(finite.std(ddof=1)) if len(finite) > 1 else math.nan
 
 
-def display_uri(uri: str) -> str:
-    """``uri`` with any password masked (database URIs may carry one)."""
-    if urlparse(uri).password is None:
-        return uri
-    from sqlalchemy.engine import make_url
-
-    return make_url(uri).render_as_string(hide_password=True)
-
-
 def _look(uri: str) -> str:
     if urlparse(uri).scheme in ("http", "https"):
-        return f"open {display_uri(uri)} in a browser"
-    return f"mlflow ui --backend-store-uri {display_uri(uri)} --host 127.0.0.1"
+        return f"open {masked(uri)} in a browser"
+    return f"mlflow ui --backend-store-uri {masked(uri)} --host 127.0.0.1"
 
 
 def _pm(mean: float, std: float) -> str:

@@ -44,6 +44,7 @@ __all__ = [
     "FAILED",
     "KILLED",
     "resolve_tracking_uri",
+    "masked",
     "open_client",
     "check_reachable",
     "ensure_experiment",
@@ -83,6 +84,15 @@ def resolve_tracking_uri(uri: Optional[str], base_dir: str) -> str:
     return uri
 
 
+def masked(uri: str) -> str:
+    """``uri`` with any password hidden, for messages (a database URI may carry one)."""
+    if urlparse(uri).password is None:
+        return uri
+    from sqlalchemy.engine import make_url
+
+    return make_url(uri).render_as_string(hide_password=True)
+
+
 def _sqlite_path(uri: str) -> Optional[str]:
     return uri[len("sqlite:///") :] if uri.startswith("sqlite:///") and not uri.endswith(":memory:") else None
 
@@ -110,14 +120,14 @@ def _check_database(uri: str, timeout_s: float) -> None:
     try:
         url = make_url(uri)
     except ArgumentError as error:
-        raise ConfigError("tracking.uri", f"{uri} is not a database URI: {error}") from None
+        raise ConfigError("tracking.uri", f"{masked(uri)} is not a database URI: {error}") from None
     port = url.port or _DATABASE_PORTS.get(url.get_backend_name())
     if url.host is None or port is None:  # a local socket file, or a database we do not know
         return
     try:
         socket.create_connection((url.host, port), timeout=timeout_s).close()
     except OSError as error:
-        raise ConfigError("tracking.uri", f"cannot reach the database server {url.host}:{port} of {uri}: "
+        raise ConfigError("tracking.uri", f"cannot reach the database server {url.host}:{port} of {masked(uri)}: "
                                           f"{error.strerror or error}") from None
 
 
@@ -141,7 +151,7 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
         requests.get(uri, timeout=timeout_s, allow_redirects=False).close()
     except requests.RequestException as error:
         reason = getattr(error.args[0], "reason", None) if error.args else None  # requests nests the useful part
-        raise ConfigError("tracking.uri", f"cannot reach the MLflow server at {uri}: "
+        raise ConfigError("tracking.uri", f"cannot reach the MLflow server at {masked(uri)}: "
                                           f"{type(error).__name__}: {reason or error}") from None
 
 
@@ -158,7 +168,7 @@ def _artifact_location(uri: str, experiment: str) -> Optional[str]:
 
 def _active(experiment: Any, uri: str) -> str:
     if experiment.lifecycle_stage != "active":
-        raise ConfigError("tracking.experiment", f"experiment {experiment.name!r} is deleted in {uri}; restore it "
+        raise ConfigError("tracking.experiment", f"experiment {experiment.name!r} is deleted in {masked(uri)}; restore it "
                                                  f"(mlflow experiments restore --experiment-id {experiment.experiment_id}) "
                                                  f"or choose another tracking.experiment")
     return experiment.experiment_id
@@ -201,12 +211,18 @@ def open_store(uri: str, experiment: str) -> tuple[MlflowClient, str]:
         return client, ensure_experiment(client, uri, experiment)
     except ConfigError:
         raise
-    except OSError as error:  # e.g. the folder of a sqlite file is a file
-        raise ConfigError("tracking.uri", f"cannot use the MLflow store at {uri}: {error.strerror or error}"
+    except (FileExistsError, NotADirectoryError) as error:  # a folder on the store's path is a file
+        blocking = Path(error.filename)
+        while not blocking.exists() and blocking != blocking.parent:
+            blocking = blocking.parent
+        raise ConfigError("tracking.uri", f"cannot use the MLflow store at {masked(uri)}: {blocking} is a file, "
+                                          f"not a folder") from None
+    except OSError as error:
+        raise ConfigError("tracking.uri", f"cannot use the MLflow store at {masked(uri)}: {error.strerror or error}"
                                           + (f": {error.filename}" if error.filename else "")) from None
     except mlflow.exceptions.MlflowException as error:
-        raise ConfigError("tracking.uri", f"cannot use the MLflow store at {uri}: {_first_sentences(error.message)}"
-                          ) from None
+        raise ConfigError("tracking.uri", f"cannot use the MLflow store at {masked(uri)}: "
+                                          f"{_first_sentences(error.message)}") from None
 
 
 @dataclass(frozen=True)

@@ -69,8 +69,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_out(out: Path) -> None:
+    """``--out`` must be a folder this process can write into: checked before any run is read."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as error:  # read-only, a file in the way, a full disk
+        raise AnalysisError(f"--out: cannot write to {out}: {error.strerror or error}") from None
+
+
 def _analyse(args: argparse.Namespace) -> None:
     group_by = list(dict.fromkeys(args.group_by))
+    if args.out is not None:
+        _check_out(args.out)
     runs = load_runs(resolve_uri(args.tracking_uri), args.experiment, args.sweep)
     print(f"{PROG}: {runs.describe()}", file=sys.stderr)
     agg = aggregate(runs.frame, group_by)
@@ -87,7 +99,7 @@ def _analyse(args: argparse.Namespace) -> None:
         out = args.out or Path(tmp)
         try:
             written = write_report(out, client, runs, agg, tables, group_by, args.precision, args.figures)
-        except OSError as error:  # a read-only or missing parent folder, a full disk
+        except OSError as error:  # the disk filled up meanwhile
             raise AnalysisError(f"--out: cannot write to {out}: {error.strerror or error}") from None
         if args.out is not None:
             print(f"{PROG}: wrote {len(written)} files to {out}", file=sys.stderr)

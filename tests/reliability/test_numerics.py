@@ -48,7 +48,8 @@ def attempts(tmp_path_factory, data_dir, empty_store) -> tuple[dict[str, Run], d
     client = MlflowClient(app.default_uri)
     experiment = client.get_experiment_by_name("flowsweep").experiment_id
     by_attempt = {a: {r.data.params["instance"]: r for r in client.search_runs(
-        [experiment], filter_string=f"tags.sweep_id = '{a}'")} for a in ("first", "second")}  # fmt: skip
+        [experiment], filter_string=f"tags.sweep_id = '{a}' and tags.`flowsweep.role` = 'instance'")}
+        for a in ("first", "second")}  # fmt: skip
     return by_attempt["first"], by_attempt["second"], client
 
 
