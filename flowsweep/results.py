@@ -9,7 +9,7 @@ goes on), ``train_bpd``/``val_bpd``/``test_bpd`` (``inf`` for a diverged instanc
 ``layout=opt``, and the artifacts ``masks.json``, ``masks.png``, ``bpd_curve.png`` (and
 ``search_trials.json``, ``search_trajectory.png``). The parent run gets the mean and std of
 each bpd over the instances that did not diverge (``train_bpd_mean`` ...), ``diverged`` (how
-many did), the wall times, the summary as its description, and figures of all instances'
+many did: ``diverged_count``), the wall times, the summary as its description, and figures of all instances'
 curves.
 """
 
@@ -134,7 +134,7 @@ def log_job(runs: RunGroup, summary: JobSummary, result: dict, title: str,
             runs.metric(JOB, f"{split}_bpd_mean", mean)
             if not math.isnan(std):
                 runs.metric(JOB, f"{split}_bpd_std", std)
-    runs.metric(JOB, "diverged", summary.diverged)
+    runs.metric(JOB, "diverged_count", summary.diverged)  # not "diverged": that is an instance's 0 or 1
     runs.metric(JOB, "instances", summary.instances)
     runs.metric(JOB, "wall_time_s", result["wall_time_s"])
     runs.metric(JOB, "train_time_s", result["train_time_s"])

@@ -117,7 +117,7 @@ def test_a_jobs_run_holds_its_aggregates_and_figures(sweep):
             values = runs[f"metrics.{split}_bpd"]
             assert job[f"metrics.{split}_bpd_mean"] == pytest.approx(values.mean(), rel=1e-9)
             assert job[f"metrics.{split}_bpd_std"] == pytest.approx(values.std(ddof=1), rel=1e-9)
-        assert job["metrics.diverged"] == 0 and job["metrics.instances"] == INSTANCES
+        assert job["metrics.diverged_count"] == 0 and job["metrics.instances"] == INSTANCES
         assert "diverged   0 of 2" in job["tags.mlflow.note.content"]
         artifacts = {a.path for a in sweep.client.list_artifacts(job["run_id"])}
         assert {"summary.txt", "bpd_curves.png"} <= artifacts
