@@ -40,7 +40,7 @@ class MlflowWriteError(RuntimeError):
 class MlflowWriter:
     """The job's side of a writer process for the tracking store at ``uri``.
 
-    Calls are grouped (one group per :class:`~flowsweep.tracking.RunGroup`): a group's runs
+    Calls are grouped (one group per :class:`~flowsweep.run_group.RunGroup`): a group's runs
     are created by one ``create`` request and addressed by their position afterwards.
     """
 

@@ -8,9 +8,9 @@ goes on), ``train_bpd``/``val_bpd``/``test_bpd`` (``inf`` for a diverged instanc
 ``diverged``, ``num_params``, wall times, ``pair_coverage``, the search metrics of
 ``layout=opt``, and the artifacts ``masks.json``, ``masks.png``, ``bpd_curve.png`` (and
 ``search_trials.json``, ``search_trajectory.png``). The parent run gets the mean and std of
-each bpd over the instances that did not diverge (``train_bpd_mean`` ...), ``diverged`` (how
-many did: ``diverged_count``), the wall times, the summary as its description, and figures of all instances'
-curves.
+each bpd over the instances that did not diverge (``train_bpd_mean`` ...), how many did
+(``diverged_count``), the wall times, the summary as its description, and figures of all
+instances' curves.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from flowsweep import plots
 from flowsweep.search import StructureOptimizer
 from flowsweep.structure import Structure
 from flowsweep.summary import SPLITS, JobSummary, job_lines
-from flowsweep.tracking import DIVERGED_TAG, JOB, RunGroup
+from flowsweep.run_group import DIVERGED_TAG, JOB, RunGroup
 from flowsweep.training import nats_to_bpd
 
 __all__ = ["LiveCurve", "log_search_metrics", "log_instances", "log_job"]

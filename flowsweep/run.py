@@ -33,8 +33,8 @@ from flowsweep.search import StructureOptimizer
 from flowsweep.search.runner import SearchSettings, run_searches
 from flowsweep.seeding import derive_seed, torch_generator
 from flowsweep.structure import Structure, parity_structure, random_structure
-from flowsweep.tracking import (FAILED, JOB, KILLED, PHASE_TAG, SWEEP_ID_ENV, RunGroup, RunSpec, check_reachable,
-                                open_store, resolve_tracking_uri)
+from flowsweep.run_group import FAILED, JOB, KILLED, PHASE_TAG, RunGroup, RunSpec
+from flowsweep.tracking import SWEEP_ID_ENV, check_reachable, open_store, resolve_tracking_uri
 from flowsweep.training import Schedule, evaluate_bpd, train
 
 __all__ = ["run_job", "build_optimizers", "fingerprint"]

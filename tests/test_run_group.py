@@ -9,7 +9,8 @@ import pytest
 from mlflow.entities import RunStatus
 
 from flowsweep.mlflow_writer import MlflowWriteError, writer_for
-from flowsweep.tracking import JOB, KILLED, ROLE_TAG, RunGroup, RunSpec, ensure_experiment, open_client
+from flowsweep.run_group import JOB, KILLED, ROLE_TAG, RunGroup, RunSpec
+from flowsweep.tracking import ensure_experiment, open_client
 
 
 @pytest.fixture()

@@ -38,7 +38,7 @@ PHASES: dict[str, list[tuple[str, str]]] = {
         ("flowsweep.callbacks", "TrackingCallback.on_multirun_start"),
         ("flowsweep.run", "open_store"),
         ("flowsweep.run", "resume_job"),
-        ("flowsweep.tracking", "RunGroup.__init__"),
+        ("flowsweep.run_group", "RunGroup.__init__"),
     ],
     "mlflow: metrics and artifacts": [
         ("flowsweep.results", "LiveCurve.__call__"),
@@ -46,7 +46,7 @@ PHASES: dict[str, list[tuple[str, str]]] = {
         ("flowsweep.run", "log_search_metrics"),
         ("flowsweep.run", "log_instances"),
         ("flowsweep.run", "log_job"),
-        ("flowsweep.tracking", "RunGroup.close"),
+        ("flowsweep.run_group", "RunGroup.close"),
     ],
     "figures": [
         ("flowsweep.plots", "save_mask_heatmap"),
