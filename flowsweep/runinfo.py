@@ -1,9 +1,9 @@
 """What a job's MLflow runs are called, which params and tags they carry.
 
-Names are readable and unique within an experiment: ``<dataset>-<layout>[-<search>]-L<depth>``
+Names are readable and unique within an experiment: ``<dataset>-<layout>-L<depth>[-<search>]``
 followed by the first characters of the job's config fingerprint, e.g.
-``yeast-opt-random-L2-3f9a1c`` for a job's parent run and ``yeast-opt-random-L2-3f9a1c-i07``
-for its instance 7. Jobs that share dataset, layout, search and depth but differ in any
+``yeast-opt-L2-random-3f9a1c`` for a job's parent run and ``yeast-opt-L2-random-3f9a1c-i07``
+for its instance 7 (dataset, layout and depth first: the MLflow UI cuts long names short). Jobs that share dataset, layout, search and depth but differ in any
 other setting (a learning rate, a seed) differ in the fingerprint part; the same config
 has the same names, so a resumed or re-run job is recognisable.
 
@@ -31,11 +31,11 @@ def _searches(cfg: DictConfig) -> bool:
 
 
 def job_label(cfg: DictConfig) -> str:
-    """``yeast-opt-random-L2``: dataset, layout, the search of ``layout=opt``, depth."""
-    parts = [str(cfg.dataset.name), str(cfg.layout.name)]
+    """``yeast-opt-L2-random``: dataset, layout, depth, the search of ``layout=opt``."""
+    parts = [str(cfg.dataset.name), str(cfg.layout.name), f"L{cfg.depth.layers}"]
     if _searches(cfg):
         parts.append(str(cfg.search.name))
-    return "-".join([*parts, f"L{cfg.depth.layers}"])
+    return "-".join(parts)
 
 
 def job_title(cfg: DictConfig) -> str:

@@ -6,7 +6,7 @@ Hydra's job log (``main.log`` in the job's output folder) keeps them. A job's li
     yeast, layout opt (search evolutionary), depth 2, 20 instances: finished in 41.2 s
       bpd        train -2.913 ± 0.201   val -2.801 ± 0.240   test -2.507 ± 0.382   (mean ± std over 20)
       diverged   0 of 20
-      MLflow     run yeast-opt-evolutionary-L2-3f9a1c, experiment 'flowsweep', sweep outputs/2026-12-01/19-40-02
+      MLflow     run yeast-opt-L2-evolutionary-3f9a1c, experiment 'flowsweep', sweep outputs/2026-12-01/19-40-02
       look       mlflow ui --backend-store-uri sqlite:////home/me/runs/mlflow.db --host 127.0.0.1
 
 A job whose every instance diverged says so in its first line. At the end of a multirun,
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Optional, Sequence
 from urllib.parse import urlparse
@@ -128,7 +129,9 @@ def sweep_table(records: Sequence[Mapping[str, Any]], title: str) -> str:
     rows = []
     for record in records:
         summary = record.get("summary")
-        which = " ".join(o for o in record["overrides"] if o not in shared) or "(no overrides)"
+        # depth='2' as the user typed it: depth=2 (flowsweep.overrides quoted it for Hydra)
+        which = " ".join(re.sub(r"^([\w.]+)='([^',]*)'$", r"\1=\2", o) for o in record["overrides"]
+                         if o not in shared) or "(no overrides)"
         if summary is None:
             rows.append([record["num"], which, record["status"].lower(), "", "", "", "", ""])
             continue
