@@ -66,7 +66,8 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def read_records(sweep_dir: str | Path) -> list[dict[str, Any]]:
-    """Every job record of a sweep, by job number: ``num``, ``overrides``, ``status``, ``error``."""
+    """Every job record of a sweep, by job number: ``num``, ``overrides``, ``status``, ``error``,
+    ``output_dir`` and ``summary`` (:func:`flowsweep.summary.take_last`, ``None`` for a failed job)."""
     folder = Path(sweep_dir) / RECORDS
     records = [json.loads(p.read_text()) for p in folder.glob("*.json")] if folder.is_dir() else []
     return sorted(records, key=lambda r: r["num"])

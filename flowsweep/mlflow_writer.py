@@ -8,7 +8,9 @@ goes on using the other core; :meth:`MlflowWriter.sync` waits until everything s
 far is written and returns what went wrong. Only MLflow's public client API is used.
 
 Requests travel as JSON lines over the child's stdin, replies over its stdout (JSON, not
-pickle: nothing the child reads can run code). The child's stdin has no other writer,
+pickle: nothing the child reads can run code). A thread of the job's process feeds the
+child's stdin from a queue, so that the job never blocks on a full pipe while the child
+writes a large batch (a job sends megabytes of metric points at once). The child's stdin has no other writer,
 so when the job's process ends, however it ends, the child reads what was sent, writes
 it, and exits. Ctrl-C in a terminal signals the whole foreground process group; the child
 runs in a session of its own and ignores SIGINT besides, so that the interrupted job can
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -52,42 +55,53 @@ class MlflowWriter:
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
         self._lock = threading.Lock()
         self._groups = 0
+        self._outbox: queue.SimpleQueue[Optional[bytes]] = queue.SimpleQueue()
+        self._broken: Optional[str] = None  # why the pipe to the child failed, once it has
+        self._pump = threading.Thread(target=self._feed, name="flowsweep-mlflow-writer", daemon=True)
+        self._pump.start()
 
     @property
     def alive(self) -> bool:
-        return self._process.poll() is None
+        return self._process.poll() is None and self._broken is None
 
     def new_group(self) -> int:
         with self._lock:
             self._groups += 1
             return self._groups
 
-    def send(self, op: str, group: int, *args: Any) -> None:
-        """Queue one call; it is performed after every call sent before it."""
-        with self._lock:
+    def _feed(self) -> None:
+        """The pump thread: queued requests into the child's stdin, in order; ``None`` closes it."""
+        while (message := self._outbox.get()) is not None:
             try:
-                self._process.stdin.write(_encode(op, group, args))
+                self._process.stdin.write(message)
                 self._process.stdin.flush()
             except (BrokenPipeError, OSError) as error:
-                raise MlflowWriteError(f"the MLflow writer process for {self.uri} is gone: {error}") from None
+                self._broken = f"the MLflow writer process for {self.uri} is gone: {error}"
+                return
+        self._process.stdin.close()
+
+    def send(self, op: str, group: int, *args: Any) -> None:
+        """Queue one call; it is performed after every call sent before it."""
+        if self._broken:
+            raise MlflowWriteError(self._broken)
+        self._outbox.put(_encode(op, group, args))
 
     def sync(self, group: int) -> tuple[list[str], list[str]]:
         """Wait until every call sent so far is done; returns the group's run ids and errors."""
-        with self._lock:
-            try:
-                self._process.stdin.write(_encode("sync", group, []))
-                self._process.stdin.flush()
-                reply = self._process.stdout.readline()
-            except (BrokenPipeError, OSError) as error:
-                raise MlflowWriteError(f"the MLflow writer process for {self.uri} is gone: {error}") from None
+        with self._lock:  # one reply per sync, in the order of the syncs
+            self.send("sync", group)
+            reply = self._process.stdout.readline()
         if not reply:
-            raise MlflowWriteError(f"the MLflow writer process for {self.uri} ended (exit code {self._process.wait()})")
+            raise MlflowWriteError(self._broken or f"the MLflow writer process for {self.uri} ended "
+                                                   f"(exit code {self._process.wait()})")
         run_ids, errors = json.loads(reply)
         return run_ids, errors
 
     def close(self) -> None:
         """End the child once it has written everything (it sees the end of its input)."""
-        if self._process.stdin and not self._process.stdin.closed:
+        self._outbox.put(None)
+        self._pump.join()
+        if not self._process.stdin.closed:  # the pump stopped on a broken pipe
             self._process.stdin.close()
         self._process.wait()
 
@@ -164,6 +178,8 @@ def _serve(uri: str, requests: BinaryIO, replies: BinaryIO) -> None:
                     shutil.rmtree(folder, ignore_errors=True)
             elif op == "terminate":
                 status, end_ms = args
+                if status == "FINISHED" and errors[group]:
+                    status = "FAILED"  # some of the group's results are not in the store
                 for run_id in runs.get(group, []):
                     client.set_terminated(run_id, status, end_time=end_ms)
             else:

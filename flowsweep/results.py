@@ -6,7 +6,8 @@ Instance runs get ``batch_bpd`` (the minibatch bpd of every k-th SGD step, at mo
 the run's ``bpd_curve.png`` shows every step; :class:`LiveCurve` writes it while training
 goes on), ``train_bpd``/``val_bpd``/``test_bpd`` (``inf`` for a diverged instance),
 ``diverged``, ``num_params``, wall times, ``pair_coverage``, the search metrics of
-``layout=opt``, and the artifacts ``masks.json``, ``masks.png``, ``bpd_curve.png`` (and
+``layout=opt`` (``search_best_bpd`` per iteration and counts; every trial is in
+``search_trials.json``), and the artifacts ``masks.json``, ``masks.png``, ``bpd_curve.png`` (and
 ``search_trials.json``, ``search_trajectory.png``). The parent run gets the mean and std of
 each bpd over the instances that did not diverge (``train_bpd_mean`` ...), how many did
 (``diverged_count``), the wall times, the summary as its description, and figures of all
@@ -74,15 +75,13 @@ class LiveCurve:
 
 
 def log_search_metrics(runs: RunGroup, optimizers: Sequence[StructureOptimizer], search_time: float) -> None:
-    """Search metrics at step = iteration t, sent at once: they are written while the job trains on."""
+    """The best-so-far value at step = iteration t and the search's counts, sent at once: they
+    are written while the job trains on. Every trial (value, state, acceptance) goes to
+    ``search_trials.json`` instead of metric points: a grid's searches hold 10^5 trials."""
     for i, optimizer in enumerate(optimizers):
         trials = optimizer.history
-        finite = [t for t in trials if math.isfinite(t.value)]  # diverged trials: in the JSON, not the chart
-        for trial in finite:
-            runs.metric(i, "search_trial_bpd", trial.value, step=trial.iteration)
-        accepted = {t.iteration for t in trials if t.accepted}
+        finite = [t for t in trials if math.isfinite(t.value)]
         for t, best in enumerate(optimizer.best_trace):
-            runs.metric(i, "search_accepted", float(t in accepted), step=t)
             if math.isfinite(best):
                 runs.metric(i, "search_best_bpd", best, step=t)
         runs.metric(i, "search_time_s", search_time)

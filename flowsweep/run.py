@@ -15,7 +15,7 @@ import json
 import math
 import os
 import time
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -29,11 +29,11 @@ from flowsweep.data import Dataset, load_dataset, standardized
 from flowsweep.engine import BatchedCouplingFlow
 from flowsweep.results import LiveCurve, log_instances, log_job, log_search_metrics
 from flowsweep.resume import objective_of, resume_job
+from flowsweep.run_group import FAILED, JOB, KILLED, PHASE_TAG, RunGroup, RunSpec
 from flowsweep.search import StructureOptimizer
 from flowsweep.search.runner import SearchSettings, run_searches
 from flowsweep.seeding import derive_seed, torch_generator
 from flowsweep.structure import Structure, parity_structure, random_structure
-from flowsweep.run_group import FAILED, JOB, KILLED, PHASE_TAG, RunGroup, RunSpec
 from flowsweep.tracking import SWEEP_ID_ENV, check_reachable, open_store, resolve_tracking_uri
 from flowsweep.training import Schedule, evaluate_bpd, train
 
@@ -114,10 +114,10 @@ def run_job(cfg: DictConfig, data: Optional[Dataset] = None) -> float:
 
     client, experiment_id = open_store(uri, cfg.tracking.experiment)
     job_name, names = runinfo.run_names(cfg, fingerprint(cfg))
-    outcome = dict(cfg=cfg, uri=uri, run_name=job_name)
+    where = dict(uri=uri, run_name=job_name, sweep_id=_sweep_id(cfg))
     finished = resume_job(client, experiment_id, fingerprint(cfg), cfg.instances, cfg.rerun)
     if finished is not None:  # this config's runs already FINISHED (a resumed sweep)
-        summary.report(_summary_of_runs(finished, **outcome))
+        summary.report(summary.of_runs(cfg, [r.data.metrics for r in finished], objective_of(finished), **where))
         return objective_of(finished)
     params = runinfo.job_params(cfg)
     runs = RunGroup(
@@ -143,7 +143,7 @@ def run_job(cfg: DictConfig, data: Optional[Dataset] = None) -> float:
         live.finish(result["curve"])
         title = runinfo.job_title(cfg)
         log_instances(runs, structures, result, data.columns, title, optimizers)
-        job = _summary(result, **outcome)
+        job = summary.of_result(cfg, result, objective(result), **where)
         runs.tag(JOB, PHASE_TAG, "done")
         log_job(runs, job, result, title, optimizers)
         if job.all_diverged:
@@ -160,30 +160,6 @@ def run_job(cfg: DictConfig, data: Optional[Dataset] = None) -> float:
     job.wall_time_s = time.perf_counter() - clock  # the whole job, its logging included
     summary.report(job)
     return objective(result)
-
-
-def _summary(result: dict, cfg: DictConfig, uri: str, run_name: str, skipped: bool = False) -> summary.JobSummary:
-    """The job's summary from its result (or, with ``result`` built from runs, a skipped job's)."""
-    converged = ~np.asarray(result["diverged"], dtype=bool)
-    return summary.JobSummary(
-        dataset=str(cfg.dataset.name), layout=str(cfg.layout.name),
-        search=str(cfg.search.name) if cfg.layout.name == "opt" else None, depth=int(cfg.depth.layers),
-        instances=int(cfg.instances), diverged=int((~converged).sum()), wall_time_s=float(result["wall_time_s"]),
-        experiment=str(cfg.tracking.experiment), uri=uri, sweep_id=_sweep_id(cfg), run_name=run_name,
-        objective=objective(result), skipped=skipped,
-        bpd={split: summary.spread(result[f"{split}_bpd"][converged]) for split in summary.SPLITS
-             if f"{split}_bpd" in result and converged.any()},
-    )
-
-
-def _summary_of_runs(runs: list[Any], **outcome: Any) -> summary.JobSummary:
-    """A skipped job's summary, from its FINISHED instance runs."""
-    metrics = [r.data.metrics for r in runs]
-    result = {key: np.array([m.get(key, math.inf) for m in metrics]) for key in ("train_bpd", "val_bpd", "test_bpd")
-              if all(key in m for m in metrics)}
-    result["diverged"] = np.array([bool(m.get("diverged", 0.0)) for m in metrics])
-    result["wall_time_s"] = max(m.get("wall_time_s", 0.0) for m in metrics)
-    return _summary(result, skipped=True, **outcome)
 
 
 def objective(result: dict) -> float:

@@ -3,9 +3,10 @@
 Names are readable and unique within an experiment: ``<dataset>-<layout>-L<depth>[-<search>]``
 followed by the first characters of the job's config fingerprint, e.g.
 ``yeast-opt-L2-random-3f9a1c`` for a job's parent run and ``yeast-opt-L2-random-3f9a1c-i07``
-for its instance 7 (dataset, layout and depth first: the MLflow UI cuts long names short). Jobs that share dataset, layout, search and depth but differ in any
-other setting (a learning rate, a seed) differ in the fingerprint part; the same config
-has the same names, so a resumed or re-run job is recognisable.
+for its instance 7 (dataset, layout and depth first: the MLflow UI cuts long names short).
+Jobs that share dataset, layout, search and depth but differ in any other setting (a
+learning rate, a seed) differ in the fingerprint part; the same config has the same
+names, so a resumed or re-run job is recognisable.
 
 Params are the composed config, flattened (``train.max_lr``), less what does not describe
 the model or its training: the keys under ``tracking.omit_params`` (where data and runs

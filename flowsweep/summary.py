@@ -23,10 +23,11 @@ from typing import Any, Mapping, Optional, Sequence
 from urllib.parse import urlparse
 
 import numpy as np
+from omegaconf import DictConfig
 
 from flowsweep.tracking import masked
 
-__all__ = ["SPLITS", "JobSummary", "spread", "job_lines", "report", "take_last", "sweep_table"]
+__all__ = ["SPLITS", "JobSummary", "spread", "of_result", "of_runs", "job_lines", "report", "take_last", "sweep_table"]
 
 SPLITS = ("train", "val", "test")
 log = logging.getLogger("flowsweep")
@@ -68,6 +69,29 @@ def spread(values: Sequence[float]) -> tuple[float, float]:
     return float(finite.mean()), float(finite.std(ddof=1)) if len(finite) > 1 else math.nan
 
 
+def of_result(cfg: DictConfig, result: Mapping[str, Any], objective: float, uri: str, run_name: str, sweep_id: str,
+              skipped: bool = False) -> JobSummary:
+    """The summary of a job from its result: ``{split}_bpd`` and ``diverged`` per instance, ``wall_time_s``."""
+    converged = ~np.asarray(result["diverged"], dtype=bool)
+    return JobSummary(
+        dataset=str(cfg.dataset.name), layout=str(cfg.layout.name),
+        search=str(cfg.search.name) if cfg.layout.name == "opt" else None, depth=int(cfg.depth.layers),
+        instances=int(cfg.instances), diverged=int((~converged).sum()), wall_time_s=float(result["wall_time_s"]),
+        experiment=str(cfg.tracking.experiment), uri=uri, sweep_id=sweep_id, run_name=run_name, objective=objective,
+        skipped=skipped, bpd={split: spread(np.asarray(result[f"{split}_bpd"])[converged]) for split in SPLITS
+                              if f"{split}_bpd" in result and converged.any()},
+    )
+
+
+def of_runs(cfg: DictConfig, metrics: Sequence[Mapping[str, float]], objective: float, **where: str) -> JobSummary:
+    """A skipped job's summary, from the metrics of its FINISHED instance runs."""
+    result: dict[str, Any] = {key: [m.get(key, math.inf) for m in metrics] for key in (f"{s}_bpd" for s in SPLITS)
+                              if all(key in m for m in metrics)}
+    result["diverged"] = [bool(m.get("diverged", 0.0)) for m in metrics]
+    result["wall_time_s"] = max(m.get("wall_time_s", 0.0) for m in metrics)
+    return of_result(cfg, result, objective, skipped=True, **where)
+
+
 def _look(uri: str) -> str:
     if urlparse(uri).scheme in ("http", "https"):
         return f"open {masked(uri)} in a browser"
@@ -85,9 +109,9 @@ def job_lines(summary: JobSummary) -> list[str]:
         what += f" (search {summary.search})"
     what += f", depth {summary.depth}, {summary.instances} instances"
     if summary.skipped:
-        outcome = f"skipped: its runs already FINISHED in experiment '{summary.experiment}' (rerun=true trains it again)"
+        outcome = f"skipped: its runs already FINISHED in experiment '{summary.experiment}' (rerun=true trains again)"
     elif summary.all_diverged:
-        outcome = f"ALL {summary.instances} INSTANCES DIVERGED (non-finite loss or parameters) in {summary.wall_time_s:.1f} s"
+        outcome = f"ALL {summary.instances} INSTANCES DIVERGED (non-finite loss or parameters), {summary.wall_time_s:.1f} s"
     else:
         outcome = f"finished in {summary.wall_time_s:.1f} s"
     lines = [f"{what}: {outcome}"]

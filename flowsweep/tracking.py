@@ -141,9 +141,9 @@ def _artifact_location(uri: str, experiment: str) -> Optional[str]:
 
 def _active(experiment: Any, uri: str) -> str:
     if experiment.lifecycle_stage != "active":
-        raise ConfigError("tracking.experiment", f"experiment {experiment.name!r} is deleted in {masked(uri)}; restore it "
-                                                 f"(mlflow experiments restore --experiment-id {experiment.experiment_id}) "
-                                                 f"or choose another tracking.experiment")
+        restore = f"mlflow experiments restore --experiment-id {experiment.experiment_id}"
+        raise ConfigError("tracking.experiment", f"experiment {experiment.name!r} is deleted in {masked(uri)}; "
+                                                 f"restore it ({restore}) or choose another tracking.experiment")
     return experiment.experiment_id
 
 

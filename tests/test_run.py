@@ -191,9 +191,12 @@ def test_every_search_trial_is_logged(sweep):
         values = [p.value for p in best_curve]
         assert all(b <= a for a, b in zip(values, values[1:]))
         assert values[-1] == pytest.approx(best["value"])
-        accepted = sweep.client.get_metric_history(run_id, "search_accepted")
-        assert [p.value for p in accepted] == [float(any(t["accepted"] for t in trials if t["t"] == s))
-                                                for s in range(ITERATIONS + 1)]
+        # The best-so-far curve is the value of the latest accepted trial, iteration by iteration.
+        latest, expected = None, []
+        for s in range(ITERATIONS + 1):
+            latest = next((t["value"] for t in trials if t["t"] == s and t["accepted"]), latest)
+            expected.append(latest)
+        assert values == pytest.approx(expected)
 
 
 def test_cfg_job_prints_the_config_and_runs_nothing(tmp_path, data_dir):

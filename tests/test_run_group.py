@@ -82,6 +82,8 @@ def test_a_rejected_write_is_raised_at_close(store):
     runs.metric(0, "bad key \\u0000?", 1.0)  # MLflow rejects this metric name
     with pytest.raises(MlflowWriteError, match="log"):
         runs.close()
+    # What was asked for is not all in the store: the runs end FAILED, never FINISHED.
+    assert {client.get_run(run_id).info.status for run_id in (runs.job_run_id, *runs.run_ids)} == {"FAILED"}
 
 
 def test_long_curves_are_written_in_batches_within_mlflow_limits(store):
