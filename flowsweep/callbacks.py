@@ -34,11 +34,15 @@ from omegaconf import DictConfig
 
 from flowsweep.config import ConfigError
 
-__all__ = ["SWEEP_ID_ENV", "fail", "TrackingCallback", "RECORDS", "SUMMARY_FILE", "SweepReport", "read_records",
+__all__ = ["SWEEP_ID_ENV", "LAUNCHER_PID_ENV", "fail", "TrackingCallback", "RECORDS", "SUMMARY_FILE", "SweepReport", "read_records",
            "format_report"]
 
 #: Set by :class:`TrackingCallback` in the launching process; jobs (and their workers) inherit it.
 SWEEP_ID_ENV = "FLOWSWEEP_SWEEP_ID"
+
+#: The launching process's pid, set by :class:`TrackingCallback`: a job that runs in that
+#: process (Hydra's basic launcher) need not wait for its MLflow writes (flowsweep.run).
+LAUNCHER_PID_ENV = "FLOWSWEEP_LAUNCHER_PID"
 
 #: Job records, relative to the sweep directory.
 RECORDS = Path(".flowsweep") / "jobs"
@@ -128,6 +132,7 @@ class TrackingCallback(Callback):
         from flowsweep.tracking import masked, open_store, resolve_tracking_uri
 
         os.environ[SWEEP_ID_ENV] = config.tracking.sweep_id or str(config.hydra.sweep.dir)
+        os.environ[LAUNCHER_PID_ENV] = str(os.getpid())
         uri = resolve_tracking_uri(config.tracking.uri, os.getcwd())
         try:
             open_store(uri, config.tracking.experiment)

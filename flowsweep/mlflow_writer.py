@@ -29,7 +29,7 @@ import threading
 from collections import defaultdict
 from typing import Any, BinaryIO, Optional
 
-__all__ = ["MlflowWriter", "MlflowWriteError", "writer_for", "close_writers"]
+__all__ = ["MlflowWriter", "MlflowWriteError", "writer_for", "settle", "close_writers"]
 
 #: MLflow's limits on one ``log_batch`` request (REST API reference, "Log Batch").
 _METRICS_PER_BATCH = 1000
@@ -44,7 +44,9 @@ class MlflowWriter:
     """The job's side of a writer process for the tracking store at ``uri``.
 
     Calls are grouped (one group per :class:`~flowsweep.run_group.RunGroup`): a group's runs
-    are created by one ``create`` request and addressed by their position afterwards.
+    are created by one ``create`` request and addressed by their position afterwards. A
+    group can be left *pending* (:meth:`defer`): the job goes on without waiting for its
+    writes, and :meth:`settle` waits for them later.
     """
 
     def __init__(self, uri: str):
@@ -59,6 +61,7 @@ class MlflowWriter:
         self._broken: Optional[str] = None  # why the pipe to the child failed, once it has
         self._pump = threading.Thread(target=self._feed, name="flowsweep-mlflow-writer", daemon=True)
         self._pump.start()
+        self._pending: dict[int, str] = {}  # group -> its label, until settled
 
     @property
     def alive(self) -> bool:
@@ -97,6 +100,20 @@ class MlflowWriter:
         run_ids, errors = json.loads(reply)
         return run_ids, errors
 
+    def defer(self, group: int, label: str) -> None:
+        """Leave ``group``'s writes pending: :meth:`settle` waits for them and reports their errors."""
+        self._pending[group] = label
+
+    def settle(self, label: Optional[str] = None) -> list[str]:
+        """Wait for the pending groups (those labelled ``label`` only, if given); their errors,
+        each prefixed with its group's label."""
+        errors = []
+        for group, name in list(self._pending.items()):
+            if label is None or name == label:
+                del self._pending[group]
+                errors += [f"{name}: {error}" for error in self.sync(group)[1]]
+        return errors
+
     def close(self) -> None:
         """End the child once it has written everything (it sees the end of its input)."""
         self._outbox.put(None)
@@ -121,6 +138,14 @@ def writer_for(uri: str) -> MlflowWriter:
         if writer is None or not writer.alive:
             writer = _writers[uri] = MlflowWriter(uri)
         return writer
+
+
+def settle(label: Optional[str] = None) -> list[str]:
+    """Wait for the pending writes of every writer of this process (of groups labelled
+    ``label`` only, if given); the errors of those writes."""
+    with _writers_lock:
+        writers = list(_writers.values())
+    return [error for writer in writers for error in writer.settle(label)]
 
 
 def close_writers() -> None:

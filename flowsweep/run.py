@@ -26,7 +26,9 @@ from omegaconf import DictConfig, OmegaConf
 from flowsweep import runinfo, summary
 from flowsweep.config import ConfigError, DivergedError, validate, validate_against_data
 from flowsweep.data import Dataset, load_dataset, standardized
+from flowsweep.callbacks import LAUNCHER_PID_ENV
 from flowsweep.engine import BatchedCouplingFlow
+from flowsweep.mlflow_writer import MlflowWriteError, settle
 from flowsweep.results import LiveCurve, log_instances, log_job, log_search_metrics
 from flowsweep.resume import objective_of, resume_job
 from flowsweep.run_group import FAILED, JOB, KILLED, PHASE_TAG, RunGroup, RunSpec
@@ -115,6 +117,12 @@ def run_job(cfg: DictConfig, data: Optional[Dataset] = None) -> float:
     client, experiment_id = open_store(uri, cfg.tracking.experiment)
     job_name, names = runinfo.run_names(cfg, fingerprint(cfg))
     where = dict(uri=uri, run_name=job_name, sweep_id=_sweep_id(cfg))
+    # In a sweep whose jobs run in this process (Hydra's basic launcher), a job does not
+    # wait for its MLflow writes: they overlap the next job, and main.py waits for all of
+    # them at the end. An earlier job of this very config must be written before resume looks.
+    pipelined = os.environ.get(LAUNCHER_PID_ENV) == str(os.getpid())
+    if pipelined and (errors := settle(job_name)):
+        raise MlflowWriteError(f"an earlier job of this config could not be written: {errors[0]}")
     finished = resume_job(client, experiment_id, fingerprint(cfg), cfg.instances, cfg.rerun)
     if finished is not None:  # this config's runs already FINISHED (a resumed sweep)
         summary.report(summary.of_runs(cfg, [r.data.metrics for r in finished], objective_of(finished), **where))
@@ -156,7 +164,7 @@ def run_job(cfg: DictConfig, data: Optional[Dataset] = None) -> float:
         if isinstance(error, DivergedError):
             summary.report(job)
         raise
-    runs.close()
+    runs.close(wait=not pipelined)
     job.wall_time_s = time.perf_counter() - clock  # the whole job, its logging included
     summary.report(job)
     return objective(result)

@@ -58,6 +58,7 @@ class RunGroup:
     def __init__(self, client: MlflowClient, experiment_id: str, job: RunSpec, instances: Sequence[RunSpec],
                  tags: Mapping[str, str], start_time: float):
         self.client = client
+        self.name = job.name
         self._writer = writer_for(client.tracking_uri)
         self._group = self._writer.new_group()
         self._size = len(instances)
@@ -125,16 +126,21 @@ class RunGroup:
         for run in (JOB, *range(self._size)):
             self.send(run)
 
-    def close(self, status: str = FINISHED) -> None:
+    def close(self, status: str = FINISHED, wait: bool = True) -> None:
         """Write what is buffered, end every run with ``status`` and wait until all is written.
 
         Errors of the writer are raised for ``FINISHED`` only: a failed or interrupted
-        job is ending anyway, with its own error.
+        job is ending anyway, with its own error. ``wait=False`` (for ``FINISHED``) leaves
+        the writes pending, labelled with the job's run name: :func:`flowsweep.mlflow_writer.settle`
+        waits for them; if any fails, the writer ends the runs FAILED rather than FINISHED.
         """
         end_ms = int(time.time() * 1000)
         try:
             self.flush()
             self._writer.send("terminate", self._group, status, end_ms)
+            if not wait and status == FINISHED:
+                self._writer.defer(self._group, self.name)
+                return
             self._run_ids, errors = self._writer.sync(self._group)
         except MlflowWriteError:
             if status == FINISHED:

@@ -47,6 +47,7 @@ PHASES: dict[str, list[tuple[str, str]]] = {
         ("flowsweep.run", "log_instances"),
         ("flowsweep.run", "log_job"),
         ("flowsweep.run_group", "RunGroup.close"),
+        ("flowsweep.task", "finish"),  # a sweep's last MLflow writes, waited for at its end
     ],
     "figures": [
         ("flowsweep.plots", "save_mask_heatmap"),
