@@ -16,6 +16,7 @@ per thread, so jobs in threads never share a figure.
 from __future__ import annotations
 
 import threading
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
@@ -191,7 +192,8 @@ def save_curves(curves: np.ndarray, path: Path, title: str, xlabel: str, ylabel:
     for k in shown:
         ax.plot(steps, curves[:, k], lw=0.7, alpha=0.6, color=f"C{k % 10}")
     if shown:
-        with np.errstate(all="ignore"):
+        with warnings.catch_warnings():  # a step where no instance is finite has no median: NaN, no gap
+            warnings.simplefilter("ignore", RuntimeWarning)
             median = np.nanmedian(np.where(np.isfinite(curves[:, shown]), curves[:, shown], np.nan), axis=1)
         ax.plot(steps, median, lw=1.6, color="black", label=f"median of {len(shown)} instances")
         ax.legend(fontsize=_SMALL, loc="upper right")

@@ -27,10 +27,10 @@ import numpy as np
 from torch import Tensor
 
 from flowsweep import plots
+from flowsweep.run_group import DIVERGED_TAG, JOB, RunGroup
 from flowsweep.search import StructureOptimizer
 from flowsweep.structure import Structure
 from flowsweep.summary import SPLITS, JobSummary, job_lines
-from flowsweep.run_group import DIVERGED_TAG, JOB, RunGroup
 from flowsweep.training import nats_to_bpd
 
 __all__ = ["LiveCurve", "log_search_metrics", "log_instances", "log_job"]

@@ -63,7 +63,7 @@ def _files_under(path: Path) -> list[Path]:
 
 
 def _magic_from(dataset_cfg, url: str):
-    cfg = dataset_cfg("magic")
+    cfg = dataset_cfg("magic", validation_fraction=0)  # the whole training split, as the README counts it
     cfg.files["magic04.data"].url = url
     return cfg
 
@@ -83,7 +83,7 @@ def test_download_verify_and_cache(server, cache, data_dir, dataset_cfg, tmp_pat
 def test_data_dir_wins_over_cache(cache, data_dir, dataset_cfg):
     (cache / "magic").mkdir(parents=True)
     (cache / "magic" / "magic04.data").write_text("garbage\n")
-    assert load_dataset(dataset_cfg("magic"), str(data_dir)).train.shape == (17118, 10)
+    assert load_dataset(dataset_cfg("magic", validation_fraction=0), str(data_dir)).train.shape == (17118, 10)
     with pytest.raises(DataError, match=r"cache/magic/magic04\.data: line 1 has 1 fields.*Delete it so that it is downloaded again"):
         load_dataset(dataset_cfg("magic"), None)
 
@@ -131,7 +131,7 @@ def test_http_error_is_reported(server, cache, dataset_cfg):
 
 
 def _turbine_from(dataset_cfg, url: str):
-    cfg = dataset_cfg("turbine")
+    cfg = dataset_cfg("turbine", validation_fraction=0)
     for fname in TURBINE:
         cfg.files[fname].url = url
     return cfg

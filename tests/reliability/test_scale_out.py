@@ -24,7 +24,7 @@ def test_submitit_runs_jobs_in_their_own_processes_and_reports_failures(flowswee
     report = done.stderr[done.stderr.rindex("flowsweep: 1 of 2 jobs failed"):].splitlines()
     assert report == ["flowsweep: 1 of 2 jobs failed (sweep multirun):",
                       "  #1 dataset.batch_size=5000: ConfigError: dataset.batch_size: 5000 is larger than the "
-                      "training split (1336 rows)"]
+                      "training split (1202 rows)"]
     runs = assert_complete_jobs(app.default_uri, jobs=1)
     assert {r.data.tags["sweep_id"] for r in runs} == {"multirun"}
     # Each job ran under submitit, in a process of its own, with its own log.
