@@ -2,8 +2,8 @@
 
 Names are readable and unique within an experiment: ``<dataset>-<layout>-L<depth>[-<search>]``
 followed by the first characters of the job's config fingerprint, e.g.
-``yeast-opt-L2-random-3f9a1c`` for a job's parent run and ``yeast-opt-L2-random-3f9a1c-i07``
-for its instance 7 (dataset, layout and depth first: the MLflow UI cuts long names short).
+``yeast-opt-L2-random-3f9a1c`` for a job's parent run and ``yeast-opt-L2-i07-random-3f9a1c``
+for its instance 7 (what tells runs apart comes first: the MLflow UI cuts long names short).
 Jobs that share dataset, layout, search and depth but differ in any other setting (a
 learning rate, a seed) differ in the fingerprint part; the same config has the same
 names, so a resumed or re-run job is recognisable.
@@ -21,7 +21,7 @@ from typing import Any, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["job_label", "job_title", "run_names", "job_params", "instance_params"]
+__all__ = ["job_title", "run_names", "job_params", "instance_params"]
 
 #: Characters of the fingerprint in a run name: enough to tell apart the jobs of a sweep.
 _FINGERPRINT_CHARS = 6
@@ -29,14 +29,6 @@ _FINGERPRINT_CHARS = 6
 
 def _searches(cfg: DictConfig) -> bool:
     return cfg.layout.name == "opt"
-
-
-def job_label(cfg: DictConfig) -> str:
-    """``yeast-opt-L2-random``: dataset, layout, depth, the search of ``layout=opt``."""
-    parts = [str(cfg.dataset.name), str(cfg.layout.name), f"L{cfg.depth.layers}"]
-    if _searches(cfg):
-        parts.append(str(cfg.search.name))
-    return "-".join(parts)
 
 
 def job_title(cfg: DictConfig) -> str:
@@ -47,8 +39,10 @@ def job_title(cfg: DictConfig) -> str:
 
 def run_names(cfg: DictConfig, fingerprint: str) -> tuple[str, list[str]]:
     """The parent run's name and the instance runs' names."""
-    job = f"{job_label(cfg)}-{fingerprint[:_FINGERPRINT_CHARS]}"
-    return job, [f"{job}-i{i:02d}" for i in range(cfg.instances)]
+    fp = fingerprint[:_FINGERPRINT_CHARS]
+    head = f"{cfg.dataset.name}-{cfg.layout.name}-L{cfg.depth.layers}"
+    tail = f"-{cfg.search.name}-{fp}" if _searches(cfg) else f"-{fp}"
+    return head + tail, [f"{head}-i{i:02d}{tail}" for i in range(cfg.instances)]
 
 
 def _flatten(node: Mapping[str, Any], prefix: str = "") -> dict[str, str]:

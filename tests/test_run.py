@@ -91,10 +91,9 @@ def test_one_finished_run_per_instance_nested_under_its_jobs_run(sweep):
         assert set(runs["params.train.steps"]) == {str(STEPS)}
         assert set(runs["params.dataset.batch_size"]) == {"29"}
         # Unique, readable names: dataset, layout (and search), depth, the config's fingerprint, instance.
-        label = "yeast-parity-L2" if layout == "parity" else "yeast-opt-L2-evolutionary"
-        name = f"{label}-{job['tags.fingerprint'][:6]}"
-        assert job["tags.mlflow.runName"] == name
-        assert list(runs["tags.mlflow.runName"]) == [f"{name}-i{i:02d}" for i in range(INSTANCES)]
+        fp, search = job["tags.fingerprint"][:6], "" if layout == "parity" else "-evolutionary"
+        assert job["tags.mlflow.runName"] == f"yeast-{layout}-L2{search}-{fp}"
+        assert list(runs["tags.mlflow.runName"]) == [f"yeast-{layout}-L2-i{i:02d}{search}-{fp}" for i in range(INSTANCES)]
     assert sweep.runs["tags.mlflow.runName"].nunique() == len(sweep.runs)
     # the same instance seeds for both layouts: instance i differs only in its structure
     assert list(sweep.of("parity")["params.instance_seed"]) == list(sweep.of("opt")["params.instance_seed"])
