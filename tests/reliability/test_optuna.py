@@ -30,12 +30,11 @@ def _study(app: Flowsweep) -> optuna.Study:
 
 
 def _complete(app: Flowsweep) -> list[optuna.trial.FrozenTrial]:
-    if not (app.cwd / "optuna.db").exists():
+    # Opened only once the sweeper has set up the storage (it logs the study's name then):
+    # two processes creating the same sqlite schema at once collide.
+    if "Study name:" not in (app.cwd / "first.log").read_text():
         return []
-    try:
-        return [t for t in _study(app).trials if t.state == optuna.trial.TrialState.COMPLETE]
-    except KeyError:  # the study is not created yet
-        return []
+    return [t for t in _study(app).trials if t.state == optuna.trial.TrialState.COMPLETE]
 
 
 def _interrupt_after_one_trial(app: Flowsweep, timeout_s: float = 180) -> int:
