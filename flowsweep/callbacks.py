@@ -2,12 +2,13 @@
 
 :class:`TrackingCallback` prepares the MLflow store of a multirun before jobs fan out.
 
-:class:`FailureReport` tells which jobs of a multirun failed, and why. Hydra's sweeper
-runs every job of a batch, then re-raises only the *first* failure and exits 1; the
-other failures would be lost in the job logs. The callback records each job's outcome
-as ``<sweep dir>/.flowsweep/jobs/<num>.json`` from the process that ran it (a joblib
-worker, a SLURM node: the sweep directory is shared) and, when the launching process
-exits, prints one line per failed job to stderr::
+:class:`SweepReport` tells how the jobs of a multirun went. Hydra's sweeper runs every
+job of a batch, then re-raises only the *first* failure and exits 1; the other failures
+would be lost in the job logs. The callback records each job's outcome and summary
+(:mod:`flowsweep.summary`) as ``<sweep dir>/.flowsweep/jobs/<num>.json`` from the process
+that ran it (a joblib worker, a SLURM node: the sweep directory is shared) and, when the
+launching process exits, prints the sweep's table to stdout (and writes it to
+``<sweep dir>/summary.txt``) and one line per failed job to stderr::
 
     flowsweep: 1 of 4 jobs failed (sweep multirun/2026-11-26/21-44-07):
       #2 dataset.batch_size=5000: ConfigError: dataset.batch_size: 5000 is larger than ...
@@ -33,13 +34,20 @@ from omegaconf import DictConfig
 
 from flowsweep.config import ConfigError
 
-__all__ = ["SWEEP_ID_ENV", "fail", "TrackingCallback", "RECORDS", "FailureReport", "read_records", "format_report"]
+__all__ = ["SWEEP_ID_ENV", "LAUNCHER_PID_ENV", "fail", "TrackingCallback", "RECORDS", "SUMMARY_FILE", "SweepReport", "read_records",
+           "format_report"]
 
 #: Set by :class:`TrackingCallback` in the launching process; jobs (and their workers) inherit it.
 SWEEP_ID_ENV = "FLOWSWEEP_SWEEP_ID"
 
+#: The launching process's pid, set by :class:`TrackingCallback`: a job that runs in that
+#: process (Hydra's basic launcher) need not wait for its MLflow writes (flowsweep.run).
+LAUNCHER_PID_ENV = "FLOWSWEEP_LAUNCHER_PID"
+
 #: Job records, relative to the sweep directory.
 RECORDS = Path(".flowsweep") / "jobs"
+#: The sweep's table, relative to the sweep directory.
+SUMMARY_FILE = "summary.txt"
 
 
 def _error_text(job_return: JobReturn) -> Optional[str]:
@@ -62,7 +70,8 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def read_records(sweep_dir: str | Path) -> list[dict[str, Any]]:
-    """Every job record of a sweep, by job number: ``num``, ``overrides``, ``status``, ``error``."""
+    """Every job record of a sweep, by job number: ``num``, ``overrides``, ``status``, ``error``,
+    ``output_dir`` and ``summary`` (:func:`flowsweep.summary.take_last`, ``None`` for a failed job)."""
     folder = Path(sweep_dir) / RECORDS
     records = [json.loads(p.read_text()) for p in folder.glob("*.json")] if folder.is_dir() else []
     return sorted(records, key=lambda r: r["num"])
@@ -85,6 +94,16 @@ def format_report(sweep_dir: str | Path) -> Optional[str]:
 
 
 def _print_report(sweep_dir: str) -> None:
+    from flowsweep.summary import sweep_table
+
+    records = read_records(sweep_dir)
+    if records:
+        done = sum(r["status"] == JobStatus.COMPLETED.name for r in records)
+        table = sweep_table(records, f"flowsweep: sweep {sweep_dir}: {done} of {len(records)} jobs completed")
+        # Printed, not logged: after the jobs, the process's logging still writes into the
+        # last job's main.log (Hydra's launcher configures it per job).
+        print(table, flush=True)
+        Path(sweep_dir, SUMMARY_FILE).write_text(table + "\n")
     report = format_report(sweep_dir)
     if report:
         print(report, file=sys.stderr, flush=True)
@@ -110,24 +129,26 @@ class TrackingCallback(Callback):
     """
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from flowsweep.tracking import check_reachable, ensure_experiment, open_client, resolve_tracking_uri
+        from flowsweep.tracking import masked, open_store, resolve_tracking_uri
 
         os.environ[SWEEP_ID_ENV] = config.tracking.sweep_id or str(config.hydra.sweep.dir)
+        os.environ[LAUNCHER_PID_ENV] = str(os.getpid())
         uri = resolve_tracking_uri(config.tracking.uri, os.getcwd())
         try:
-            check_reachable(uri)
-            ensure_experiment(open_client(uri), uri, config.tracking.experiment)
+            open_store(uri, config.tracking.experiment)
         except ConfigError as error:
             fail(error)
         except Exception as error:  # noqa: BLE001 - whatever the store says, no job could log
-            fail(ConfigError("tracking.uri", f"cannot use the MLflow store at {uri}: {type(error).__name__}: {error}"))
+            fail(ConfigError("tracking.uri", f"cannot use the MLflow store at {masked(uri)}: "
+                                             f"{type(error).__name__}: {error}"))
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         os.environ[SWEEP_ID_ENV] = config.tracking.sweep_id or str(config.hydra.run.dir)
 
 
-class FailureReport(Callback):
-    """Hydra callback: record each multirun job's outcome; print the failed ones at exit."""
+class SweepReport(Callback):
+    """Hydra callback: record each multirun job's outcome and summary; at exit, print the
+    sweep's table and the failed jobs."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = str(config.hydra.sweep.dir)
@@ -136,7 +157,14 @@ class FailureReport(Callback):
         # At exit, because the sweeper raises on the first failure and on_multirun_end never runs.
         atexit.register(_print_report, sweep_dir)
 
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from flowsweep.summary import take_last
+
+        take_last()  # a job that fails before its summary must not get its predecessor's
+
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        from flowsweep.summary import take_last
+
         if config.hydra.mode != RunMode.MULTIRUN:
             return
         num = int(config.hydra.job.num)
@@ -146,5 +174,6 @@ class FailureReport(Callback):
             "status": job_return.status.name,
             "error": _error_text(job_return),
             "output_dir": str(config.hydra.runtime.output_dir),
+            "summary": take_last(),
         }
         _write_atomic(Path(str(config.hydra.sweep.dir)) / RECORDS / f"{num}.json", json.dumps(record, indent=1))

@@ -18,6 +18,7 @@ from omegaconf import MISSING, DictConfig
 
 __all__ = [
     "ConfigError",
+    "DivergedError",
     "DatasetConfig",
     "SyntheticConfig",
     "LayoutConfig",
@@ -44,6 +45,19 @@ class ConfigError(ValueError):
     def __reduce__(self) -> tuple:
         # Picklable, so a failed job's error crosses process boundaries (joblib, submitit).
         return type(self), (self.key, str(self)[len(self.key) + 2 :])
+
+
+class DivergedError(ConfigError):
+    """Every model instance of a job diverged: with these settings the model does not train.
+
+    Named after the likeliest lever, ``train.max_lr``; :meth:`of` names the depth too.
+    """
+
+    @classmethod
+    def of(cls, instances: int, max_lr: float, depth: int) -> DivergedError:
+        return cls("train.max_lr", f"all {instances} instances diverged (non-finite loss or parameters) at "
+                                   f"train.max_lr={max_lr:g}, depth {depth}; the job's runs end FAILED. "
+                                   f"Try a smaller train.max_lr or depth")
 
 
 @dataclass
@@ -188,6 +202,12 @@ class TrackingConfig:
     experiment: str = "flowsweep"
     #: Tag shared by every run of one multirun; null derives it from the sweep directory.
     sweep_id: Optional[str] = None
+    #: Config keys (and their sub-keys) not logged as run params (values: conf/config.yaml).
+    omit_params: list[str] = field(default_factory=list)
+    #: Seconds between two writes of the growing minibatch-bpd curve while a job trains.
+    progress_interval_s: float = MISSING
+    #: At most this many points of a minibatch-bpd curve become metric points (every k-th step).
+    curve_points: int = MISSING
 
 
 @dataclass
@@ -254,6 +274,9 @@ def validate(cfg: DictConfig) -> None:
     if not 0.0 <= cfg.dependence.discount <= 1.0:
         raise ConfigError("dependence.discount", f"must be in [0, 1], got {cfg.dependence.discount}")
     _at_least(cfg, "dataset.batch_size", 1)
+    _at_least(cfg, "seed", 0)
+    _at_least(cfg, "dataset.split_seed", 0)
+    _at_least(cfg, "tracking.curve_points", 1)
     if cfg.layout.name not in _LAYOUTS:
         raise ConfigError("layout.name", f"must be one of {_LAYOUTS}, got {cfg.layout.name!r}")
     given = [key for key in ("path", "run_id") if cfg.layout.get(key)]
@@ -285,6 +308,10 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("search.evaluation.value", "validation needs a validation split: dataset.validation_fraction > 0")
     if cfg.model.m is not None and cfg.model.m < 1:
         raise ConfigError("model.m", f"must be >= 1, got {cfg.model.m}")
+    if not str(cfg.tracking.experiment).strip():
+        raise ConfigError("tracking.experiment", "must be a non-empty experiment name")
+    if not cfg.tracking.progress_interval_s > 0:
+        raise ConfigError("tracking.progress_interval_s", f"must be > 0, got {cfg.tracking.progress_interval_s}")
 
 
 def validate_against_data(cfg: DictConfig, d: int, n_train: int) -> int:

@@ -1,29 +1,39 @@
 """MLflow writes in a helper process, so that a job computes while its runs are written.
 
-Writing to MLflow is pure Python (an ORM row per metric point: about a quarter of a
-millisecond each on the 2-core box), and a job logs tens of thousands of points. A
-:class:`MlflowWriter` hands the calls to a child process, ``python -m
-flowsweep.mlflow_writer <uri>``, which performs them in order on its own client while
-the job goes on using the other core; :meth:`MlflowWriter.sync` waits until everything
-sent so far is written and returns what went wrong.
+Writing to MLflow is pure Python (tens of microseconds per metric point through
+``log_batch``), and a job logs tens of thousands of points. A :class:`MlflowWriter`
+hands the calls to a child process, ``python -m flowsweep.mlflow_writer <uri>``, which
+performs them in order on its own :class:`~mlflow.tracking.MlflowClient` while the job
+goes on using the other core; :meth:`MlflowWriter.sync` waits until everything sent so
+far is written and returns what went wrong. Only MLflow's public client API is used.
 
 Requests travel as JSON lines over the child's stdin, replies over its stdout (JSON, not
-pickle: nothing the child reads can run code). The child's stdin has no other writer,
+pickle: nothing the child reads can run code). A thread of the job's process feeds the
+child's stdin from a queue, so that the job never blocks on a full pipe while the child
+writes a large batch (a job sends megabytes of metric points at once). The child's stdin has no other writer,
 so when the job's process ends, however it ends, the child reads what was sent, writes
-it, and exits.
+it, and exits. Ctrl-C in a terminal signals the whole foreground process group; the child
+runs in a session of its own and ignores SIGINT besides, so that the interrupted job can
+still end its runs KILLED through it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import queue
+import signal
 import subprocess
 import sys
 import threading
 from collections import defaultdict
 from typing import Any, BinaryIO, Optional
 
-__all__ = ["MlflowWriter", "MlflowWriteError", "writer_for"]
+__all__ = ["MlflowWriter", "MlflowWriteError", "writer_for", "settle", "close_writers"]
+
+#: MLflow's limits on one ``log_batch`` request (REST API reference, "Log Batch").
+_METRICS_PER_BATCH = 1000
+_PARAMS_TAGS_PER_BATCH = 100
 
 
 class MlflowWriteError(RuntimeError):
@@ -33,52 +43,82 @@ class MlflowWriteError(RuntimeError):
 class MlflowWriter:
     """The job's side of a writer process for the tracking store at ``uri``.
 
-    Calls are grouped (one group per :class:`~flowsweep.tracking.RunGroup`): a group's runs
-    are created by :meth:`create_runs` and addressed by their position afterwards.
+    Calls are grouped (one group per :class:`~flowsweep.run_group.RunGroup`): a group's runs
+    are created by one ``create`` request and addressed by their position afterwards. A
+    group can be left *pending* (:meth:`defer`): the job goes on without waiting for its
+    writes, and :meth:`settle` waits for them later.
     """
 
     def __init__(self, uri: str):
         self.uri = uri
+        # A session of its own: Ctrl-C in a terminal (SIGINT to the foreground process group)
+        # does not reach the child, which must outlive the job's interrupt to end its runs KILLED.
         self._process = subprocess.Popen([sys.executable, "-m", "flowsweep.mlflow_writer", uri],
-                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
         self._lock = threading.Lock()
         self._groups = 0
+        self._outbox: queue.SimpleQueue[Optional[bytes]] = queue.SimpleQueue()
+        self._broken: Optional[str] = None  # why the pipe to the child failed, once it has
+        self._pump = threading.Thread(target=self._feed, name="flowsweep-mlflow-writer", daemon=True)
+        self._pump.start()
+        self._pending: dict[int, str] = {}  # group -> its label, until settled
 
     @property
     def alive(self) -> bool:
-        return self._process.poll() is None
+        return self._process.poll() is None and self._broken is None
 
     def new_group(self) -> int:
         with self._lock:
             self._groups += 1
             return self._groups
 
-    def send(self, op: str, group: int, *args: Any) -> None:
-        """Queue one call; it is performed after every call sent before it."""
-        with self._lock:
+    def _feed(self) -> None:
+        """The pump thread: queued requests into the child's stdin, in order; ``None`` closes it."""
+        while (message := self._outbox.get()) is not None:
             try:
-                self._process.stdin.write(_encode(op, group, args))
+                self._process.stdin.write(message)
                 self._process.stdin.flush()
             except (BrokenPipeError, OSError) as error:
-                raise MlflowWriteError(f"the MLflow writer process for {self.uri} is gone: {error}") from None
+                self._broken = f"the MLflow writer process for {self.uri} is gone: {error}"
+                return
+        self._process.stdin.close()
+
+    def send(self, op: str, group: int, *args: Any) -> None:
+        """Queue one call; it is performed after every call sent before it."""
+        if self._broken:
+            raise MlflowWriteError(self._broken)
+        self._outbox.put(_encode(op, group, args))
 
     def sync(self, group: int) -> tuple[list[str], list[str]]:
         """Wait until every call sent so far is done; returns the group's run ids and errors."""
-        with self._lock:
-            try:
-                self._process.stdin.write(_encode("sync", group, []))
-                self._process.stdin.flush()
-                reply = self._process.stdout.readline()
-            except (BrokenPipeError, OSError) as error:
-                raise MlflowWriteError(f"the MLflow writer process for {self.uri} is gone: {error}") from None
+        with self._lock:  # one reply per sync, in the order of the syncs
+            self.send("sync", group)
+            reply = self._process.stdout.readline()
         if not reply:
-            raise MlflowWriteError(f"the MLflow writer process for {self.uri} ended (exit code {self._process.wait()})")
+            raise MlflowWriteError(self._broken or f"the MLflow writer process for {self.uri} ended "
+                                                   f"(exit code {self._process.wait()})")
         run_ids, errors = json.loads(reply)
         return run_ids, errors
 
+    def defer(self, group: int, label: str) -> None:
+        """Leave ``group``'s writes pending: :meth:`settle` waits for them and reports their errors."""
+        self._pending[group] = label
+
+    def settle(self, label: Optional[str] = None) -> list[str]:
+        """Wait for the pending groups (those labelled ``label`` only, if given); their errors,
+        each prefixed with its group's label."""
+        errors = []
+        for group, name in list(self._pending.items()):
+            if label is None or name == label:
+                del self._pending[group]
+                errors += [f"{name}: {error}" for error in self.sync(group)[1]]
+        return errors
+
     def close(self) -> None:
         """End the child once it has written everything (it sees the end of its input)."""
-        if self._process.stdin and not self._process.stdin.closed:
+        self._outbox.put(None)
+        self._pump.join()
+        if not self._process.stdin.closed:  # the pump stopped on a broken pipe
             self._process.stdin.close()
         self._process.wait()
 
@@ -100,62 +140,24 @@ def writer_for(uri: str) -> MlflowWriter:
         return writer
 
 
-class _BulkMetrics:
-    """Metric points straight into a SQL tracking store, as one multi-row INSERT.
+def settle(label: Optional[str] = None) -> list[str]:
+    """Wait for the pending writes of every writer of this process (of groups labelled
+    ``label`` only, if given); the errors of those writes."""
+    with _writers_lock:
+        writers = list(_writers.values())
+    return [error for writer in writers for error in writer.settle(label)]
 
-    ``MlflowClient.log_batch`` builds an ORM object per point (about 0.2 ms each); a job
-    logs tens of thousands. This does what the store's own ``_log_metrics`` does — MLflow's
-    validation of each key, its NaN/inf sanitising, the run's ``latest_metrics`` through
-    the store's own update — with one ``executemany``: about five times faster. It reads
-    store internals, so anything unexpected (another store, another MLflow) turns it off
-    for good and ``log_batch`` takes over; a duplicate point falls back for that batch.
-    """
 
-    def __init__(self, client: Any):
-        self.store = getattr(getattr(client, "_tracking_client", None), "store", None)
-        self.enabled = type(self.store).__name__ == "SqlAlchemyStore"
+def close_writers() -> None:
+    """End every writer of this process once it has written everything (waits for them)."""
+    with _writers_lock:
+        for writer in _writers.values():
+            writer.close()
+        _writers.clear()
 
-    def log(self, run_id: str, metrics: list) -> bool:
-        """Write ``(key, value, timestamp, step)`` points; ``False`` where the caller must use ``log_batch``."""
-        if not self.enabled or not metrics:
-            return False
-        try:
-            import sqlalchemy
-            from mlflow.store.tracking.dbmodels.models import SqlMetric
-            from mlflow.utils.validation import _validate_metric
-        except ImportError:
-            self.enabled = False
-            return False
-        rows, seen, latest, checked = [], set(), {}, set()
-        for key, value, timestamp, step in metrics:
-            if key not in checked:
-                _validate_metric(key, value, timestamp, step)
-                checked.add(key)
-            is_nan, value = self.store.sanitize_metric_value(float(value))
-            identity = (key, int(timestamp), int(step), value, is_nan)
-            if identity in seen:
-                continue
-            seen.add(identity)
-            row = dict(run_uuid=run_id, key=key, value=value, timestamp=int(timestamp), step=int(step), is_nan=is_nan)
-            rows.append(row)
-            old = latest.get(key)
-            if old is None or (row["step"], row["timestamp"], value) > (old["step"], old["timestamp"], old["value"]):
-                latest[key] = row
-        try:
-            with self.store.ManagedSessionMaker(read_only=False) as session:
-                self.store._check_run_is_active(self.store._get_run(run_uuid=run_id, session=session))
-                session.execute(sqlalchemy.insert(SqlMetric), rows)
-                self.store._update_latest_metrics_if_necessary([SqlMetric(**r) for r in latest.values()], session)
-                session.commit()
-        except (AttributeError, TypeError):
-            self.enabled = False
-            return False
-        except Exception as error:  # the store wraps what the database raised
-            if isinstance(error, sqlalchemy.exc.IntegrityError) or isinstance(
-                    error.__cause__ or error.__context__, sqlalchemy.exc.IntegrityError):
-                return False  # a point already there: log_batch knows how to skip it
-            raise
-        return True
+
+def _chunks(items: list, size: int) -> list[list]:
+    return [items[start:start + size] for start in range(0, len(items), size)]
 
 
 def _serve(uri: str, requests: BinaryIO, replies: BinaryIO) -> None:
@@ -166,7 +168,6 @@ def _serve(uri: str, requests: BinaryIO, replies: BinaryIO) -> None:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
-    bulk = _BulkMetrics(client)
     runs: dict[int, list[str]] = {}
     errors: dict[int, list[str]] = defaultdict(list)
     for line in requests:
@@ -177,19 +178,23 @@ def _serve(uri: str, requests: BinaryIO, replies: BinaryIO) -> None:
             continue
         try:
             if op == "create":
-                experiment_id, names, params, tags = args
+                # specs: [name, params, tags, parent position or None]; a parent comes before its children
+                experiment_id, specs, start_ms = args
                 runs[group] = []
-                for name, run_params in zip(names, params):
-                    run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+                for name, params, tags, parent in specs:
+                    if parent is not None:
+                        tags = {**tags, "mlflow.parentRunId": runs[group][parent]}  # MLflow's nested-run tag
+                    run_id = client.create_run(experiment_id, start_time=start_ms, tags=tags, run_name=name).info.run_id
                     runs[group].append(run_id)
-                    client.log_batch(run_id, params=[Param(k, v) for k, v in run_params.items()])
+                    for chunk in _chunks([Param(k, v) for k, v in params.items()], _PARAMS_TAGS_PER_BATCH):
+                        client.log_batch(run_id, params=chunk)
             elif op == "log":
                 run, metrics, tags = args
                 run_id = runs[group][run]
-                if bulk.log(run_id, metrics):
-                    metrics = []
-                if metrics or tags:
-                    client.log_batch(run_id, metrics=[Metric(*m) for m in metrics], tags=[RunTag(*t) for t in tags])
+                for chunk in _chunks([Metric(*m) for m in metrics], _METRICS_PER_BATCH):
+                    client.log_batch(run_id, metrics=chunk)
+                for chunk in _chunks([RunTag(*t) for t in tags], _PARAMS_TAGS_PER_BATCH):
+                    client.log_batch(run_id, tags=chunk)
             elif op == "artifacts":
                 run, folder = args
                 try:
@@ -197,9 +202,11 @@ def _serve(uri: str, requests: BinaryIO, replies: BinaryIO) -> None:
                 finally:
                     shutil.rmtree(folder, ignore_errors=True)
             elif op == "terminate":
-                (status,) = args
+                status, end_ms = args
+                if status == "FINISHED" and errors[group]:
+                    status = "FAILED"  # some of the group's results are not in the store
                 for run_id in runs.get(group, []):
-                    client.set_terminated(run_id, status)
+                    client.set_terminated(run_id, status, end_time=end_ms)
             else:
                 raise ValueError(f"unknown request {op!r}")
         except Exception as error:  # noqa: BLE001 - reported to the job at its next sync
@@ -207,6 +214,8 @@ def _serve(uri: str, requests: BinaryIO, replies: BinaryIO) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
+    # Also when signalled directly: the job ends its runs through us after an interrupt.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     (uri,) = sys.argv[1:] if argv is None else argv
     # Replies get their own copy of stdout; anything a library prints goes to stderr instead.
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")

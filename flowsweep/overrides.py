@@ -4,7 +4,8 @@ Hydra parses ``depth=8`` as the integer 8, and a config-group override must be a
 string, so the depth group's options (named ``2``, ``4``, ``6``, ``8``) would need
 quoting (``depth='8'``). :func:`quote_depth` adds the quotes, also for sweeps such as
 ``depth=2,4,6,8``, so users type what they mean. A depth without an option file
-(``depth=3``) becomes ``depth.layers=3``: any depth works the same way.
+(``depth=3``) becomes ``depth.layers=3``: any depth works the same way, and an impossible
+one (``depth=-3``, ``depth=2.5``) is then rejected naming ``depth.layers``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Sequence
 
 __all__ = ["quote_depth"]
 
-_DEPTH = re.compile(r"^(depth=)(\d+(?:,\d+)*)$")
+_NUMBER = r"[-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?"
+_DEPTH = re.compile(rf"^(depth=)({_NUMBER}(?:,{_NUMBER})*)$")
 _DEPTH_OPTIONS = Path(__file__).resolve().parents[1] / "conf" / "depth"
 
 

@@ -6,7 +6,7 @@ node) and the same command is launched again, each job looks its fingerprint up 
 experiment before it creates any run:
 
 - a FINISHED run for every instance: the job is skipped, its return value is the mean
-  validation bpd of those runs, as if it had just run;
+  validation bpd of those runs (:func:`objective_of`), as if it had just run;
 - otherwise the runs left by the interrupted attempt end KILLED (RUNNING ones, and
   FINISHED ones of an attempt that died while closing its runs) and the job trains
   again, so nothing finished is duplicated and nothing is left RUNNING.
@@ -14,6 +14,8 @@ experiment before it creates any run:
 ``rerun=true`` trains again regardless; earlier FINISHED runs then stay as they are.
 A RUNNING run of the same fingerprint is taken to be from a dead process: two live
 jobs with identical configs in one experiment are a duplicate the user did not intend.
+Only instance runs (those with an ``instance`` param) count as a job's results; its
+parent run carries the fingerprint too, so that it ends KILLED with the instance runs.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Optional
 from mlflow.entities import Run, RunStatus, ViewType
 from mlflow.tracking import MlflowClient
 
-__all__ = ["FINGERPRINT_TAG", "runs_of", "resume_job"]
+__all__ = ["FINGERPRINT_TAG", "runs_of", "objective_of", "resume_job"]
 
 #: Tag that :mod:`flowsweep.run` puts on every run.
 FINGERPRINT_TAG = "fingerprint"
@@ -59,7 +61,7 @@ def _finished_by_instance(runs: list[Run]) -> dict[int, Run]:
             if r.info.status == _FINISHED and "instance" in r.data.params}
 
 
-def _objective(runs: list[Run]) -> float:
+def objective_of(runs: list[Run]) -> float:
     """The job's return value, as :func:`flowsweep.run.objective` computes it: the mean
     ``val_bpd`` (else ``train_bpd``) over converged instances."""
     key = "val_bpd" if all("val_bpd" in r.data.metrics for r in runs) else "train_bpd"
@@ -69,8 +71,9 @@ def _objective(runs: list[Run]) -> float:
 
 
 def resume_job(client: MlflowClient, experiment_id: str, fingerprint: str, instances: int,
-               rerun: bool = False) -> Optional[float]:
-    """The objective of an already finished job (skip it), or ``None`` (train it).
+               rerun: bool = False) -> Optional[list[Run]]:
+    """The FINISHED instance runs of an already finished job, by instance (skip it), or
+    ``None`` (train it).
 
     Before returning ``None``, the runs of an interrupted earlier attempt are ended KILLED.
     """
@@ -80,7 +83,7 @@ def resume_job(client: MlflowClient, experiment_id: str, fingerprint: str, insta
         done = [finished[i] for i in range(instances)]
         log.info("skipped: this config (fingerprint %s) already has %d FINISHED runs in experiment %s; "
                  "rerun=true trains it again", fingerprint, instances, experiment_id)
-        return _objective(done)
+        return done
     stale = [r for r in runs if r.info.status == _RUNNING or (r.info.status == _FINISHED and not rerun)]
     for run in stale:
         client.set_terminated(run.info.run_id, _KILLED)

@@ -1,8 +1,11 @@
 """One job: a dataset × layout × depth (× search), ``instances`` models trained as one batch.
 
 Order matters for failure handling: every check that can reject the input (types,
-values, data files, tracking store) runs before the first MLflow run exists, so bad
-input leaves nothing behind; once runs exist, a crash ends them FAILED.
+values, data files, tracking store, experiment, a layout's file) runs before the first
+MLflow run exists, so bad input leaves nothing behind. The job's runs (a parent run and
+one nested run per instance, :mod:`flowsweep.runinfo`) start with the job and end with
+it: FINISHED, FAILED after a crash or when every instance diverged, KILLED after Ctrl-C.
+The job then reports its outcome in a few lines (:mod:`flowsweep.summary`).
 """
 
 from __future__ import annotations
@@ -11,28 +14,28 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
-from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from flowsweep import layouts, plots
-from flowsweep.config import ConfigError, validate, validate_against_data
+from flowsweep import layouts, runinfo, summary
+from flowsweep.callbacks import LAUNCHER_PID_ENV
+from flowsweep.config import DivergedError, validate, validate_against_data
 from flowsweep.data import Dataset, load_dataset, preprocessed
-from flowsweep.graph import Graph, dependency_recall
-from flowsweep.model import CouplingFlows, ModelSpec
-from flowsweep.resume import resume_job
 from flowsweep.dependence import Dependence
+from flowsweep.mlflow_writer import MlflowWriteError, settle
+from flowsweep.model import CouplingFlows, ModelSpec
+from flowsweep.results import LiveCurve, log_instances, log_job, log_search_metrics
+from flowsweep.resume import objective_of, resume_job
+from flowsweep.run_group import FAILED, JOB, KILLED, PHASE_TAG, RunGroup, RunSpec
 from flowsweep.search.job import JobSearch, check_search, job_dependence, search_job
 from flowsweep.seeding import derive_seed, torch_generator
 from flowsweep.structure import Structure, parity_structure, random_structure
-from flowsweep.tracking import (SWEEP_ID_ENV, RunGroup, check_reachable, ensure_experiment, flatten, open_client,
-                                resolve_tracking_uri)
+from flowsweep.tracking import SWEEP_ID_ENV, check_reachable, open_store, resolve_tracking_uri
 from flowsweep.training import Recipe, evaluate_bpd, train
 
 __all__ = ["run_job", "objective", "fingerprint"]
@@ -91,10 +94,11 @@ def run_job(cfg: DictConfig, data: Optional[Dataset] = None) -> float:
     The objective is the mean validation bpd over the instances that did not diverge (the
     mean train bpd where ``dataset.validation_fraction=0`` leaves no validation split):
     never a test number, so a sweeper that minimises it does not tune on the test rows.
+    A job whose every instance diverged raises :class:`~flowsweep.config.DivergedError`.
 
     ``data`` is the dataset of ``cfg.dataset`` when the caller has loaded it already.
     """
-    started = time.perf_counter()
+    started, clock = time.time(), time.perf_counter()
     validate(cfg)
     uri = resolve_tracking_uri(cfg.tracking.uri, _launch_dir())
     check_reachable(uri)
@@ -116,35 +120,60 @@ def run_job(cfg: DictConfig, data: Optional[Dataset] = None) -> float:
     # A file's content, not only its path, decides the numbers.
     key = fingerprint(cfg, fixed[0] if cfg.layout.name == "file" else None)
 
-    client = open_client(uri)
-    experiment_id = ensure_experiment(client, uri, cfg.tracking.experiment)
+    client, experiment_id = open_store(uri, cfg.tracking.experiment)
+    job_name, names = runinfo.run_names(cfg, key)
+    where = dict(uri=uri, run_name=job_name, sweep_id=_sweep_id(cfg))
+    # In a sweep whose jobs run in this process (Hydra's basic launcher), a job does not
+    # wait for its MLflow writes: they overlap the next job, and main.py waits for all of
+    # them at the end. An earlier job of this very config must be written before resume looks.
+    pipelined = os.environ.get(LAUNCHER_PID_ENV) == str(os.getpid())
+    if pipelined and (errors := settle(job_name)):
+        raise MlflowWriteError(f"an earlier job of this config could not be written: {errors[0]}")
     finished = resume_job(client, experiment_id, key, cfg.instances, cfg.rerun)
     if finished is not None:  # this config's runs already FINISHED (a resumed sweep)
-        return finished
-    search_name = str(cfg.search.name) if searching else "none"
-    common = flatten(OmegaConf.to_container(cfg, resolve=True))
-    common.update(dataset=cfg.dataset.name, layout=cfg.layout.name, depth=str(cfg.depth.layers), search=search_name)
-    label = f"{cfg.dataset.name}-{cfg.layout.name}-L{cfg.depth.layers}"
+        summary.report(summary.of_runs(cfg, [r.data.metrics for r in finished], objective_of(finished), **where))
+        return objective_of(finished)
+    params = runinfo.job_params(cfg)
     runs = RunGroup(
-        client, experiment_id,
-        names=[f"{label}-i{i:02d}" for i in range(cfg.instances)],
-        params=[{**common, "instance": str(i), "instance_seed": str(s)} for i, s in enumerate(seeds)],
-        tags={"sweep_id": _sweep_id(cfg), "fingerprint": key},
+        client, experiment_id, job=RunSpec(job_name, params),
+        instances=[RunSpec(n, runinfo.instance_params(params, i, s)) for i, (n, s) in enumerate(zip(names, seeds))],
+        tags={"sweep_id": _sweep_id(cfg), "fingerprint": key}, start_time=started,
     )
     try:
-        search = search_job(cfg, spec, data, seeds, dependence) if searching else None
-        if search is not None:
+        search, start = None, None
+        if searching:
+            runs.tag(JOB, PHASE_TAG, "structure search")
+            search = search_job(cfg, spec, data, seeds, dependence)
             structures = search.structures
             start = search.outcome.champions if search.evaluation.final_start == "best" else None
+            log_search_metrics(runs, search)
         else:
-            structures, start = fixed, None
-        result = _train_final(cfg, spec, data, structures, seeds, start)
-        result["wall_time_s"] = time.perf_counter() - started
-        _log(runs, cfg, structures, result, search, dependence, data.graph)
-    except BaseException:
-        runs.close(failed=True)
+            structures = fixed
+        runs.tag(JOB, PHASE_TAG, "training")
+        runs.send(JOB)
+        live = LiveCurve(runs, data.d, data.log_det, cfg.tracking.progress_interval_s,
+                         stride=math.ceil(cfg.train.steps / cfg.tracking.curve_points))
+        result = _train_final(cfg, spec, data, structures, seeds, start, on_progress=live)
+        result["wall_time_s"] = time.perf_counter() - clock
+        live.finish(result["curve"])
+        title = runinfo.job_title(cfg)
+        log_instances(runs, structures, result, data, title, search, dependence)
+        job = summary.of_result(cfg, result, objective(result), **where)
+        runs.tag(JOB, PHASE_TAG, "done")
+        log_job(runs, job, result, title, search)
+        if job.all_diverged:
+            raise DivergedError.of(cfg.instances, cfg.train.max_lr, cfg.depth.layers)
+    except KeyboardInterrupt:
+        runs.close(KILLED)
         raise
-    runs.close()
+    except BaseException as error:
+        runs.close(FAILED)
+        if isinstance(error, DivergedError):
+            summary.report(job)
+        raise
+    runs.close(wait=not pipelined)
+    job.wall_time_s = time.perf_counter() - clock  # the whole job, its logging included
+    summary.report(job)
     return objective(result)
 
 
@@ -155,7 +184,8 @@ def objective(result: dict) -> float:
 
 
 def _train_final(cfg: DictConfig, spec: ModelSpec, data: Dataset, structures: list[Structure], seeds: list[int],
-                 start: Optional[list[Optional[CouplingFlows]]] = None) -> dict:
+                 start: Optional[list[Optional[CouplingFlows]]] = None,
+                 on_progress: Optional[Callable[[int, torch.Tensor], None]] = None) -> dict:
     """Train the instances' structures with ``train.*``; from ``start``'s parameters where given."""
     generators = [torch_generator(s) for s in seeds]
     flow = CouplingFlows(spec, structures, generators)
@@ -164,62 +194,13 @@ def _train_final(cfg: DictConfig, spec: ModelSpec, data: Dataset, structures: li
             flow.copy_model(i, champion, 0)
     began = time.perf_counter()
     trained = train(flow, data.train, cfg.dataset.batch_size, Recipe.from_config(cfg.train), generators, data.log_det,
-                    valid=data.valid)
+                    valid=data.valid, on_progress=on_progress)
     train_time = time.perf_counter() - began
     splits = {"train": data.train, "val": data.valid, "test": data.test}
     result = {f"{name}_bpd": evaluate_bpd(flow, rows, data.log_det).numpy() for name, rows in splits.items() if len(rows)}
     diverged = trained.diverged.numpy()
     for values in result.values():
         diverged = diverged | ~np.isfinite(values)
-    return {**result, "curve": trained.curve.numpy(), "diverged": diverged, "num_params": flow.num_parameters(),
+    return {**result, "curve": trained.curve.numpy(), "val_curve": trained.val_curve.numpy(),
+            "val_steps": trained.val_steps, "diverged": diverged, "num_params": flow.num_parameters(),
             "train_time_s": train_time}
-
-
-def _log(runs: RunGroup, cfg: DictConfig, structures: list[Structure], result: dict, search: Optional[JobSearch],
-         dependence: Optional[Dependence], graph: Optional[Graph] = None) -> None:
-    for i, structure in enumerate(structures):
-        diverged = bool(result["diverged"][i])
-        runs.curve(i, "batch_bpd", result["curve"][:, i], first_step=1)
-        for key in ("train_bpd", "val_bpd", "test_bpd"):
-            if key in result:
-                runs.metric(i, key, math.inf if diverged else result[key][i])
-        runs.metric(i, "diverged", float(diverged))
-        runs.metric(i, "num_params", result["num_params"])
-        runs.metric(i, "wall_time_s", result["wall_time_s"])
-        runs.metric(i, "train_time_s", result["train_time_s"])
-        runs.metric(i, "pair_coverage", structure.pair_coverage())
-        if graph:
-            runs.metric(i, "dependency_recall", dependency_recall(structure, graph))
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = Path(tmp)
-            (folder / "masks.json").write_text(json.dumps(structure.to_dict(), indent=1))
-            plots.save_mask_heatmap(structure, folder / "masks.png")
-            plots.save_bpd_curve(result["curve"][:, i], folder / "bpd_curve.png", title=f"instance {i}")
-            if dependence is not None:  # what the data-driven layout or search started from
-                (folder / "dependence.json").write_text(json.dumps(np.round(dependence.weight, 5).tolist()))
-            if search is not None:
-                _log_search(runs, i, search, folder)
-            runs.artifacts(i, tmp)
-
-
-def _log_search(runs: RunGroup, i: int, search: JobSearch, folder: Path) -> None:
-    """Search metrics at step = iteration t; every trial (diverged ones too) in ``search_trials.json``."""
-    optimizer = search.optimizers[i]
-    trials = optimizer.history
-    finite = [t for t in trials if math.isfinite(t.value)]  # diverged trials: in the JSON, not the chart
-    for trial in finite:
-        runs.metric(i, "search_trial_bpd", trial.value, step=trial.iteration)
-    accepted = {t.iteration for t in trials if t.accepted}
-    for t, best in enumerate(optimizer.best_trace):
-        runs.metric(i, "search_accepted", float(t in accepted), step=t)
-        if math.isfinite(best):
-            runs.metric(i, "search_best_bpd", best, step=t)
-    runs.metric(i, "search_time_s", search.outcome.seconds)
-    runs.metric(i, "search_model_steps", search.outcome.model_steps[i])
-    runs.metric(i, "search_trials", len(trials))
-    runs.metric(i, "search_diverged_trials", len(trials) - len(finite))
-    (folder / "search_trials.json").write_text(json.dumps([t.to_dict() for t in trials]))
-    plots.save_search_trajectory(
-        np.array([t.iteration for t in trials]), np.array([t.value for t in trials]),
-        np.array(optimizer.best_trace), folder / "search_trajectory.png", title=f"instance {i}",
-    )

@@ -6,7 +6,7 @@ single run, a :class:`~flowsweep.config.ConfigError` or
 :class:`~flowsweep.data.DataError` is the user's to fix, not a bug: it prints
 ``flowsweep: error: <key or file>: <what is wrong>`` and exits 2, without a traceback.
 In a multirun the error goes back to Hydra, so the other jobs still run and
-:class:`~flowsweep.callbacks.FailureReport` lists it at the end. Launchers that run
+:class:`~flowsweep.callbacks.SweepReport` lists it at the end. Launchers that run
 jobs in other processes (joblib, submitit) pickle the error on its way back; one that
 cannot be pickled would break the whole sweep, so it is replaced by a
 :class:`RuntimeError` carrying its text.
@@ -15,6 +15,7 @@ cannot be pickled would break the whole sweep, so it is replaced by a
 from __future__ import annotations
 
 import pickle
+import sys
 from typing import NoReturn
 
 from hydra.core.hydra_config import HydraConfig
@@ -24,7 +25,7 @@ from omegaconf import DictConfig
 from flowsweep.callbacks import fail
 from flowsweep.config import ConfigError, validate, validate_against_data
 
-__all__ = ["run_task"]
+__all__ = ["run_task", "finish"]
 
 
 def _in_multirun() -> bool:
@@ -71,3 +72,16 @@ def run_task(cfg: DictConfig) -> float:
         if safe is error:
             raise
         raise safe from error
+
+
+def finish(code: int) -> int:
+    """The exit status, once the MLflow writes that a sweep's jobs left pending are done.
+
+    A write that failed (its runs ended FAILED) is one line on stderr and a non-zero status.
+    """
+    writer = sys.modules.get("flowsweep.mlflow_writer")  # not loaded: no job ran, nothing to wait for
+    errors = writer.settle() if writer is not None else []
+    for error in errors:
+        print(f"flowsweep: error: MLflow could not write run {error}; its runs ended FAILED", file=sys.stderr,
+              flush=True)
+    return code or (1 if errors else 0)

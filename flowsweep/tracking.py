@@ -1,40 +1,42 @@
-"""MLflow bookkeeping: where runs go, one run per model instance, batched logging.
+"""Where runs go: the tracking store and the experiment.
 
 The tracking URI is resolved once against the directory the user launched from, so
 runs never scatter into Hydra's per-job output folders. In a multirun the experiment
 is created by :class:`flowsweep.callbacks.TrackingCallback` in the launching process,
-before jobs fan out. Metrics are buffered per run and written with ``log_batch``, because
-one ``log_metric`` call costs milliseconds on a sqlite store, by a helper process
-(:mod:`flowsweep.mlflow_writer`) while the job computes.
+before jobs fan out. :func:`open_store` turns whatever keeps a store from being used
+(an unreachable server or database, a path below a file, a deleted experiment, a store
+MLflow refuses) into one :class:`~flowsweep.config.ConfigError` before any training.
+The runs themselves are :mod:`flowsweep.run_group`'s.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
-import time
+import re
+import socket
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Optional
 from urllib.parse import urlparse
 
 import mlflow
 from filelock import FileLock
-from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
 from flowsweep.callbacks import SWEEP_ID_ENV
 from flowsweep.config import ConfigError
-from flowsweep.mlflow_writer import MlflowWriteError, writer_for
 
 __all__ = [
     "SWEEP_ID_ENV",
     "resolve_tracking_uri",
+    "masked",
     "open_client",
     "check_reachable",
     "ensure_experiment",
-    "RunGroup",
+    "open_store",
 ]
+
+#: The registered ports of the databases MLflow stores runs in (for a URI that names none).
+_DATABASE_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
 
 
 def resolve_tracking_uri(uri: Optional[str], base_dir: str) -> str:
@@ -53,6 +55,15 @@ def resolve_tracking_uri(uri: Optional[str], base_dir: str) -> str:
         path = uri[len("file:") :] if scheme == "file" else uri
         return Path(base_dir, path).resolve().as_uri() if not os.path.isabs(path) else uri
     return uri
+
+
+def masked(uri: str) -> str:
+    """``uri`` with any password hidden, for messages (a database URI may carry one)."""
+    if urlparse(uri).password is None:
+        return uri
+    from sqlalchemy.engine import make_url
+
+    return make_url(uri).render_as_string(hide_password=True)
 
 
 def _sqlite_path(uri: str) -> Optional[str]:
@@ -74,14 +85,38 @@ def open_client(uri: str) -> MlflowClient:
         return MlflowClient(uri)
 
 
-def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
-    """Fail fast on an HTTP tracking server that does not answer (MLflow itself retries for minutes).
+def _check_database(uri: str, timeout_s: float) -> None:
+    """A database server must accept a TCP connection (MLflow retries an unreachable one for minutes)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
 
-    Any HTTP response counts, an authentication error included: only a server that
-    refuses the connection, cannot be resolved or stays silent for ``timeout_s`` is
-    unreachable.
+    try:
+        url = make_url(uri)
+    except ArgumentError as error:
+        raise ConfigError("tracking.uri", f"{masked(uri)} is not a database URI: {error}") from None
+    port = url.port or _DATABASE_PORTS.get(url.get_backend_name())
+    if url.host is None or port is None:  # a local socket file, or a database we do not know
+        return
+    try:
+        socket.create_connection((url.host, port), timeout=timeout_s).close()
+    except OSError as error:
+        raise ConfigError("tracking.uri", f"cannot reach the database server {url.host}:{port} of {masked(uri)}: "
+                                          f"{error.strerror or error}") from None
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast on a tracking server or database server that does not answer.
+
+    MLflow itself retries for minutes. For an HTTP server any response counts, an
+    authentication error included: only a server that refuses the connection, cannot be
+    resolved or stays silent for ``timeout_s`` is unreachable; a database server must
+    accept a TCP connection within ``timeout_s``.
     """
-    if urlparse(uri).scheme not in ("http", "https"):
+    scheme = urlparse(uri).scheme
+    if scheme.split("+")[0] in _DATABASE_PORTS:
+        _check_database(uri, timeout_s)
+        return
+    if scheme not in ("http", "https"):
         return
     import requests  # MLflow's own HTTP client library
 
@@ -89,7 +124,7 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
         requests.get(uri, timeout=timeout_s, allow_redirects=False).close()
     except requests.RequestException as error:
         reason = getattr(error.args[0], "reason", None) if error.args else None  # requests nests the useful part
-        raise ConfigError("tracking.uri", f"cannot reach the MLflow server at {uri}: "
+        raise ConfigError("tracking.uri", f"cannot reach the MLflow server at {masked(uri)}: "
                                           f"{type(error).__name__}: {reason or error}") from None
 
 
@@ -104,102 +139,60 @@ def _artifact_location(uri: str, experiment: str) -> Optional[str]:
     return (root / "mlartifacts" / experiment).as_uri()
 
 
+def _active(experiment: Any, uri: str) -> str:
+    if experiment.lifecycle_stage != "active":
+        restore = f"mlflow experiments restore --experiment-id {experiment.experiment_id}"
+        raise ConfigError("tracking.experiment", f"experiment {experiment.name!r} is deleted in {masked(uri)}; "
+                                                 f"restore it ({restore}) or choose another tracking.experiment")
+    return experiment.experiment_id
+
+
 def ensure_experiment(client: MlflowClient, uri: str, name: str) -> str:
-    """Id of experiment ``name``, created if missing (tolerates a concurrent creator)."""
+    """Id of experiment ``name``, created if missing (tolerates a concurrent creator).
+
+    A deleted experiment of that name is a :class:`ConfigError`: MLflow would accept the
+    job's runs only to fail on them later.
+    """
+    if not name.strip():
+        raise ConfigError("tracking.experiment", "must be a non-empty experiment name")
     existing = client.get_experiment_by_name(name)
     if existing is not None:
-        return existing.experiment_id
+        return _active(existing, uri)
     try:
         return client.create_experiment(name, artifact_location=_artifact_location(uri, name))
     except mlflow.exceptions.MlflowException:
         existing = client.get_experiment_by_name(name)
         if existing is None:
             raise
-        return existing.experiment_id
+        return _active(existing, uri)
 
 
-def flatten(node: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """``{"train": {"steps": 5}}`` → ``{"train.steps": "5"}``."""
-    out: dict[str, str] = {}
-    for key, value in node.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(flatten(value, name + "."))
-        else:
-            out[name] = str(value)
-    return out
+def _first_sentences(text: str, count: int = 2) -> str:
+    """MLflow's messages run to paragraphs; the user's line gets their start."""
+    return " ".join(re.split(r"(?<=\.)\s+", text.strip().splitlines()[0] if text.strip() else "")[:count])
 
 
-class RunGroup:
-    """The MLflow runs of one job, one per model instance, written by a helper process.
+def open_store(uri: str, experiment: str) -> tuple[MlflowClient, str]:
+    """A client of the store at ``uri`` and the id of ``experiment`` (created if missing).
 
-    Runs are created RUNNING; :meth:`close` ends them FINISHED, or FAILED when the
-    job raised — a crashed job never leaves a FINISHED run behind. Every call goes, in
-    order, to this process's :class:`~flowsweep.mlflow_writer.MlflowWriter`: runs are
-    created while the job trains, a run's metrics are written while the job draws the
-    next run's figures. :meth:`close` waits until all of it is written and raises
-    :class:`~flowsweep.mlflow_writer.MlflowWriteError` if any of it failed.
+    Anything that keeps the store from taking runs is one :class:`ConfigError` naming
+    ``tracking.uri`` or ``tracking.experiment``.
     """
-
-    def __init__(self, client: MlflowClient, experiment_id: str, names: Sequence[str],
-                 params: Sequence[Mapping[str, str]], tags: Mapping[str, str]):
-        self.client = client
-        self._writer = writer_for(client.tracking_uri)
-        self._group = self._writer.new_group()
-        self._size = len(names)
-        self._writer.send("create", self._group, experiment_id, list(names), [dict(p) for p in params], dict(tags))
-        self._metrics: list[list[tuple]] = [[] for _ in range(self._size)]
-        self._tags: list[list[tuple]] = [[] for _ in range(self._size)]
-        self._run_ids: Optional[list[str]] = None
-
-    def __len__(self) -> int:
-        return self._size
-
-    @property
-    def run_ids(self) -> list[str]:
-        """The runs' ids (waits until the writer has created them)."""
-        if self._run_ids is None:
-            self._run_ids, errors = self._writer.sync(self._group)
-            if errors:
-                raise MlflowWriteError(errors[0])
-        return self._run_ids
-
-    def metric(self, run: int, key: str, value: float, step: int = 0) -> None:
-        self._metrics[run].append((key, float(value), int(time.time() * 1000), step))
-
-    def curve(self, run: int, key: str, values: Iterable[float], first_step: int = 0) -> None:
-        stamp = int(time.time() * 1000)
-        self._metrics[run].extend((key, float(v), stamp, first_step + s) for s, v in enumerate(values))
-
-    def tag(self, run: int, key: str, value: str) -> None:
-        self._tags[run].append((key, value))
-
-    def artifacts(self, run: int, directory: str) -> None:
-        """Log the files of ``directory`` (copied first: the caller may delete it right away).
-
-        The run's buffered metrics go first, so they are written while the job goes on.
-        """
-        self._send(run)
-        staged = tempfile.mkdtemp(prefix="flowsweep-artifacts-")
-        shutil.copytree(directory, staged, dirs_exist_ok=True)
-        self._writer.send("artifacts", self._group, run, staged)
-
-    def _send(self, run: int) -> None:
-        metrics, tags = self._metrics[run], self._tags[run]
-        if metrics or tags:
-            self._writer.send("log", self._group, run, metrics, tags)
-        self._metrics[run], self._tags[run] = [], []
-
-    def flush(self) -> None:
-        for run in range(self._size):
-            self._send(run)
-
-    def close(self, failed: bool = False) -> None:
-        status = RunStatus.to_string(RunStatus.FAILED if failed else RunStatus.FINISHED)
-        if not failed:
-            self.flush()
-        self._writer.send("terminate", self._group, status)
-        run_ids, errors = self._writer.sync(self._group)
-        self._run_ids = run_ids
-        if errors and not failed:
-            raise MlflowWriteError(errors[0])
+    check_reachable(uri)
+    try:
+        client = open_client(uri)
+        return client, ensure_experiment(client, uri, experiment)
+    except ConfigError:
+        raise
+    except (FileExistsError, NotADirectoryError) as error:  # a folder on the store's path is a file
+        blocking = Path(error.filename)
+        while not blocking.exists() and blocking != blocking.parent:
+            blocking = blocking.parent
+        raise ConfigError("tracking.uri", f"cannot use the MLflow store at {masked(uri)}: {blocking} is a file, "
+                                          f"not a folder") from None
+    except OSError as error:
+        raise ConfigError("tracking.uri", f"cannot use the MLflow store at {masked(uri)}: {error.strerror or error}"
+                                          + (f": {error.filename}" if error.filename else "")) from None
+    except mlflow.exceptions.MlflowException as error:
+        raise ConfigError("tracking.uri", f"cannot use the MLflow store at {masked(uri)}: "
+                                          f"{_first_sentences(error.message)}") from None

@@ -152,7 +152,8 @@ def _gradient_source(flow: CouplingFlows, data: Tensor, recipe: Recipe) -> tuple
 
 
 def train(flow: CouplingFlows, data: Tensor, batch_size: int, recipe: Recipe, generators: Sequence[torch.Generator],
-          log_det: float = 0.0, frozen: Optional[Tensor] = None, valid: Optional[Tensor] = None) -> TrainResult:
+          log_det: float = 0.0, frozen: Optional[Tensor] = None, valid: Optional[Tensor] = None,
+          on_progress: Optional[Callable[[int, Tensor], None]] = None) -> TrainResult:
     """Train all K models of ``flow`` on ``data`` ``[n, d]`` for ``recipe.steps`` steps.
 
     Arguments:
@@ -161,6 +162,9 @@ def train(flow: CouplingFlows, data: Tensor, batch_size: int, recipe: Recipe, ge
         frozen: Optional bool ``[K]`` of models not to train (they count as diverged).
         valid: Validation rows ``[v, d]``, evaluated every ``recipe.eval_every`` steps (and
             for early stopping with ``recipe.patience``); ``None`` or no rows: never.
+        on_progress: Called after every step with the number of steps done and the NLL
+            curve ``[steps, K]`` (nats; rows past that number are not filled yet), so a
+            caller can show training as it goes; it decides itself how often to act.
     """
     theta = flow.theta
     k = flow.k
@@ -202,6 +206,8 @@ def train(flow: CouplingFlows, data: Tensor, batch_size: int, recipe: Recipe, ge
             if not all_moving:
                 with torch.no_grad():
                     theta.copy_(torch.where(moving.unsqueeze(1), theta, resting))
+            if on_progress is not None:
+                on_progress(step + 1, curve)
             if checking and ((step + 1) % recipe.eval_every == 0 or step + 1 == recipe.steps):
                 values = evaluate_bpd(flow, valid, log_det, threads=1 if native else recipe.threads)
                 val_curve.append(values)

@@ -33,6 +33,13 @@ PROG = "multirun_analysis"
 _EXIT_ERROR = 2
 
 
+def _decimals(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line; every option has a default, so no argument is required."""
     parser = argparse.ArgumentParser(
@@ -59,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="draw figures into --out (reads every run's batch_bpd history; default: on)")
     parser.add_argument("--log-to-mlflow", action="store_true",
                         help="log the --out files (a temp folder without --out) as one summary run")
-    parser.add_argument("--precision", type=int, default=3, help="decimals in the tables (default: %(default)s)")
+    parser.add_argument("--precision", type=_decimals, default=3, help="decimals in the tables (default: %(default)s)")
     parser.add_argument("--calibrate", action="store_true",
                         help="score each reading (the params that differ within a dataset/depth/layout cell) "
                              "against the paper's parity and random baselines; the best reading's cells follow")
@@ -68,11 +75,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_out(out: Path) -> None:
+    """``--out`` must be a folder this process can write into: checked before any run is read."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as error:  # read-only, a file in the way, a full disk
+        raise AnalysisError(f"--out: cannot write to {out}: {error.strerror or error}") from None
+
+
 def _calibrate(runs: SweepRuns, args: argparse.Namespace) -> None:
     keys = reading_keys(runs.frame)
     ranking, cells = calibration(runs.frame, load_baselines(args.baselines), keys)
     fmt = "github" if args.format == "markdown" else "simple"
-    print(f"Readings scored against the paper's baselines (mean |z| over the cells; keys: {', '.join(keys) or 'none'})")
+    print(f"Readings scored against the paper's baselines (keys: {', '.join(keys) or 'none'})")
     print(ranking.to_markdown(index=False, tablefmt=fmt, floatfmt=f".{args.precision}f"))
     print("\nThe best reading, cell by cell (z = (flowsweep - paper) / paper std):")
     print(best_cells(ranking, cells, keys).to_markdown(index=False, tablefmt=fmt, floatfmt=f".{args.precision}f"))
@@ -80,6 +97,8 @@ def _calibrate(runs: SweepRuns, args: argparse.Namespace) -> None:
 
 def _analyse(args: argparse.Namespace) -> None:
     group_by = list(dict.fromkeys(args.group_by))
+    if args.out is not None:
+        _check_out(args.out)
     runs = load_runs(resolve_uri(args.tracking_uri), args.experiment, args.sweep)
     print(f"{PROG}: {runs.describe()}", file=sys.stderr)
     if args.calibrate:
@@ -97,7 +116,10 @@ def _analyse(args: argparse.Namespace) -> None:
     client = MlflowClient(runs.uri)
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp)
-        written = write_report(out, client, runs, agg, tables, group_by, args.precision, args.figures)
+        try:
+            written = write_report(out, client, runs, agg, tables, group_by, args.precision, args.figures)
+        except OSError as error:  # the disk filled up meanwhile
+            raise AnalysisError(f"--out: cannot write to {out}: {error.strerror or error}") from None
         if args.out is not None:
             print(f"{PROG}: wrote {len(written)} files to {out}", file=sys.stderr)
         if args.log_to_mlflow:

@@ -1,7 +1,10 @@
 """Read the runs of one or more sweeps from MLflow into a pandas frame, one row per model instance.
 
-Only FINISHED runs are analysed; FAILED (and still RUNNING or KILLED) runs are counted
-and reported, never mixed in. A run is *diverged* when it logged ``diverged=1`` or a
+Only instance runs are read: neither a job's parent run (tag ``flowsweep.role = job``)
+nor the summary runs of this analysis. FINISHED runs are analysed, and so are the runs
+of a job whose every instance diverged (FAILED, tagged ``flowsweep.all_diverged``): their
+divergence is the result. Other FAILED (and still RUNNING or KILLED) runs are counted and
+reported, never mixed in. A run is *diverged* when it logged ``diverged=1`` or a
 train/test bpd that is not a finite number: MLflow's sqlite store saves ``inf`` as the
 largest float, so values above :data:`DIVERGED_ABOVE` count as infinite too.
 """
@@ -22,6 +25,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from flowsweep.config import ConfigError
+from flowsweep.run_group import DIVERGED_TAG, ROLE_TAG
 from flowsweep.tracking import check_reachable, resolve_tracking_uri
 
 __all__ = ["AnalysisError", "SweepRuns", "SUMMARY_TAG", "DIVERGED_ABOVE", "LATEST", "resolve_uri", "load_runs"]
@@ -99,10 +103,12 @@ def _quoted(value: str) -> str:
 
 
 def _search(experiment_id: str, filter_string: str = "", **kwargs: Any) -> pd.DataFrame:
-    """``mlflow.search_runs`` in one experiment, without summary runs."""
+    """``mlflow.search_runs`` in one experiment: instance runs only (no summary, no parent runs)."""
     frame = mlflow.search_runs([experiment_id], filter_string=filter_string, **kwargs)
     if len(frame) and f"tags.{SUMMARY_TAG}" in frame.columns:
         frame = frame[frame[f"tags.{SUMMARY_TAG}"].isna()]
+    if len(frame) and f"tags.{ROLE_TAG}" in frame.columns:
+        frame = frame[frame[f"tags.{ROLE_TAG}"] != "job"]
     return frame
 
 
@@ -118,8 +124,10 @@ def _known_sweeps(experiment_id: str, limit: int = 5) -> str:
 def _resolve_sweep(experiment_id: str, sweep: str) -> tuple[str, pd.DataFrame]:
     """Runs of one sweep id; ``latest`` and paths relative to the working directory are accepted."""
     if sweep == LATEST:
-        newest = _search(experiment_id, "tags.sweep_id LIKE '%'", order_by=["attributes.start_time DESC"],
-                         max_results=1)
+        # Any run of a sweep will do (a job's run starts when its instances do), so no run is
+        # filtered out after the one result was taken; summary runs carry no sweep_id.
+        newest = mlflow.search_runs([experiment_id], filter_string="tags.sweep_id LIKE '%'",
+                                    order_by=["attributes.start_time DESC"], max_results=1)
         if not len(newest):
             raise AnalysisError("--sweep latest: the experiment has no runs with a sweep_id tag")
         sweep = newest["tags.sweep_id"].iloc[0]
@@ -162,8 +170,11 @@ def load_runs(uri: str, experiment: str, sweeps: Optional[Sequence[str]] = None)
     if not len(frame):
         raise AnalysisError(f"experiment {experiment!r} has no runs in {uri}")
     selected = list(parts) if sweeps else list(dict.fromkeys(frame.get("tags.sweep_id", pd.Series()).dropna()))
-    ignored = dict(Counter(frame.loc[frame["status"] != "FINISHED", "status"]))
-    finished = frame[frame["status"] == "FINISHED"].reset_index(drop=True)
+    kept = frame["status"] == "FINISHED"
+    if f"tags.{DIVERGED_TAG}" in frame.columns:
+        kept |= (frame["status"] == "FAILED") & (frame[f"tags.{DIVERGED_TAG}"] == "true")
+    ignored = dict(Counter(frame.loc[~kept, "status"]))
+    finished = frame[kept].reset_index(drop=True)
     if not len(finished):
         left = ", ".join(f"{n} {s}" for s, n in sorted(ignored.items()))
         raise AnalysisError(f"no FINISHED runs to analyse in experiment {experiment!r} ({left})")

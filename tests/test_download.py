@@ -63,7 +63,7 @@ def _files_under(path: Path) -> list[Path]:
 
 
 def _magic_from(dataset_cfg, url: str):
-    cfg = dataset_cfg("magic")
+    cfg = dataset_cfg("magic", validation_fraction=0)  # the whole training split, as the README counts it
     cfg.files["magic04.data"].url = url
     return cfg
 
@@ -73,7 +73,7 @@ def test_download_verify_and_cache(server, cache, data_dir, dataset_cfg, tmp_pat
     cfg = _magic_from(dataset_cfg, f"{server.url}/magic04.data")
     empty = tmp_path / "empty_data_dir"
     first = load_dataset(cfg, str(empty))
-    assert len(first.train) + len(first.valid) == 17118
+    assert first.train.shape == (17118, 10)
     assert _files_under(cache) == [cache / "magic" / "magic04.data"]
     server.stop()
     second = load_dataset(cfg, None)  # from the cache, server gone
@@ -83,7 +83,7 @@ def test_download_verify_and_cache(server, cache, data_dir, dataset_cfg, tmp_pat
 def test_data_dir_wins_over_cache(cache, data_dir, dataset_cfg):
     (cache / "magic").mkdir(parents=True)
     (cache / "magic" / "magic04.data").write_text("garbage\n")
-    assert len(load_dataset(dataset_cfg("magic", validation_fraction=0), str(data_dir)).train) == 17118
+    assert load_dataset(dataset_cfg("magic", validation_fraction=0), str(data_dir)).train.shape == (17118, 10)
     with pytest.raises(DataError, match=r"cache/magic/magic04\.data: line 1 has 1 fields.*Delete it so that it is downloaded again"):
         load_dataset(dataset_cfg("magic"), None)
 
@@ -131,7 +131,7 @@ def test_http_error_is_reported(server, cache, dataset_cfg):
 
 
 def _turbine_from(dataset_cfg, url: str):
-    cfg = dataset_cfg("turbine")
+    cfg = dataset_cfg("turbine", validation_fraction=0)
     for fname in TURBINE:
         cfg.files[fname].url = url
     return cfg
@@ -153,7 +153,7 @@ def test_turbine_zip_download(server, cache, data_dir, dataset_cfg, tmp_path):
         shutil.copy(data_dir / "turbine" / fname, tmp_path / "uci" / "turbine" / fname)
     cfg = _turbine_from(dataset_cfg, f"{server.url}/turbine.zip")
     data = load_dataset(cfg, str(tmp_path / "uci"))
-    assert len(data.train) + len(data.valid) == 22191 and data.test.shape == (14542, 10)
+    assert data.train.shape == (22191, 10) and data.test.shape == (14542, 10)
     assert sorted(p.name for p in _files_under(cache)) == TURBINE[2:]
     server.stop()
     for fname in TURBINE[:2]:

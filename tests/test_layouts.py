@@ -41,7 +41,8 @@ def runs_of(tmp_path: Path, layout: str) -> list:
     experiment = client.get_experiment_by_name("flowsweep")
     if experiment is None:
         return []
-    found = client.search_runs([experiment.experiment_id], f"params.layout = '{layout}'",
+    found = client.search_runs([experiment.experiment_id],
+                               f"params.layout = '{layout}' and tags.`flowsweep.role` = 'instance'",
                                order_by=["attributes.start_time ASC"])
     return sorted(found, key=lambda r: (r.info.start_time, r.data.params["instance"]))
 

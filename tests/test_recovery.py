@@ -58,7 +58,8 @@ def test_csv_has_the_share_and_the_mean_recall_of_each_cell(store, capsys):
     assert main(["--tracking-uri", store, "--format", "csv"]) == 0
     table = pd.read_csv(io.StringIO(capsys.readouterr().out)).set_index("layout")
     client = MlflowClient(store)
-    runs = client.search_runs([client.get_experiment_by_name("flowsweep").experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name("flowsweep").experiment_id],
+                              "tags.`flowsweep.role` = 'instance'")
     by_layout: dict[str, list] = {}
     for run in runs:
         by_layout.setdefault(run.data.params["layout"], []).append(run.data.metrics)

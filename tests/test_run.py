@@ -1,8 +1,9 @@
-"""End to end: main.py writes the promised MLflow runs; bad configs fail before training.
+"""End to end: main.py writes the promised MLflow runs and tells the user how the jobs went;
+bad configs fail before training.
 
 One real two-job multirun (parity and opt on yeast, tiny budgets) runs once per module
 into a temp directory with MLflow's default store; the tests read it back with
-``mlflow.search_runs`` and the client, as a user would.
+``mlflow.search_runs`` and the client, as a user would, and read what it printed.
 """
 
 from __future__ import annotations
@@ -44,11 +45,17 @@ def run_main(args: list[str], cwd: Path, data_dir: Path) -> subprocess.Completed
 class Sweep:
     root: Path
     uri: str
-    runs: pd.DataFrame
+    runs: pd.DataFrame  # the instance runs
+    jobs: pd.DataFrame  # the parent runs, one per job
     client: MlflowClient
+    stdout: str
 
     def of(self, layout: str) -> pd.DataFrame:
         return self.runs[self.runs["params.layout"] == layout].sort_values("params.instance")
+
+    def job(self, layout: str) -> pd.Series:
+        (row,) = [r for _, r in self.jobs.iterrows() if r["params.layout"] == layout]
+        return row
 
     def json_artifact(self, run_id: str, name: str):
         return json.loads(Path(self.client.download_artifacts(run_id, name, str(self.root / run_id))).read_text())
@@ -61,7 +68,8 @@ def sweep(tmp_path_factory, data_dir, search_runs) -> Sweep:
     assert done.returncode == 0, done.stderr
     uri = f"sqlite:///{root / 'mlflow.db'}"
     runs = search_runs(uri, experiment_names=["flowsweep"])
-    return Sweep(root, uri, runs, MlflowClient(uri))
+    role = runs["tags.flowsweep.role"]
+    return Sweep(root, uri, runs[role == "instance"], runs[role == "job"], MlflowClient(uri), done.stdout)
 
 
 def test_default_store_is_in_the_launch_directory(sweep):
@@ -70,20 +78,73 @@ def test_default_store_is_in_the_launch_directory(sweep):
     assert not list((sweep.root / "multirun").rglob("mlruns"))
 
 
-def test_one_finished_run_per_instance_with_the_flattened_config(sweep):
+def test_one_finished_run_per_instance_nested_under_its_jobs_run(sweep):
     assert len(sweep.runs) == 2 * INSTANCES and set(sweep.runs["status"]) == {"FINISHED"}
+    assert len(sweep.jobs) == 2 and set(sweep.jobs["status"]) == {"FINISHED"}
     for layout, search in (("parity", "none"), ("opt", "evolutionary")):
-        runs = sweep.of(layout)
+        runs, job = sweep.of(layout), sweep.job(layout)
+        assert set(runs["tags.mlflow.parentRunId"]) == {job["run_id"]}
         assert list(runs["params.instance"]) == [str(i) for i in range(INSTANCES)]
         assert runs["params.instance_seed"].nunique() == INSTANCES
         assert set(runs["params.dataset"]) == {"yeast"} and set(runs["params.depth"]) == {"2"}
         assert set(runs["params.search"]) == {search}
         assert set(runs["params.train.steps"]) == {str(STEPS)}
         assert set(runs["params.dataset.batch_size"]) == {"29"}
-        assert set(runs["params.search.evaluation.warm_start"]) == {"fresh"}
-        assert list(runs["tags.mlflow.runName"]) == [f"yeast-{layout}-L2-i{i:02d}" for i in range(INSTANCES)]
+        if layout == "opt":
+            assert set(runs["params.search.evaluation.warm_start"]) == {"fresh"}
+        # Unique, readable names: dataset, layout (and search), depth, the config's fingerprint, instance.
+        fp, search = job["tags.fingerprint"][:6], "" if layout == "parity" else "-evolutionary"
+        assert job["tags.mlflow.runName"] == f"yeast-{layout}-L2{search}-{fp}"
+        assert list(runs["tags.mlflow.runName"]) == [f"yeast-{layout}-L2-i{i:02d}{search}-{fp}" for i in range(INSTANCES)]
+    assert sweep.runs["tags.mlflow.runName"].nunique() == len(sweep.runs)
     # the same instance seeds for both layouts: instance i differs only in its structure
     assert list(sweep.of("parity")["params.instance_seed"]) == list(sweep.of("opt")["params.instance_seed"])
+
+
+def test_params_carry_the_config_without_noise(sweep):
+    params = {c[len("params."):] for c in sweep.runs.columns if c.startswith("params.")}
+    assert {"train.max_lr", "model.m", "dataset.validation_fraction", "seed", "instances"} <= params
+    for noise in ("dataset.files", "dataset.names", "dataset.labels", "data_dir", "tracking.uri", "progress"):
+        assert not any(p == noise or p.startswith(noise + ".") for p in params), noise
+    # search.* only where a search ran
+    assert sweep.of("parity")["params.search.evaluation.warm_start"].isna().all()
+    assert set(sweep.of("opt")["params.search.evaluation.warm_start"]) == {"fresh"}
+
+
+def test_a_jobs_run_holds_its_aggregates_and_figures(sweep):
+    for layout in ("parity", "opt"):
+        job, runs = sweep.job(layout), sweep.of(layout)
+        for split in ("train", "val", "test"):
+            values = runs[f"metrics.{split}_bpd"]
+            assert job[f"metrics.{split}_bpd_mean"] == pytest.approx(values.mean(), rel=1e-9)
+            assert job[f"metrics.{split}_bpd_std"] == pytest.approx(values.std(ddof=1), rel=1e-9)
+        assert job["metrics.diverged_count"] == 0 and job["metrics.instances"] == INSTANCES
+        assert "diverged   0 of 2" in job["tags.mlflow.note.content"]
+        artifacts = {a.path for a in sweep.client.list_artifacts(job["run_id"])}
+        assert {"summary.txt", "bpd_curves.png"} <= artifacts
+        assert ("search_best.png" in artifacts) == (layout == "opt")
+
+
+def test_the_terminal_and_hydras_job_log_tell_how_each_job_went(sweep):
+    logs = sorted((sweep.root / "multirun").glob("[0-9]/main.log"))
+    assert len(logs) == 2
+    for layout, log in zip(("parity", "opt"), logs):
+        job, runs = sweep.job(layout), sweep.of(layout)
+        text = log.read_text()
+        first = "yeast, layout parity, depth 2" if layout == "parity" else \
+            "yeast, layout opt (search evolutionary), depth 2"
+        assert f"{first}, {INSTANCES} instances: finished in" in text
+        test = runs["metrics.test_bpd"]
+        assert f"test {test.mean():.3f} ± {test.std(ddof=1):.3f}" in text
+        assert f"diverged   0 of {INSTANCES}" in text
+        assert f"run {job['tags.mlflow.runName']}, experiment 'flowsweep'" in text
+        assert f"mlflow ui --backend-store-uri {sweep.uri} --host 127.0.0.1" in text
+        assert text.split("] - ", 1)[1] in sweep.stdout  # the same lines on the terminal
+    # At the end of the multirun, the sweep's table, also kept in the sweep folder.
+    table = (sweep.root / "multirun" / "summary.txt").read_text()
+    assert table in sweep.stdout and "2 of 2 jobs completed" in table
+    rows = [line.split() for line in table.splitlines()[3:]]
+    assert [row[:3] for row in rows] == [["0", "layout=parity", "completed"], ["1", "layout=opt", "completed"]]
 
 
 def test_a_multirun_shares_one_sweep_id(sweep):
@@ -95,6 +156,7 @@ def test_metrics(sweep):
     d, m, depth = 8, 4, 2
     expected_params = depth * 2 * d + depth * (2 * (d - m) * m + 2 * (d - m))
     for _, run in sweep.runs.iterrows():
+        assert run["metrics.val_bpd"] < 1e300
         assert run["metrics.diverged"] == 0.0
         assert run["metrics.num_params"] == expected_params
         assert pd.notna(run["metrics.train_bpd"]) and pd.notna(run["metrics.test_bpd"])
@@ -130,9 +192,12 @@ def test_every_search_trial_is_logged(sweep):
         values = [p.value for p in best_curve]
         assert all(b <= a for a, b in zip(values, values[1:]))
         assert values[-1] == pytest.approx(best["value"])
-        accepted = sweep.client.get_metric_history(run_id, "search_accepted")
-        assert [p.value for p in accepted] == [float(any(t["accepted"] for t in trials if t["t"] == s))
-                                                for s in range(ITERATIONS + 1)]
+        # The best-so-far curve is the value of the latest accepted trial, iteration by iteration.
+        latest, expected = None, []
+        for s in range(ITERATIONS + 1):
+            latest = next((t["value"] for t in trials if t["t"] == s and t["accepted"]), latest)
+            expected.append(latest)
+        assert values == pytest.approx(expected)
 
 
 def test_cfg_job_prints_the_config_and_runs_nothing(tmp_path, data_dir):
@@ -205,4 +270,4 @@ def test_a_crashing_job_leaves_its_runs_failed(tmp_path, data_dir, search_runs):
     with pytest.raises(RuntimeError, match="optimizer exploded"):
         run_job(cfg)
     runs = search_runs(f"sqlite:///{tmp_path / 'm.db'}", experiment_names=["flowsweep"])
-    assert len(runs) == 2 and set(runs["status"]) == {"FAILED"}
+    assert len(runs) == 3 and set(runs["status"]) == {"FAILED"}  # the job's run and its 2 instances

@@ -340,7 +340,8 @@ def planted_jobs(tmp_path_factory) -> dict[str, "pd.DataFrame"]:
         cfg = job_config("dataset=synthetic_pairs", "depth.layers=2", "instances=3", f"layout={layout}",
                          "progress=false", f"tracking.uri={uri}", f"tracking.sweep_id={layout}", *extra)
         run_job(cfg)
-        found[layout] = _search_runs(uri, experiment_names=["flowsweep"], filter_string=f"tags.sweep_id = '{layout}'")
+        found[layout] = _search_runs(uri, experiment_names=["flowsweep"],
+                                     filter_string=f"tags.sweep_id = '{layout}' and tags.`flowsweep.role` = 'instance'")
     return found
 
 

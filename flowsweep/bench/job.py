@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 
 import pandas as pd
 
-from flowsweep.bench.phases import LOGGING, PHASES, TIMINGS_ENV
+from flowsweep.bench.phases import LOGGING, PHASES, TIMINGS_ENV, WRITER_CPU
 
 __all__ = ["time_job"]
 
@@ -46,7 +46,9 @@ def time_job(overrides: Sequence[str], keep: Optional[str] = None) -> tuple[pd.D
     rows = [(phase, seconds.get(phase, 0.0)) for phase in PHASES]
     rows.append(("other: start-up, imports, Hydra", wall - sum(s for _, s in rows)))
     rows.append(("logging in all (mlflow + figures)", sum(seconds.get(phase, 0.0) for phase in LOGGING)))
+    rows.append((WRITER_CPU, seconds.get(WRITER_CPU, 0.0)))
     table = pd.DataFrame(rows, columns=["phase", "wall s"])
     table["share"] = (table["wall s"] / wall).map(lambda x: f"{100 * x:.1f} %")
+    table.loc[table["phase"] == WRITER_CPU, "share"] = ""  # CPU time beside the job, not a share of its wall
     table["wall s"] = table["wall s"].round(2)
     return table, wall

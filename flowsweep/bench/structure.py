@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from flowsweep.bench.workload import compose_config
+from flowsweep.run_group import ROLE_TAG
 
 __all__ = ["ENTRIES", "DATASETS", "Entry", "structure_tables", "main_tables"]
 
@@ -74,7 +75,8 @@ def _runs(uri: str, tag: str) -> pd.DataFrame:
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("structure").experiment_id
     rows = []
-    for run in client.search_runs([experiment], filter_string=f"tags.sweep_id = '{tag}'", max_results=5000):
+    instances = f"tags.sweep_id = '{tag}' and tags.`{ROLE_TAG}` = 'instance'"
+    for run in client.search_runs([experiment], filter_string=instances, max_results=5000):
         rows.append({k: run.data.metrics.get(k, math.nan)
                      for k in ("test_bpd", "dependency_recall", "diverged", "search_model_steps")})
     return pd.DataFrame(rows)

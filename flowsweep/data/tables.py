@@ -133,7 +133,19 @@ def read_table(
         raise _diagnose(data, source, file_columns, columns, sep, has_header, hint, None)
     if last == 0:
         raise DataError(f"{source}: the file has no data rows. {hint}")
+    _check_distinct(x, columns, source, hint)
     return x, columns
+
+
+def _check_distinct(x: np.ndarray, columns: Sequence[str], source: str, hint: str) -> None:
+    """Two feature columns equal in every row leave a flow no density to fit: its bpd falls
+    without bound as it learns to collapse one onto the other, and would mean nothing."""
+    seen: dict[bytes, str] = {}
+    for name, column in zip(columns, x.T):
+        other = seen.setdefault(np.ascontiguousarray(column).tobytes(), name)
+        if other != name:
+            raise DataError(f"{source}: columns {other!r} and {name!r} hold the same value in every row, so no "
+                            f"density fits them (bpd falls without bound). {hint}")
 
 
 def _diagnose(

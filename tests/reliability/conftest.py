@@ -103,11 +103,23 @@ def all_runs(uri: str, experiment: str = "flowsweep") -> list[Run]:
             return runs
 
 
+def instance_runs(runs: list[Run]) -> list[Run]:
+    """The runs of model instances (not the jobs' parent runs)."""
+    return [r for r in runs if r.data.tags.get("flowsweep.role") == "instance"]
+
+
 def assert_complete_jobs(uri: str, jobs: int, instances: int = 2, steps: int = 5) -> list[Run]:
-    """``jobs`` jobs logged exactly once each, completely: FINISHED runs, metrics, params, artifacts."""
-    runs = all_runs(uri)
-    statuses = sorted({r.info.status for r in runs})
+    """``jobs`` jobs logged exactly once each, completely: FINISHED runs, metrics, params, artifacts.
+
+    Returns the instance runs.
+    """
+    everything = all_runs(uri)
+    statuses = sorted({r.info.status for r in everything})
     assert statuses == ["FINISHED"], statuses
+    parents = [r for r in everything if r.data.tags.get("flowsweep.role") == "job"]
+    runs = instance_runs(everything)
+    assert len(parents) == jobs and len(parents) + len(runs) == len(everything)
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {p.info.run_id for p in parents}
     keys = [(r.data.tags["fingerprint"], r.data.params["instance"]) for r in runs]
     assert len(keys) == len(set(keys)), "a job instance was logged twice"
     assert len({k[0] for k in keys}) == jobs and len(runs) == jobs * instances

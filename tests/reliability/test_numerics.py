@@ -10,6 +10,7 @@ models that blow up are flagged ``diverged`` and the others train on, and the jo
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 from mlflow.entities import Run
@@ -22,7 +23,7 @@ JOB = tiny("layout=opt", "search=evolutionary", f"instances={INSTANCES}", "searc
            "search.evaluation.steps=5", "train.optimizer=sgd", "train.schedule=cyclic", "train.max_lr=2",
            "train.step_size_up=2", "train.patience=null")
 TIMINGS = {"wall_time_s", "train_time_s", "search_time_s"}
-CURVES = ("batch_bpd", "search_trial_bpd", "search_best_bpd", "search_accepted")
+CURVES = ("batch_bpd", "search_best_bpd")
 
 
 def _bits(value: float) -> float | str:
@@ -49,11 +50,16 @@ def attempts(tmp_path_factory, data_dir, empty_store) -> tuple[dict[str, Run], d
     client = MlflowClient(app.default_uri)
     experiment = client.get_experiment_by_name("flowsweep").experiment_id
     by_attempt = {a: {r.data.params["instance"]: r for r in client.search_runs(
-        [experiment], filter_string=f"tags.sweep_id = '{a}'")} for a in ("first", "second")}  # fmt: skip
+        [experiment], filter_string=f"tags.sweep_id = '{a}' and tags.`flowsweep.role` = 'instance'")}
+        for a in ("first", "second")}  # fmt: skip
     return by_attempt["first"], by_attempt["second"], client
 
 
-def test_same_config_and_seed_give_bitwise_identical_numbers_across_processes(attempts):
+def _trials(client: MlflowClient, run: Run, folder: Path) -> str:
+    return Path(client.download_artifacts(run.info.run_id, "search_trials.json", str(folder))).read_text()
+
+
+def test_same_config_and_seed_give_bitwise_identical_numbers_across_processes(attempts, tmp_path):
     first, second, client = attempts
     # rerun=true trained the config again although its runs had FINISHED.
     assert sorted(first, key=int) == sorted(second, key=int) == [str(i) for i in range(INSTANCES)]
@@ -62,6 +68,8 @@ def test_same_config_and_seed_give_bitwise_identical_numbers_across_processes(at
         assert _numbers(run) == _numbers(again), instance
         for key in CURVES:
             assert _curve(client, run, key) == _curve(client, again, key), (instance, key)
+        # every search trial: structure, value, state, acceptance
+        assert _trials(client, run, tmp_path / "a" / instance) == _trials(client, again, tmp_path / "b" / instance)
 
 
 def test_diverging_models_are_flagged_and_contained_and_the_job_finishes(attempts):

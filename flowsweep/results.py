@@ -1,0 +1,172 @@
+"""A job's results into its MLflow runs: the curve while it trains, every instance's numbers
+and figures, and the job's aggregates on its parent run.
+
+Instance runs get ``batch_bpd`` (the minibatch bpd of every k-th SGD step, at most
+``tracking.curve_points`` points: MLflow writes each point in tens of microseconds, and
+the run's ``bpd_curve.png`` shows every step; :class:`LiveCurve` writes it while training
+goes on), ``train_bpd``/``val_bpd``/``test_bpd`` (``inf`` for a diverged instance),
+``diverged``, ``num_params``, wall times, ``pair_coverage``, the search metrics of
+``layout=opt`` (``search_best_bpd`` per iteration, counts and ``search_model_steps``; every trial
+is in ``search_trials.json``), ``dependency_recall`` on data with planted dependencies, the
+``val_bpd_curve`` of the validation evaluations, and the artifacts ``masks.json``, ``masks.png``,
+``bpd_curve.png`` (and ``search_trials.json``, ``search_trajectory.png``; ``dependence.json``
+where the features' estimated dependence built or started the structure). The parent run gets the mean and std of
+each bpd over the instances that did not diverge (``train_bpd_mean`` ...), how many did
+(``diverged_count``), the wall times, the summary as its description, and figures of all
+instances' curves.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+from torch import Tensor
+
+from flowsweep import plots
+from flowsweep.data import Dataset
+from flowsweep.dependence import Dependence
+from flowsweep.graph import dependency_recall
+from flowsweep.run_group import DIVERGED_TAG, JOB, RunGroup
+from flowsweep.search import StructureOptimizer
+from flowsweep.search.job import JobSearch
+from flowsweep.structure import Structure
+from flowsweep.summary import SPLITS, JobSummary, job_lines
+from flowsweep.training import nats_to_bpd
+
+__all__ = ["LiveCurve", "log_search_metrics", "log_instances", "log_job"]
+
+#: MLflow's system tag for a run's description (shown on the run's page).
+_DESCRIPTION = "mlflow.note.content"
+
+
+class LiveCurve:
+    """``on_progress`` of :func:`flowsweep.training.train`: every ``interval_s`` seconds the
+    minibatch bpd of the steps done so far goes to the instance runs (every ``stride``-th
+    step: steps 1, 1 + stride, ...), so a running job's ``batch_bpd`` grows in the MLflow UI.
+    :meth:`finish` buffers the rest for the runs."""
+
+    def __init__(self, runs: RunGroup, d: int, log_det: float, interval_s: float, stride: int):
+        self.runs, self.d, self.log_det, self.interval_s, self.stride = runs, d, log_det, interval_s, stride
+        self.next = 0  # index (0-based step) of the next point to send
+        self._due = time.monotonic() + interval_s
+
+    def __call__(self, steps: int, curve: Tensor) -> None:
+        """``curve`` ``[>= steps, K]`` holds the NLL (nats) of the first ``steps`` steps."""
+        if time.monotonic() < self._due:
+            return
+        index = np.arange(self.next, steps, self.stride)
+        # The same arithmetic as the final curve's, so the points equal it bit for bit.
+        self._add(index, nats_to_bpd(curve[index], self.d, self.log_det).numpy())
+        for i in range(curve.shape[1]):
+            self.runs.send(i)
+        self._due = time.monotonic() + self.interval_s
+
+    def _add(self, index: np.ndarray, bpd: np.ndarray) -> None:
+        if not len(index):
+            return
+        for i in range(bpd.shape[1]):
+            self.runs.curve(i, "batch_bpd", bpd[:, i], first_step=int(index[0]) + 1, stride=self.stride)
+        self.next = int(index[-1]) + self.stride
+
+    def finish(self, curve: np.ndarray) -> None:
+        """The whole curve in bpd ``[steps, K]``: the points not sent yet are buffered for the runs."""
+        index = np.arange(self.next, len(curve), self.stride)
+        self._add(index, curve[index])
+
+
+def log_search_metrics(runs: RunGroup, search: JobSearch) -> None:
+    """The best-so-far value at step = iteration t and the search's counts, sent at once: they
+    are written while the job trains on. Every trial (value, state, acceptance) goes to
+    ``search_trials.json`` instead of metric points: a grid's searches hold 10^5 trials."""
+    search_time = search.outcome.seconds
+    for i, optimizer in enumerate(search.optimizers):
+        trials = optimizer.history
+        finite = [t for t in trials if math.isfinite(t.value)]
+        for t, best in enumerate(optimizer.best_trace):
+            if math.isfinite(best):
+                runs.metric(i, "search_best_bpd", best, step=t)
+        runs.metric(i, "search_time_s", search_time)
+        runs.metric(i, "search_trials", len(trials))
+        runs.metric(i, "search_diverged_trials", len(trials) - len(finite))
+        runs.metric(i, "search_model_steps", search.outcome.model_steps[i])
+        runs.send(i)
+    runs.metric(JOB, "search_time_s", search_time)
+
+
+def log_instances(runs: RunGroup, structures: Sequence[Structure], result: dict, data: Dataset,
+                  title: str, search: Optional[JobSearch], dependence: Optional[Dependence]) -> None:
+    """Metrics and artifacts of every instance run; ``title`` names the job in figure titles."""
+    for i, structure in enumerate(structures):
+        diverged = bool(result["diverged"][i])
+        for key in ("train_bpd", "val_bpd", "test_bpd"):
+            if key in result:
+                runs.metric(i, key, math.inf if diverged else result[key][i])
+        runs.metric(i, "diverged", float(diverged))
+        runs.metric(i, "num_params", result["num_params"])
+        runs.metric(i, "wall_time_s", result["wall_time_s"])
+        runs.metric(i, "train_time_s", result["train_time_s"])
+        runs.metric(i, "pair_coverage", structure.pair_coverage())
+        if data.graph:
+            runs.metric(i, "dependency_recall", dependency_recall(structure, data.graph))
+        for step, value in zip(result["val_steps"], result["val_curve"][:, i]):
+            if math.isfinite(value):
+                runs.metric(i, "val_bpd_curve", value, step=step)
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            (folder / "masks.json").write_text(json.dumps(structure.to_dict(), indent=1))
+            plots.save_mask_heatmap(structure, folder / "masks.png", data.columns, f"{title} · instance {i}")
+            plots.save_bpd_curve(result["curve"][:, i], folder / "bpd_curve.png", title=f"{title} · instance {i}")
+            if dependence is not None:  # what the data-driven layout or search started from
+                (folder / "dependence.json").write_text(json.dumps(np.round(dependence.weight, 5).tolist()))
+            if search is not None:
+                _search_artifacts(search.optimizers[i], folder, f"{title} · instance {i}")
+            runs.artifacts(i, tmp)
+
+
+def _search_artifacts(optimizer: StructureOptimizer, folder: Path, title: str) -> None:
+    """Every trial (diverged ones too) in ``search_trials.json``, and the search's figure."""
+    trials = optimizer.history
+    (folder / "search_trials.json").write_text(json.dumps([t.to_dict() for t in trials]))
+    plots.save_search_trajectory(
+        np.array([t.iteration for t in trials]), np.array([t.value for t in trials]),
+        np.array(optimizer.best_trace), folder / "search_trajectory.png", title=title,
+    )
+
+
+def log_job(runs: RunGroup, summary: JobSummary, result: dict, title: str, search: Optional[JobSearch]) -> None:
+    """The parent run's aggregates, description and figures."""
+    for split in SPLITS:
+        if split in summary.bpd:
+            mean, std = summary.bpd[split]
+            runs.metric(JOB, f"{split}_bpd_mean", mean)
+            if not math.isnan(std):
+                runs.metric(JOB, f"{split}_bpd_std", std)
+    runs.metric(JOB, "diverged_count", summary.diverged)  # not "diverged": that is an instance's 0 or 1
+    runs.metric(JOB, "instances", summary.instances)
+    runs.metric(JOB, "wall_time_s", result["wall_time_s"])
+    runs.metric(JOB, "train_time_s", result["train_time_s"])
+    runs.tag(JOB, _DESCRIPTION, "\n".join(job_lines(summary)))
+    if summary.all_diverged:  # the job fails, but the analysis still counts these instances as diverged
+        for run in (JOB, *range(summary.instances)):
+            runs.tag(run, DIVERGED_TAG, "true")
+    converged = ~result["diverged"]
+    note = f"{summary.diverged} diverged instance(s) left out" if summary.diverged else ""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "summary.txt").write_text("\n".join(job_lines(summary)) + "\n")
+        plots.save_curves(result["curve"][:, converged], folder / "bpd_curves.png", f"{title}: minibatch bpd",
+                          "SGD step", "minibatch bpd", first_step=1, note=note)
+        if search is not None:
+            traces = [np.asarray(o.best_trace, dtype=float) for o in search.optimizers]
+            best = np.full((max(map(len, traces)), len(traces)), np.nan)  # a search may stop early (patience)
+            for k, trace in enumerate(traces):
+                best[:len(trace), k] = trace
+            plots.save_curves(best[:, converged], folder / "search_best.png", f"{title}: best search value so far",
+                              "search iteration", "best trial bpd", note=note)
+        runs.artifacts(JOB, tmp)

@@ -1,0 +1,77 @@
+"""What a job's MLflow runs are called, which params and tags they carry.
+
+Names are readable and unique within an experiment: ``<dataset>-<layout>-L<depth>[-<search>]``
+followed by the first characters of the job's config fingerprint, e.g.
+``yeast-opt-L2-random-3f9a1c`` for a job's parent run and ``yeast-opt-L2-i07-random-3f9a1c``
+for its instance 7 (what tells runs apart comes first: the MLflow UI cuts long names short).
+Jobs that share dataset, layout, search and depth but differ in any other setting (a
+learning rate, a seed) differ in the fingerprint part; the same config has the same
+names, so a resumed or re-run job is recognisable.
+
+Params are the composed config, flattened (``train.max_lr``), less what does not describe
+the model or its training: the keys under ``tracking.omit_params`` (where data and runs
+live, how the raw files are described), and ``search.*`` for a layout that does not
+search. Every run also gets ``dataset``, ``layout``, ``depth`` and ``search`` (``none``
+without a search), the keys the analysis groups by.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from omegaconf import DictConfig, OmegaConf
+
+__all__ = ["job_title", "run_names", "job_params", "instance_params"]
+
+#: Characters of the fingerprint in a run name: enough to tell apart the jobs of a sweep.
+_FINGERPRINT_CHARS = 6
+
+
+def _searches(cfg: DictConfig) -> bool:
+    return cfg.layout.name == "opt"
+
+
+def job_title(cfg: DictConfig) -> str:
+    """``yeast · opt (random) · depth 2``: the job as figure titles name it."""
+    layout = f"{cfg.layout.name} ({cfg.search.name})" if _searches(cfg) else str(cfg.layout.name)
+    return f"{cfg.dataset.name} · {layout} · depth {cfg.depth.layers}"
+
+
+def run_names(cfg: DictConfig, fingerprint: str) -> tuple[str, list[str]]:
+    """The parent run's name and the instance runs' names."""
+    fp = fingerprint[:_FINGERPRINT_CHARS]
+    head = f"{cfg.dataset.name}-{cfg.layout.name}-L{cfg.depth.layers}"
+    tail = f"-{cfg.search.name}-{fp}" if _searches(cfg) else f"-{fp}"
+    return head + tail, [f"{head}-i{i:02d}{tail}" for i in range(cfg.instances)]
+
+
+def _flatten(node: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """``{"train": {"steps": 5}}`` → ``{"train.steps": "5"}``."""
+    out: dict[str, str] = {}
+    for key, value in node.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = str(value)
+    return out
+
+
+def _omitted(name: str, prefixes: list[str]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def job_params(cfg: DictConfig) -> dict[str, str]:
+    """The params of a job's parent run (and of each instance run, with :func:`instance_params`)."""
+    omit = [str(p) for p in cfg.tracking.omit_params]
+    if not _searches(cfg):
+        omit.append("search")
+    params = {k: v for k, v in _flatten(OmegaConf.to_container(cfg, resolve=True)).items() if not _omitted(k, omit)}
+    params.update(dataset=str(cfg.dataset.name), layout=str(cfg.layout.name), depth=str(cfg.depth.layers),
+                  search=str(cfg.search.name) if _searches(cfg) else "none")
+    return params
+
+
+def instance_params(job: Mapping[str, str], instance: int, seed: int) -> dict[str, str]:
+    """An instance run's params: the job's, its index and its seed."""
+    return {**job, "instance": str(instance), "instance_seed": str(seed)}

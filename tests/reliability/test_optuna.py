@@ -1,0 +1,87 @@
+"""The Hydra Optuna sweeper, the real plugin, on the preset ``hparams_search=sgd_optuna``.
+
+Every trial is one job; the study minimises what the job returns, the mean validation bpd
+of its instances, never a test number. The study lives in ``./optuna.db``: a sweep
+interrupted mid-way (SIGINT to its process group) and launched again continues the same
+study, its finished trials kept.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import optuna
+import pytest
+import yaml
+
+from .conftest import Flowsweep, all_runs, tiny
+
+STUDY = "flowsweep.yeast.parity.L2.sgd"  # study_name of the preset: experiment, dataset, layout, depth
+# The preset's study, seeded, its learning rates kept below where yeast's instances can all diverge.
+ARGS = ["hparams_search=sgd_optuna", *tiny("train.steps=1500"), "hydra.sweeper.sampler.n_startup_trials=2",
+        "hydra.sweeper.sampler.seed=3", "train.max_lr=tag(log, interval(1e-4, 3e-3))"]
+_ENDED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
+
+
+def _study(app: Flowsweep) -> optuna.Study:
+    storage = optuna.storages.RDBStorage(f"sqlite:///{app.cwd / 'optuna.db'}",
+                                         engine_kwargs={"isolation_level": "AUTOCOMMIT"})  # as the preset opens it
+    return optuna.load_study(study_name=STUDY, storage=storage)
+
+
+def _ended(app: Flowsweep) -> list[optuna.trial.FrozenTrial]:
+    """The study's trials that ran to the end (a trial whose every instance diverged FAILs)."""
+    # Opened only once the sweeper has set up the storage (it logs the study's name then):
+    # two processes creating the same sqlite schema at once collide.
+    if "Study name:" not in (app.cwd / "first.log").read_text():
+        return []
+    return [t for t in _study(app).trials if t.state in _ENDED]
+
+
+def _interrupt_after_one_trial(app: Flowsweep, timeout_s: float = 180) -> int:
+    log = open(app.cwd / "first.log", "w")
+    process = subprocess.Popen(app.command(*ARGS, "hydra.sweeper.n_trials=4", "hydra.sweep.dir=first"), cwd=app.cwd,
+                               env=app.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not _ended(app):
+            assert process.poll() is None and time.monotonic() < deadline, (app.cwd / "first.log").read_text()
+            time.sleep(0.2)
+        os.killpg(process.pid, signal.SIGINT)
+        return process.wait(60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def test_optuna_minimises_the_validation_bpd_and_an_interrupted_study_resumes(flowsweep_with_store):
+    app = flowsweep_with_store
+    assert _interrupt_after_one_trial(app) == 130
+    before = _ended(app)
+    assert 1 <= len(before) < 4
+
+    done = app(*ARGS, "hydra.sweeper.n_trials=2", "hydra.sweep.dir=second")
+    assert done.returncode == 0, done.stderr
+    assert f"Using an existing study with name '{STUDY}'" in done.stdout + done.stderr
+    after = _ended(app)
+    assert len(after) == len(before) + 2
+    assert [(t.number, t.params, t.value) for t in after[:len(before)]] == [(t.number, t.params, t.value) for t in before]
+    after = [t for t in after if t.state == optuna.trial.TrialState.COMPLETE]
+    assert after
+
+    # Each trial's value is its job's mean validation bpd, as MLflow holds it, never the test bpd.
+    jobs = [r for r in all_runs(app.default_uri) if r.data.tags["flowsweep.role"] == "job" and r.info.status == "FINISHED"]
+    by_lr = {float(r.data.params["train.max_lr"]): r.data.metrics for r in jobs}
+    for trial in after:
+        metrics = by_lr[trial.params["train.max_lr"]]
+        assert trial.value == pytest.approx(metrics["val_bpd_mean"], rel=1e-12)
+        assert trial.value != pytest.approx(metrics["test_bpd_mean"], rel=1e-6)
+    assert {float(r.data.params["train.momentum"]) for r in jobs} >= {t.params["train.momentum"] for t in after}
+    # The second sweep's best is the study's best, with its trials' params.
+    result = yaml.safe_load((app.cwd / "second" / "optimization_results.yaml").read_text())
+    best = min(after, key=lambda t: t.value)
+    assert result["best_value"] == pytest.approx(best.value) and result["best_params"] == best.params
