@@ -90,7 +90,8 @@ def _calibrate(runs: SweepRuns, args: argparse.Namespace) -> None:
     ranking, cells = calibration(runs.frame, load_baselines(args.baselines), keys)
     fmt = "github" if args.format == "markdown" else "simple"
     print(f"Readings scored against the paper's baselines (keys: {', '.join(keys) or 'none'})")
-    print(ranking.to_markdown(index=False, tablefmt=fmt, floatfmt=f".{args.precision}f"))
+    # The readings' values stay as written (a learning rate of 1e-05 is no 0.000).
+    print(ranking.round(args.precision).to_markdown(index=False, tablefmt=fmt, disable_numparse=True))
     print("\nThe best reading, cell by cell (z = (flowsweep - paper) / paper std):")
     print(best_cells(ranking, cells, keys).to_markdown(index=False, tablefmt=fmt, floatfmt=f".{args.precision}f"))
 
