@@ -137,7 +137,11 @@ def test_preset_grid_and_budgets(preset: str, instances: int, steps: int, iterat
                     "layout": ["random", "parity", "opt"]}
     assert (cfg.instances, cfg.train.steps, cfg.search.iterations, cfg.search.evaluation.steps) == (
         instances, steps, iterations, steps_per_trial)
-    assert cfg.search.name == "evolutionary" and cfg.train.max_lr == 1e-3  # the paper's optimizer and schedule
+    # Algorithm 1 as written, the paper's optimizer and schedule, and stage 1's calibrated learning rate
+    assert cfg.search.name == "evolutionary" and cfg.search.evaluation.value == "last_batch"
+    assert (cfg.train.optimizer, cfg.train.schedule) == ("sgd", "cyclic")
+    assert cfg.train.max_lr == (1e-4 if preset == "paper" else 1e-2)  # smoke: ten steps that move the models
+    assert cfg.dataset.validation_fraction == 0 and not cfg.dataset.dequantize  # every training row, as they are
 
 
 # --- tables ----------------------------------------------------------------------------
@@ -222,7 +226,7 @@ def test_a_param_that_differs_between_sweeps_becomes_a_column(store: Store, caps
     code, out, err = _cli(capsys, "--tracking-uri", store.uri, "--sweep", GRID, "diverge", "--format", "markdown",
                           "--group-by", "dataset", "depth", "layout", "train.max_lr")
     assert code == 0 and "warning" not in err
-    assert "parity / 0.001" in out and "parity / 10.0" in out and f"all {INSTANCES} diverged" in out
+    assert "parity / 0.0001" in out and "parity / 10.0" in out and f"all {INSTANCES} diverged" in out
 
 
 def test_latest_sweep(store: Store, capsys: pytest.CaptureFixture) -> None:
