@@ -143,18 +143,17 @@ class DepthConfig:
 class ModelConfig:
     #: Number of conditioning features per coupling; null means floor(d / 2).
     m: Optional[int] = None
-    #: ``standardize``: a fixed map to the training split's zero mean and unit variance ahead
-    #: of the first layer (its log-determinant keeps every bpd in raw units); ``whiten``: to zero
-    #: mean and a shrinkage estimate of identity covariance; ``none``: raw data.
-    preprocess: str = "standardize"
-    #: The paper's open choices (see flowsweep.model.spec): layer order, constant transform,
-    #: direction, initialisation, conditioner (and its hidden units).
-    order: str = "constant_first"
-    constant: str = "exp"
-    direction: str = "normalizing"
-    init: str = "uniform"
-    conditioner: str = "tanh"
-    hidden: int = 32
+    #: Types only below: the values and their meaning live in ``conf/config.yaml`` and
+    #: flowsweep.model.spec. The fixed map ahead of layer 1 (standardize | whiten | none).
+    preprocess: str = MISSING
+    #: The paper's open choices: layer order, constant transform, direction, initialisation,
+    #: conditioner (and its hidden units).
+    order: str = MISSING
+    constant: str = MISSING
+    direction: str = MISSING
+    init: str = MISSING
+    conditioner: str = MISSING
+    hidden: int = MISSING
 
 
 @dataclass

@@ -73,8 +73,9 @@ class Recipe:
 @dataclass
 class TrainResult:
     """Per-step minibatch bpd ``curve`` ``[steps, K]`` (non-finite where a model diverged; fewer
-    steps where early stopping stopped every model),
-    ``val_curve`` ``[evaluations, K]`` at steps ``val_steps``, and the ``diverged`` flags ``[K]``."""
+    steps where early stopping stopped every model), the validation bpd ``val_curve``
+    ``[evaluations, K]`` at the steps ``val_steps`` (0, the start, first with early stopping),
+    and the ``diverged`` flags ``[K]``."""
 
     curve: Tensor
     diverged: Tensor
@@ -183,6 +184,8 @@ def train(flow: CouplingFlows, data: Tensor, batch_size: int, recipe: Recipe, ge
         # Step 0 counts: where no training beats the start (a whitened Gaussian, say), keep it.
         best_val = evaluate_bpd(flow, valid, log_det, threads=1 if native else recipe.threads)
         best_theta = theta.detach().clone()
+        val_curve.append(best_val)
+        val_steps.append(0)
     # The native kernel runs its own threads; torch's OpenMP workers would spin against them.
     with torch_threads(1 if native else recipe.threads):
         for step, rows in enumerate(minibatch_rows(data.shape[0], batch_size, recipe.steps, generators)):

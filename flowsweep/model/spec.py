@@ -88,7 +88,7 @@ class ModelSpec:
     order: str = "constant_first"
     constant: str = "exp"
     direction: str = "normalizing"
-    init: str = "uniform"
+    init: str = "zero"
     conditioner: str = "tanh"
     #: Hidden units of the ``mlp`` conditioner (unused by ``tanh``).
     hidden: int = 32
