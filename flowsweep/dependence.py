@@ -15,7 +15,7 @@ sets the measure, the rows it reads and the discount (:class:`Dependence`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -60,17 +60,18 @@ def dependence_matrix(x: np.ndarray, measure: str = "gain", rows: int = 4000, se
     return affine_gain(sample, seed=seed) if measure == "gain" else mutual_information(sample, seed=seed)
 
 
-def affine_gain(x: np.ndarray, bins: int = 20, seed: int = 0) -> np.ndarray:
+def affine_gain(x: np.ndarray, bins: Optional[int] = None, seed: int = 0) -> np.ndarray:
     """``[d, d]``, nats: what an affine coupling can gain by letting ``x_i`` condition ``x_j``.
 
     The log-likelihood gain, per sample, of a Gaussian for ``x_j`` whose mean and variance
     depend on ``x_i`` (within ``bins`` quantile bins of ``x_i``, or its values where it takes
-    fewer) over one Gaussian for ``x_j``: ``0.5 (log Var x_j - E_b log Var(x_j | b))``, less the
+    fewer; by default one bin per 25 rows, from 3 to 20) over one Gaussian for ``x_j``: ``0.5 (log Var x_j - E_b log Var(x_j | b))``, less the
     same with ``x_i``'s bins shuffled (what noise alone gains with that many bins, heavy
     tails included), negatives set to zero. Directional: ``j = sin(i) + noise`` gains more
     from ``i -> j`` than from ``j -> i``; and a scale that ``i`` sets counts as much as a mean.
     """
-    d = x.shape[1]
+    n, d = x.shape
+    bins = bins or int(np.clip(n // 25, 3, 20))
     centred = x - x.mean(0)
     rng = np.random.default_rng(seed)
 

@@ -29,7 +29,7 @@ from flowsweep.model import CouplingFlows
 from flowsweep.native import NativeStep, covers, native_available
 
 __all__ = ["OPTIMIZERS", "SCHEDULES", "Recipe", "TrainResult", "make_optimizer", "train", "evaluate_bpd", "nats_to_bpd",
-           "minibatch_rows", "gather", "torch_threads"]
+           "minibatch_rows", "gather", "torch_threads", "row_bpd"]
 
 OPTIMIZERS = CHOICES["train.optimizer"]
 #: ``cyclic``: PyTorch's ``CyclicLR`` between ``base_lr`` and ``max_lr`` (Smith 2017, the
@@ -238,13 +238,18 @@ def train(flow: CouplingFlows, data: Tensor, batch_size: int, recipe: Recipe, ge
 
 
 @torch.no_grad()
+def row_bpd(flow: CouplingFlows, data: Tensor, log_det: float = 0.0, chunk: int = 8192, threads: int = 1) -> Tensor:
+    """The bpd (raw units) of every row of ``data`` ``[n, d]`` under each model: ``[K, n]`` float64.
+    ``threads``: torch's threads meanwhile (the previous setting is restored)."""
+    with torch_threads(threads):
+        nll = torch.cat([-flow.log_prob(data[start : start + chunk]).double()
+                         for start in range(0, data.shape[0], chunk)], dim=1)
+    return nats_to_bpd(nll, flow.d, log_det)
+
+
 def evaluate_bpd(flow: CouplingFlows, data: Tensor, log_det: float = 0.0, chunk: int = 8192,
                  threads: int = 1) -> Tensor:
     """Mean bpd (raw units) of each model on the whole of ``data`` ``[n, d]``: ``[K]`` float64,
-    ``inf`` where not finite. ``threads``: torch's threads meanwhile (the previous setting is restored)."""
-    total = torch.zeros(flow.k, dtype=torch.float64)
-    with torch_threads(threads):
-        for start in range(0, data.shape[0], chunk):
-            total += -flow.log_prob(data[start : start + chunk]).double().sum(1)
-    bpd = nats_to_bpd(total / data.shape[0], flow.d, log_det)
+    ``inf`` where not finite."""
+    bpd = row_bpd(flow, data, log_det, chunk, threads).mean(1)
     return torch.where(torch.isfinite(bpd), bpd, torch.full_like(bpd, math.inf))

@@ -201,28 +201,31 @@ def test_lambda_matched_budget_equals_one_plus_one_trials():
         EvolutionaryLambda(d=6, m=3, depth=2, seed=0, offspring=0)
 
 
-def test_halving_promotes_the_best_and_keeps_the_start():
-    opt = Halving(d=8, m=4, depth=2, seed=0, candidates=16, rungs=[10, 20, 40], eta=4,
+def test_halving_promotes_the_best_and_keeps_the_start_and_parity():
+    opt = Halving(d=8, m=4, depth=2, seed=0, candidates=16, rungs=[10, 20, 40], eta=4, finalists=3,
                   dependence=random_dependence(8))
-    start = None
+    kept = []
 
-    def value(structure):  # the start looks worst at first: keep_start must carry it on
-        return 100.0 if structure == start else toy_value(structure)
+    def value(structure):  # the kept ones look worst at first: keep must carry them on
+        return 100.0 + len(kept) if structure in kept else toy_value(structure)
 
     first = opt.ask()
-    start = first[0].structure
+    kept += [first[0].structure, parity_structure(8, 4, 2)]
+    assert kept[1] in [t.structure for t in first]  # parity is a candidate
     for t in first:
         t.value, t.state = value(t.structure), TrialState.COMPLETE
     opt.tell(first)
     drive(opt, value=value)
     rungs = [[t for t in opt.history if t.iteration == r] for r in range(3)]
-    assert [len(r) for r in rungs] == [16, 4, 1] and [r[0].steps for r in rungs] == [10, 20, 40]
-    assert rungs[2][0].structure == start  # the start takes the last place
+    assert [len(r) for r in rungs] == [16, 4, 3] and [r[0].steps for r in rungs] == [10, 20, 40]
+    assert {kept[0], kept[1]} <= {t.structure for t in rungs[1]} and {kept[0], kept[1]} <= {t.structure for t in rungs[2]}
     for trial in rungs[1] + rungs[2]:  # a promoted trial continues its earlier one
         earlier = opt.history[trial.resume]
         assert earlier.structure == trial.structure and earlier.iteration == trial.iteration - 1
-    assert opt.best is rungs[2][0]
-    assert opt.budget == 16 * 10 + 4 * 20 + 1 * 40
+    assert opt.best is min(rungs[2], key=lambda t: t.value) and opt.best.structure not in kept
+    assert opt.budget == 16 * 10 + 4 * 20 + 3 * 40
+    with pytest.raises(ConfigError, match="search.finalists"):
+        Halving(d=8, m=4, depth=2, seed=0, finalists=1)
 
 
 def test_the_evaluation_checks_its_keys():
@@ -330,7 +333,7 @@ def test_a_new_optimizer_is_one_class_plus_one_yaml(tmp_path, planted):
 @pytest.fixture(scope="module")
 def planted_jobs(tmp_path_factory) -> dict[str, "pd.DataFrame"]:
     """Parity, oracle and the default search on synthetic_pairs (depth 2, the default training
-    settings), the search at a budget of 8 x 30 + 2 x 120 model-steps per instance."""
+    settings), the search at a budget of 8 x 30 + 3 x 120 model-steps per instance."""
     from flowsweep.run import run_job
     from tests.conftest import _search_runs
 
@@ -350,5 +353,5 @@ def test_the_default_search_finds_a_strong_planted_structure(planted_jobs):
     share = (test["parity"] - test["opt"]) / (test["parity"] - test["oracle"])
     assert share >= 0.8, test
     assert (planted_jobs["opt"]["metrics.dependency_recall"] == 1.0).all()
-    assert (planted_jobs["opt"]["metrics.search_model_steps"] == 8 * 30 + 2 * 120).all()
+    assert (planted_jobs["opt"]["metrics.search_model_steps"] == 8 * 30 + 3 * 120).all()
     assert (planted_jobs["opt"]["params.search"] == "halving").all()  # the default

@@ -41,7 +41,9 @@ class Trial:
     """One structure to evaluate and, once told, its value (bpd) and state.
 
     ``steps`` (null: the evaluation's) is the trial's fidelity; ``resume`` names an earlier
-    trial of the same structure whose trained parameters this one continues from.
+    trial of the same structure whose trained parameters this one continues from. Where the
+    evaluation scores on the validation split, ``rows`` holds the bpd of each validation row
+    (the mean over the replicas), for paired comparisons.
     """
 
     number: int
@@ -53,6 +55,7 @@ class Trial:
     accepted: bool = False
     steps: Optional[int] = None
     resume: Optional[int] = None
+    rows: Optional[np.ndarray] = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {

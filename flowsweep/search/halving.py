@@ -2,13 +2,15 @@
 
 Short trials rank structures poorly (README: Structure search); long ones are expensive.
 Successive halving spends the budget where it decides something: the first rung trains
-``candidates`` structures for a few steps, every later rung continues the best
-``1/eta`` of the previous one (their parameters, a fresh optimizer) for more steps, and
-the best of the last rung wins. The field is the dependence structure
-(:meth:`Dependence.structure <flowsweep.dependence.Dependence.structure>`), swaps of it drawn by dependence
-(:func:`~flowsweep.search.guided.swap`), and a share of uniformly random structures;
-with ``keep_start`` the dependence structure reaches the last rung whatever its early
-values, so the search ends below its start only where long training says so.
+``candidates`` structures for a few steps, every middle rung continues the best
+``1/eta`` of the previous one (their parameters, a fresh optimizer) for more steps, the
+last rung the best ``finalists``, and the best of the last rung wins. The field is the
+dependence structure (:meth:`Dependence.structure <flowsweep.dependence.Dependence.structure>`),
+parity masks, other structures of the same dependence (other discounts; its first layers
+repeated in turn), swaps of it drawn by dependence (:func:`~flowsweep.search.guided.swap`),
+and a share of uniformly random structures. The structures named in ``keep`` (by default
+the dependence structure and parity) reach the last rung whatever their early values, so
+the search picks another only where long training says it is better.
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ from flowsweep.config import ConfigError
 from flowsweep.dependence import dependence_structure
 from flowsweep.search.base import Proposal, StructureOptimizer, Trial, TrialState
 from flowsweep.search.guided import swap
-from flowsweep.structure import Structure
+from flowsweep.structure import Structure, parity_structure
 
 __all__ = ["Halving"]
 
 #: Discounts of the field's other dependence structures (the job's own is the start).
 _DISCOUNTS = (0.0, 0.25, 0.75, 1.0)
+#: What ``keep`` may name.
+_KEEPABLE = ("dependence", "parity")
 
 
 @dataclass
@@ -36,19 +40,28 @@ class Halving(StructureOptimizer):
     Arguments:
         candidates: Structures in the first rung.
         rungs: Steps each rung trains, continuing the previous rung's parameters.
-        eta: Each rung keeps the best ``ceil(n / eta)`` of the previous one.
-        keep_start: The dependence structure is promoted to every rung (in the place of the last
-            one that would have been).
-        random_share: Share of the first rung drawn uniformly at random (the rest: swaps of the start).
+        eta: Each middle rung keeps the best ``ceil(n / eta)`` of the previous one.
+        finalists: Structures in the last rung.
+        keep: Structures that reach every rung whatever their early values, each in the place
+            of the last that would have: ``dependence`` (the start) and ``parity`` (the paper's
+            heuristic), so the search picks another only where long training says it is better.
+        margin: In the last rung, a structure not kept wins over the best kept one only if its
+            validation bpd is lower by more than ``margin`` standard errors of the paired
+            per-row difference (0: the lowest value wins): a small validation split (sonar's 19
+            rows) cannot tell a lucky challenger from a better one.
+        random_share: Share of the first rung drawn uniformly at random (the rest: other readings
+            of the dependence and swaps of the start).
         swap_p: Swaps per candidate ``~ Geometric(swap_p)``.
         explore: Probability that a swap is drawn uniformly.
     """
 
     uses_dependence: ClassVar[bool] = True
     candidates: int = 32
-    rungs: list[int] = field(default_factory=lambda: [100, 400, 1600])
+    rungs: list[int] = field(default_factory=lambda: [100, 400, 1200])
     eta: int = 4
-    keep_start: bool = True
+    finalists: int = 3
+    keep: list[str] = field(default_factory=lambda: ["dependence", "parity"])
+    margin: float = 2.0
     random_share: float = 0.25
     swap_p: float = 0.5
     explore: float = 0.25
@@ -56,21 +69,37 @@ class Halving(StructureOptimizer):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.iterations = len(self.rungs) - 1
-        self._start: Optional[Trial] = None
+        self._kept: list[Structure] = []
+
+    def size(self, rung: int) -> int:
+        """Structures trained in ``rung``."""
+        if rung == 0:
+            return self.candidates
+        if rung == len(self.rungs) - 1:
+            return self.finalists
+        return math.ceil(self.candidates / self.eta**rung)
 
     @property
     def budget(self) -> int:
         """Trials' steps of the whole search (times the evaluation's replicas: its model-steps)."""
-        return sum(math.ceil(self.candidates / self.eta**r) * int(s) for r, s in enumerate(self.rungs))
+        return sum(self.size(r) * int(s) for r, s in enumerate(self.rungs))
 
     def check(self) -> None:
         super().check()
+        if self.margin < 0:
+            raise ConfigError("search.margin", f"must be >= 0, got {self.margin}")
         if self.candidates < 1:
             raise ConfigError("search.candidates", f"must be >= 1, got {self.candidates}")
         if not self.rungs or any(int(s) < 1 for s in self.rungs):
             raise ConfigError("search.rungs", f"needs one or more step counts >= 1, got {self.rungs}")
         if self.eta < 2:
             raise ConfigError("search.eta", f"must be >= 2, got {self.eta}")
+        unknown = sorted(set(self.keep) - set(_KEEPABLE))
+        if unknown:
+            raise ConfigError("search.keep", f"unknown {unknown}; choose from {list(_KEEPABLE)}")
+        if not len(self.keep) <= self.finalists <= self.candidates:
+            raise ConfigError("search.finalists", f"must be in {len(self.keep)}..{self.candidates} "
+                                                  f"(search.keep holds {len(self.keep)}), got {self.finalists}")
         if not 0.0 <= self.random_share <= 1.0:
             raise ConfigError("search.random_share", f"must be in [0, 1], got {self.random_share}")
 
@@ -78,8 +107,10 @@ class Halving(StructureOptimizer):
         if self.dependence is None:
             raise ConfigError("search", f"{type(self).__name__} needs the features' dependence matrix")
         start = self.dependence.structure(self.m, self.depth, self.seed)
+        kept = {"dependence": start, "parity": parity_structure(self.d, self.m, self.depth)}
+        self._kept = list(dict.fromkeys(kept[name] for name in self.keep))
         randoms = round(self.random_share * (self.candidates - 1))
-        field_ = list(dict.fromkeys([start, *self._variants(start)]))[: self.candidates - randoms]
+        field_ = list(dict.fromkeys([start, kept["parity"], *self._variants(start)]))[: self.candidates - randoms]
         while len(field_) < self.candidates - randoms:
             count = min(int(self.rng.geometric(self.swap_p)), 2 * self.depth)
             field_.append(swap(start, self.rng, self.dependence.weight, count, self.explore))
@@ -99,22 +130,36 @@ class Halving(StructureOptimizer):
     def propose(self) -> list[Proposal]:
         previous = [t for t in self.history if t.iteration == self.iteration - 1 and t.state is TrialState.COMPLETE]
         previous.sort(key=lambda t: (t.value, t.number))
-        # The rung sizes follow the field's, so the budget is known in advance; the start takes
-        # the last place where it would not have made it.
-        promoted = previous[: math.ceil(self.candidates / self.eta**self.iteration)]
-        start = [t for t in previous if self._start is not None and t.structure == self._start.structure]
-        if self.keep_start and start and start[0] not in promoted:
-            promoted[-1:] = [start[0]]
+        # The rung sizes are fixed, so the budget is known in advance; a kept structure takes
+        # the last place of those that are not kept where it would not have made it.
+        promoted = previous[: self.size(self.iteration)]
+        for structure in self._kept:
+            trial = next((t for t in previous if t.structure == structure), None)
+            if trial is None or trial in promoted:
+                continue
+            free = [k for k, t in enumerate(promoted) if t.structure not in self._kept]
+            if free:
+                promoted[free[-1]] = trial
+            else:
+                promoted.append(trial)
         steps = int(self.rungs[self.iteration])
         return [Proposal(t.structure, t.number, steps=steps, resume=t.number) for t in promoted]
 
     def select(self, complete: list[Trial]) -> Optional[Trial]:
-        if self._start is None and complete and self.iteration == 0:
-            first = [t for t in complete if t.number == 0]
-            self._start = first[0] if first else None
         # Values of different rungs are not comparable (more training, lower bpd): the best
-        # is the lowest of the latest rung.
-        return min(complete, key=lambda t: (t.value, t.number)) if complete else None
+        # is the lowest of the latest rung, in the last rung a challenger only by a margin.
+        if not complete:
+            return None
+        best = min(complete, key=lambda t: (t.value, t.number))
+        kept = [t for t in complete if t.structure in self._kept]
+        if self.iteration < len(self.rungs) - 1 or not self.margin or not kept or best in kept:
+            return best
+        reference = min(kept, key=lambda t: (t.value, t.number))
+        if best.rows is None or reference.rows is None or len(best.rows) < 2:
+            return best
+        gap = best.rows.astype(float) - reference.rows.astype(float)
+        error = gap.std(ddof=1) / math.sqrt(len(gap))
+        return best if gap.mean() < -self.margin * error else reference
 
     @property
     def done(self) -> bool:

@@ -25,7 +25,7 @@ from flowsweep.model import CouplingFlows, ModelSpec
 from flowsweep.search.base import StructureOptimizer, Trial, TrialState
 from flowsweep.search.evaluation import Evaluation
 from flowsweep.seeding import derive_seed, torch_generator
-from flowsweep.training import evaluate_bpd, train
+from flowsweep.training import row_bpd, train
 
 __all__ = ["SearchSettings", "SearchOutcome", "run_searches"]
 
@@ -51,9 +51,13 @@ class SearchOutcome:
     champions: list[Optional[CouplingFlows]]
 
 
-def _scores(flow: CouplingFlows, curve: torch.Tensor, diverged: torch.Tensor, value: str, data: Dataset) -> torch.Tensor:
-    scores = curve[-1].double() if value == "last_batch" else evaluate_bpd(flow, data.valid, data.log_det)
-    return torch.where(diverged | ~torch.isfinite(scores), torch.full_like(scores, math.inf), scores)
+def _scores(flow: CouplingFlows, curve: torch.Tensor, diverged: torch.Tensor, value: str,
+            data: Dataset) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Each model's value ``[K]`` (``inf`` where it diverged) and, scored on the validation split,
+    the bpd of every validation row ``[K, v]``."""
+    rows = None if value == "last_batch" else row_bpd(flow, data.valid, data.log_det)
+    scores = curve[-1].double() if rows is None else rows.mean(1)
+    return torch.where(diverged | ~torch.isfinite(scores), torch.full_like(scores, math.inf), scores), rows
 
 
 def run_searches(optimizers: Sequence[StructureOptimizer], data: Dataset, settings: SearchSettings) -> SearchOutcome:
@@ -74,11 +78,13 @@ def run_searches(optimizers: Sequence[StructureOptimizer], data: Dataset, settin
             break
         for steps in sorted({trial.steps or evaluation.steps for _, trial in asked}):
             group = [(i, trial) for i, trial in asked if (trial.steps or evaluation.steps) == steps]
-            flow, scores = _evaluate(group, optimizers, data, settings, steps, champions, reached)
+            flow, scores, rows = _evaluate(group, optimizers, data, settings, steps, champions, reached)
             for j, ((i, trial), row) in enumerate(zip(group, scores)):
-                finite = row[torch.isfinite(row)]
-                trial.value = float(finite.mean()) if len(finite) else math.inf
-                trial.state = TrialState.COMPLETE if len(finite) else TrialState.DIVERGED
+                finite = torch.isfinite(row)
+                trial.value = float(row[finite].mean()) if finite.any() else math.inf
+                trial.state = TrialState.COMPLETE if finite.any() else TrialState.DIVERGED
+                if rows is not None and finite.any():
+                    trial.rows = rows[j][finite].mean(0).float().numpy()
                 reached[i][trial.number] = flow.theta.detach()[j * replicas:(j + 1) * replicas].clone()
                 spent[i] += steps * replicas
         for i, opt in enumerate(optimizers):
@@ -99,9 +105,10 @@ def run_searches(optimizers: Sequence[StructureOptimizer], data: Dataset, settin
 
 def _evaluate(group: list[tuple[int, Trial]], optimizers: Sequence[StructureOptimizer], data: Dataset,
               settings: SearchSettings, steps: int, champions: list[Optional[CouplingFlows]],
-              reached: list[dict[int, torch.Tensor]]) -> tuple[CouplingFlows, torch.Tensor]:
-    """Train every replica of ``group``'s trials for ``steps`` steps as one batch; the flow and
-    the scores ``[trials, replicas]`` (``inf`` where a replica diverged)."""
+              reached: list[dict[int, torch.Tensor]]) -> tuple[CouplingFlows, torch.Tensor, Optional[torch.Tensor]]:
+    """Train every replica of ``group``'s trials for ``steps`` steps as one batch; the flow, the
+    scores ``[trials, replicas]`` (``inf`` where a replica diverged) and, scored on the validation
+    split, the rows' bpd ``[trials, replicas, v]``."""
     evaluation, replicas = settings.evaluation, settings.evaluation.replicas
     models = [(i, trial, r) for i, trial in group for r in range(replicas)]
     generators = [torch_generator(derive_seed(*evaluation.stream(optimizers[i].seed, trial, r)))
@@ -114,8 +121,9 @@ def _evaluate(group: list[tuple[int, Trial]], optimizers: Sequence[StructureOpti
     _warm_start(flow, [m for m in models if m[1].resume is None], models, champions, evaluation.warm_start)
     recipe = evaluation.trial_recipe(settings.train, steps)
     result = train(flow, data.train, settings.batch_size, recipe, generators, data.log_det)
-    scores = _scores(flow, result.curve, result.diverged, evaluation.value, data)
-    return flow, scores.view(len(group), replicas)
+    scores, rows = _scores(flow, result.curve, result.diverged, evaluation.value, data)
+    shape = (len(group), replicas)
+    return flow, scores.view(shape), None if rows is None else rows.view(*shape, -1)
 
 
 def _warm_start(flow: CouplingFlows, fresh: list[tuple[int, Trial, int]], models: list[tuple[int, Trial, int]],
