@@ -355,3 +355,27 @@ def test_the_default_search_finds_a_strong_planted_structure(planted_jobs):
     assert (planted_jobs["opt"]["metrics.dependency_recall"] == 1.0).all()
     assert (planted_jobs["opt"]["metrics.search_model_steps"] == 8 * 30 + 3 * 120).all()
     assert (planted_jobs["opt"]["params.search"] == "halving").all()  # the default
+
+
+def test_halving_keeps_a_kept_finalist_unless_a_challenger_is_clearly_better():
+    def final_rung(challenger_rows: np.ndarray) -> Halving:
+        opt = Halving(d=6, m=3, depth=2, seed=0, candidates=4, rungs=[5, 10], finalists=3, margin=2.0,
+                      dependence=random_dependence(6))
+        trials = opt.ask()
+        for t in trials:
+            t.value, t.state = toy_value(t.structure), TrialState.COMPLETE
+        opt.tell(trials)
+        final = opt.ask()
+        kept = [t for t in final if t.structure in opt._kept]
+        reference = np.random.default_rng(0).normal(1.0, 0.5, size=200)
+        for t in final:
+            t.state = TrialState.COMPLETE
+            t.rows = reference if t in kept else challenger_rows
+            t.value = float(t.rows.mean())
+        opt.tell(final)
+        return opt
+
+    rows = np.random.default_rng(0).normal(1.0, 0.5, size=200)
+    noisy = final_rung(rows + np.random.default_rng(1).normal(0.0, 3.0, size=200) - 0.05)  # lower, but noise
+    clear = final_rung(rows - 0.05)  # lower on every row
+    assert noisy.best.structure in noisy._kept and clear.best.structure not in clear._kept
