@@ -55,7 +55,7 @@ PHASES: dict[str, list[tuple[str, str]]] = {
         ("flowsweep.plots", "save_search_trajectory"),
         ("flowsweep.plots", "save_curves"),
     ],
-    "data loading": [("flowsweep.run", "load_dataset")],
+    "data loading": [("flowsweep.data", "load_dataset"), ("flowsweep.run", "preprocessed")],
     "structure search": [("flowsweep.run", "search_job"), ("flowsweep.run", "job_dependence")],
     "final training": [("flowsweep.run", "train")],
     "evaluation": [("flowsweep.run", "evaluate_bpd")],
