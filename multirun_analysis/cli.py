@@ -24,6 +24,7 @@ from multirun_analysis.aggregate import DEFAULT_GROUP_BY, SPLITS, aggregate, mix
 from multirun_analysis.calibration import best_cells, calibration, load_baselines, reading_keys
 from multirun_analysis.load import LATEST, AnalysisError, SweepRuns, load_runs, resolve_uri
 from multirun_analysis.report import log_summary, write_report
+from multirun_analysis.versus import versus
 from multirun_analysis.tables import FORMATS, build_tables, render
 
 __all__ = ["PROG", "build_parser", "main"]
@@ -67,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-to-mlflow", action="store_true",
                         help="log the --out files (a temp folder without --out) as one summary run")
     parser.add_argument("--precision", type=_decimals, default=3, help="decimals in the tables (default: %(default)s)")
+    parser.add_argument("--versus", metavar="VALUE",
+                        help="one column (e.g. opt) against the best other column of each row: difference, "
+                             "its standard error, z, and wins/ties/loses at |z| > 2")
     parser.add_argument("--calibrate", action="store_true",
                         help="score each reading (the params that differ within a dataset/depth/layout cell) "
                              "against the paper's parity and random baselines; the best reading's cells follow")
@@ -106,6 +110,13 @@ def _analyse(args: argparse.Namespace) -> None:
         _calibrate(runs, args)
         return
     agg = aggregate(runs.frame, group_by)
+    if args.versus:
+        table = versus(agg, group_by, args.versus, args.split)
+        print(table.to_markdown(index=False, tablefmt="github" if args.format == "markdown" else "simple",
+                                floatfmt=f".{args.precision}f"))
+        print(f"{PROG}: {args.versus} wins {sum(table['verdict'] == 'wins')}, ties {sum(table['verdict'] == 'ties')}, "
+              f"loses {sum(table['verdict'] == 'loses')} of {len(table)} rows", file=sys.stderr)
+        return
     mixed = mixed_params(runs.frame, group_by)
     if mixed:
         print(f"{PROG}: warning: some cells mix runs whose settings differ in {', '.join(mixed)}; "

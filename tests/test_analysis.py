@@ -293,3 +293,17 @@ def test_figures_and_summary_run(store: Store, capsys: pytest.CaptureFixture, tm
     # Neither the summary run nor a job's parent run is read back as a model instance.
     table = _csv(store, capsys)
     assert table["n"].sum() == len(_runs(store, GRID, "seed1", "diverge"))
+
+
+def test_versus_compares_a_column_with_the_best_other_one(store: Store, capsys: pytest.CaptureFixture) -> None:
+    code, out, err = _cli(capsys, "--tracking-uri", store.uri, "--sweep", GRID, "--versus", "opt", "--format", "markdown")
+    assert code == 0 and "opt wins" in err
+    expected = _expected(_runs(store, GRID))
+    row = expected.loc[("yeast", "2")]
+    best = row.drop("opt")["test_bpd_mean"].idxmin()
+    gap = row.loc["opt", "test_bpd_mean"] - row.loc[best, "test_bpd_mean"]
+    error = np.sqrt(row.loc["opt", "test_bpd_std"] ** 2 / INSTANCES + row.loc[best, "test_bpd_std"] ** 2 / INSTANCES)
+    line = next(l for l in out.splitlines() if l.startswith("| yeast") and "|       2 |" in l)
+    assert f"{best} {row.loc[best, 'test_bpd_mean']:.3f}" in line and f"{gap:.3f}" in line and f"{error:.3f}" in line
+    code, _, err = _cli(capsys, "--tracking-uri", store.uri, "--sweep", GRID, "--versus", "nope")
+    assert code == 2 and "--versus: no layout='nope'" in err
