@@ -181,10 +181,12 @@ def _serve(uri: str, requests: BinaryIO, replies: BinaryIO) -> None:
                 # specs: [name, params, tags, parent position or None]; a parent comes before its children
                 experiment_id, specs, start_ms = args
                 runs[group] = []
-                for name, params, tags, parent in specs:
+                for order, (name, params, tags, parent) in enumerate(specs):
                     if parent is not None:
                         tags = {**tags, "mlflow.parentRunId": runs[group][parent]}  # MLflow's nested-run tag
-                    run_id = client.create_run(experiment_id, start_time=start_ms, tags=tags, run_name=name).info.run_id
+                    # One millisecond apart, so that the UI lists a job's instances in their order.
+                    run_id = client.create_run(experiment_id, start_time=start_ms + order, tags=tags,
+                                               run_name=name).info.run_id
                     runs[group].append(run_id)
                     for chunk in _chunks([Param(k, v) for k, v in params.items()], _PARAMS_TAGS_PER_BATCH):
                         client.log_batch(run_id, params=chunk)

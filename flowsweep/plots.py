@@ -49,6 +49,13 @@ _PNG = {"compress_level": 1}
 _templates = threading.local()
 
 
+def _integer_ticks() -> Any:
+    """Ticks at whole numbers only: steps and search iterations have no halves."""
+    from matplotlib.ticker import MaxNLocator
+
+    return MaxNLocator(integer=True)
+
+
 def _axes(width: float, height: float, margins: Sequence[float] = _MARGINS) -> tuple[Figure, Axes]:
     """A ``width`` x ``height`` inch figure with one axes inside fixed margins."""
     from matplotlib.figure import Figure
@@ -164,6 +171,7 @@ def save_search_trajectory(iterations: np.ndarray, values: np.ndarray, best: np.
         dots = ax.scatter([], [], s=6, alpha=0.5, label="trial")
         (line,) = ax.step([], [], where="post", color="C3", lw=1.4, label="best so far")
         ax.set_xlabel("search iteration", fontsize=_LABEL)
+        ax.xaxis.set_major_locator(_integer_ticks())
         ax.set_ylabel("trial bpd", fontsize=_LABEL)
         ax.legend(fontsize=_SMALL, markerscale=2.5, loc="upper right")
         return {"fig": fig, "ax": ax, "dots": dots, "line": line, "title": ax.set_title("", fontsize=_TITLE)}
@@ -204,6 +212,7 @@ def save_curves(curves: np.ndarray, path: Path, title: str, xlabel: str, ylabel:
     if note:
         ax.text(0.01, 0.98, note, transform=ax.transAxes, va="top", fontsize=_SMALL)
     ax.set_xlabel(xlabel, fontsize=_LABEL)
+    ax.xaxis.set_major_locator(_integer_ticks())
     ax.set_ylabel(ylabel, fontsize=_LABEL)
     ax.tick_params(labelsize=_SMALL)
     ax.set_title(title, fontsize=_TITLE)

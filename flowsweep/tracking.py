@@ -147,6 +147,10 @@ def _active(experiment: Any, uri: str) -> str:
     return experiment.experiment_id
 
 
+#: MLflow's experiment tag for the kind of work an experiment holds.
+_EXPERIMENT_KIND = "mlflow.experimentKind"
+
+
 def ensure_experiment(client: MlflowClient, uri: str, name: str) -> str:
     """Id of experiment ``name``, created if missing (tolerates a concurrent creator).
 
@@ -159,7 +163,9 @@ def ensure_experiment(client: MlflowClient, uri: str, name: str) -> str:
     if existing is not None:
         return _active(existing, uri)
     try:
-        return client.create_experiment(name, artifact_location=_artifact_location(uri, name))
+        # The UI opens an experiment of this kind on its runs table, not on its GenAI overview.
+        return client.create_experiment(name, artifact_location=_artifact_location(uri, name),
+                                        tags={_EXPERIMENT_KIND: "custom_model_development"})
     except mlflow.exceptions.MlflowException:
         existing = client.get_experiment_by_name(name)
         if existing is None:
