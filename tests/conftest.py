@@ -13,6 +13,14 @@ from omegaconf import DictConfig, OmegaConf
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def seeded_torch() -> None:
+    """Every test draws the same ``torch.randn`` numbers on every run, so a pass or a failure is reproducible."""
+    import torch
+
+    torch.manual_seed(0)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The raw UCI folder (``<dataset>/<file>``): ``FLOWSWEEP_DATA_DIR``, else ``<repo>/../shared/datasets``."""
