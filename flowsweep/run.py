@@ -137,7 +137,7 @@ def run_job(cfg: DictConfig, data: Optional[Dataset] = None) -> float:
     runs = RunGroup(
         client, experiment_id, job=RunSpec(job_name, params),
         instances=[RunSpec(n, runinfo.instance_params(params, i, s)) for i, (n, s) in enumerate(zip(names, seeds))],
-        tags={"sweep_id": _sweep_id(cfg), "fingerprint": key}, start_time=started,
+        tags={"sweep_id": _sweep_id(cfg), "fingerprint": key, **runinfo.source_tags()}, start_time=started,
     )
     try:
         search, start = None, None

@@ -13,15 +13,22 @@ the model or its training: the keys under ``tracking.omit_params`` (where data a
 live, how the raw files are described), and ``search.*`` for a layout that does not
 search. Every run also gets ``dataset``, ``layout``, ``depth`` and ``search`` (``none``
 without a search), the keys the analysis groups by.
+
+Tags name the code that made the numbers: MLflow's own ``mlflow.source.git.commit`` (the
+UI shows it on a run's page) where flowsweep runs from a git checkout, and
+``flowsweep.git.dirty`` (``true``) when that checkout had changes not committed.
 """
 
 from __future__ import annotations
 
+import functools
+import subprocess
+from pathlib import Path
 from typing import Any, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["job_title", "run_names", "job_params", "instance_params"]
+__all__ = ["job_title", "run_names", "job_params", "instance_params", "source_tags"]
 
 #: Characters of the fingerprint in a run name: enough to tell apart the jobs of a sweep.
 _FINGERPRINT_CHARS = 6
@@ -75,3 +82,23 @@ def job_params(cfg: DictConfig) -> dict[str, str]:
 def instance_params(job: Mapping[str, str], instance: int, seed: int) -> dict[str, str]:
     """An instance run's params: the job's, its index and its seed."""
     return {**job, "instance": str(instance), "instance_seed": str(seed)}
+
+
+@functools.lru_cache(maxsize=1)
+def source_tags() -> dict[str, str]:
+    """The git commit of the checkout flowsweep runs from, as MLflow tags; empty for an
+    installed copy (no checkout) or where git is missing."""
+    here = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=10, check=True).stdout
+
+    try:
+        # An installed copy inside some other repository (a venv in a project) is not a checkout of flowsweep.
+        if Path(git("rev-parse", "--show-toplevel").strip()).resolve() != here.parent:
+            return {}
+        commit = git("rev-parse", "HEAD").strip()
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no").strip())
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"mlflow.source.git.commit": commit, **({"flowsweep.git.dirty": "true"} if dirty else {})}

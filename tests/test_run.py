@@ -152,6 +152,14 @@ def test_a_multirun_shares_one_sweep_id(sweep):
     assert sweep.runs["tags.fingerprint"].nunique() == 2  # one per job
 
 
+def test_every_run_names_the_commit_that_made_it(sweep):
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    if head.returncode != 0:
+        pytest.skip("not a git checkout")
+    commits = pd.concat([sweep.runs, sweep.jobs])["tags.mlflow.source.git.commit"]
+    assert set(commits) == {head.stdout.strip()}
+
+
 def test_metrics(sweep):
     d, m, depth = 8, 4, 2
     expected_params = depth * 2 * d + depth * (2 * (d - m) * m + 2 * (d - m))
