@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import subprocess
+import sys
 import time
 
 import pytest
@@ -51,3 +53,10 @@ def test_every_phase_target_exists():
             for part in path.split("."):
                 owner = getattr(owner, part)
             assert callable(owner), (phase, module_name, path)
+
+
+def test_an_unknown_dataset_is_one_line_and_a_non_zero_exit():
+    done = subprocess.run([sys.executable, "-m", "flowsweep.bench", "compare", "--steps", "2", "--dataset", "nope"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == ["flowsweep.bench: error: In 'config': Could not find 'dataset/nope'"]

@@ -106,4 +106,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from hydra.errors import HydraException
+
+    from flowsweep.config import ConfigError
+    from flowsweep.data.sources import DataError
+
+    try:
+        main()
+    except (DataError, ConfigError, HydraException) as error:  # a missing file or a bad value: one line
+        sys.exit(f"flowsweep.bench: error: {str(error).splitlines()[0]}")
