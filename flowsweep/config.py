@@ -102,6 +102,9 @@ class DatasetConfig:
     #: Share of the training rows cut off as the validation split (seeded by split_seed);
     #: 0 trains on every training row and leaves no validation split.
     validation_fraction: float = 0.1
+    #: Which training rows validate: ``random`` (seeded) or ``last`` (the last rows in file
+    #: order: for a table ordered in time whose test split is later, such as turbine's years).
+    validation_rows: str = "random"
     #: Add uniform noise of each column's recorded resolution (10^-decimals) to every split, so
     #: that no density wins by spikes on a column's grid (yeast's erl takes two values).
     dequantize: bool = True
@@ -298,6 +301,8 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("train.base_lr", "needs 0 < train.base_lr <= train.max_lr")
     if not 0.0 <= cfg.train.momentum < 1.0:
         raise ConfigError("train.momentum", f"must be in [0, 1), got {cfg.train.momentum}")
+    if cfg.dataset.validation_rows not in ("random", "last"):
+        raise ConfigError("dataset.validation_rows", f"must be random or last, got {cfg.dataset.validation_rows!r}")
     if not 0.0 <= cfg.dataset.validation_fraction < 1.0:
         raise ConfigError("dataset.validation_fraction", f"must be in [0, 1), got {cfg.dataset.validation_fraction}")
     if not 0.0 < cfg.dataset.test_fraction < 1.0:

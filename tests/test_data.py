@@ -91,6 +91,14 @@ def test_validation_split_is_cut_from_the_training_rows(dataset_cfg, data_dir):
         load_dataset(dataset_cfg("yeast", validation_fraction=0.9999), str(data_dir))
 
 
+def test_last_validation_rows_are_the_latest_training_rows(dataset_cfg, data_dir):
+    whole = load_dataset(dataset_cfg("turbine", validation_fraction=0), str(data_dir))
+    cut = load_dataset(dataset_cfg("turbine", validation_fraction=0.1, validation_rows="last"), str(data_dir))
+    n_valid = round(0.1 * len(whole.train))
+    assert torch.equal(cut.valid, whole.train[-n_valid:]) and torch.equal(cut.train, whole.train[:-n_valid])
+    assert n_valid < 7152  # all of them from gt_2013.csv, the year before the test years
+
+
 def test_dequantize_fills_each_columns_grid(dataset_cfg, data_dir):
     raw = load_dataset(dataset_cfg("yeast"), str(data_dir))
     noisy = load_dataset(dataset_cfg("yeast", dequantize=True), str(data_dir))

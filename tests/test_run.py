@@ -245,6 +245,7 @@ def job(tmp_path: Path, data_dir: Path, *overrides: str, searchpath: Path | None
     ("model.m=0", "model.m"),
     ("layout.name=checkerboard", "layout.name"),
     ("dataset.test_fraction=1.5", "dataset.test_fraction"),
+    ("dataset.validation_rows=first", "dataset.validation_rows"),
     ("train.max_lr=1e-9", "train.base_lr"),
 ])
 def test_impossible_values_name_the_key_before_any_run(override, key, tmp_path, data_dir, search_runs):

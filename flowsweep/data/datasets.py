@@ -8,7 +8,7 @@ dependencies instead (:mod:`flowsweep.data.synthetic`; its edges become ``Datase
 its test rows are drawn apart). Without a fixed test file, the test split is a
 seeded random hold-out of ``round(test_fraction * n)`` rows. A validation split of
 ``round(validation_fraction * n_train)`` rows is then cut from the training rows (seeded
-by ``split_seed`` too): model selection (early stopping, structure search, a sweeper's
+by ``split_seed`` too, or the last rows with ``validation_rows=last``): model selection (early stopping, structure search, a sweeper's
 objective) reads it, never the test rows.
 
 ``dataset.dequantize`` adds uniform noise of each column's recorded resolution (``10^-k``
@@ -98,7 +98,7 @@ def load_dataset(cfg: Union[DictConfig, Mapping[str, Any], DatasetConfig], data_
     else:
         columns, train, test = _read_splits(name, spec, data_dir)
     seed = int(spec["split_seed"])
-    train, valid = _cut_validation(train, float(spec["validation_fraction"]), seed, name)
+    train, valid = _cut_validation(train, float(spec["validation_fraction"]), seed, name, str(spec["validation_rows"]))
     splits = [train, valid, test]
     if spec["dequantize"]:
         width = resolution(np.concatenate(splits))
@@ -265,12 +265,16 @@ def _repair_hint(where: Located, file_spec: dict[str, Any]) -> str:
     return f"Delete it so that it is downloaded again from {url}, or replace it with the original."
 
 
-def _cut_validation(train: np.ndarray, fraction: float, seed: int, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """``round(fraction * n)`` random training rows as the validation split (none for 0)."""
+def _cut_validation(train: np.ndarray, fraction: float, seed: int, name: str,
+                    rows: str = "random") -> tuple[np.ndarray, np.ndarray]:
+    """``round(fraction * n)`` training rows as the validation split (none for 0): seeded
+    random rows, or the ``last`` rows in file order."""
     n = len(train)
     n_valid = round(fraction * n)
     if n_valid and not n_valid < n:
         raise DataError(f"dataset.validation_fraction: {fraction} of the {n} training rows of {name} leaves none to train on.")
+    if rows == "last":
+        return train[: n - n_valid], train[n - n_valid:]
     order = np.random.default_rng([seed, _VALIDATION_KEY]).permutation(n)
     return train[np.sort(order[n_valid:])], train[np.sort(order[:n_valid])]
 
