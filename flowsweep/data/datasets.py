@@ -8,8 +8,9 @@ dependencies instead (:mod:`flowsweep.data.synthetic`; its edges become ``Datase
 its test rows are drawn apart). Without a fixed test file, the test split is a
 seeded random hold-out of ``round(test_fraction * n)`` rows. A validation split of
 ``round(validation_fraction * n_train)`` rows is then cut from the training rows (seeded
-by ``split_seed`` too, or the last rows with ``validation_rows=last``): model selection (early stopping, structure search, a sweeper's
-objective) reads it, never the test rows.
+by ``split_seed`` too, or the last rows in file order with ``validation_rows=last``):
+model selection (early stopping, structure search, a sweeper's objective) reads it,
+never the test rows.
 
 ``dataset.dequantize`` adds uniform noise of each column's recorded resolution (``10^-k``
 for values written with ``k`` decimals) to every split, once, from a seeded stream: a
