@@ -39,6 +39,8 @@ def test_every_config_key_the_readme_names_exists():
     readme = (REPO / "README.md").read_text()
     # `train.max_lr` or `train.max_lr=1e-3` in prose and tables; search.evaluation.* rows name their prefix.
     keys = {k for k in re.findall(rf"`((?:{_GROUPS})\.[a-z_.]*[a-z_])(?:=[^`]*)?`", readme) if not k.endswith(".json")}
+    # ... and overrides in the command lines: dataset=magic train.max_lr=1e-3 'search.candidates=choice(16,32)'
+    keys |= set(re.findall(rf"(?<![\w.+/-])((?:{_GROUPS})\.[a-z_.]*[a-z_])=", readme))
     assert len(keys) > 30
     register_schema()
     searches = sorted(p.stem for p in (REPO / "conf" / "search").glob("*.yaml"))

@@ -1,4 +1,4 @@
-"""The Hydra Optuna sweeper, the real plugin, on the preset ``hparams_search=sgd_optuna``.
+"""The Hydra Optuna sweeper, the real plugin, on the presets ``hparams_search=sgd_optuna`` and ``optuna``.
 
 Every trial is one job; the study minimises what the job returns, the mean validation bpd
 of its instances, never a test number. The study lives in ``./optuna.db``: a sweep
@@ -26,10 +26,10 @@ ARGS = ["hparams_search=sgd_optuna", *tiny("train.steps=1500"), "hydra.sweeper.s
 _ENDED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
 
 
-def _study(app: Flowsweep) -> optuna.Study:
+def _study(app: Flowsweep, name: str = STUDY) -> optuna.Study:
     storage = optuna.storages.RDBStorage(f"sqlite:///{app.cwd / 'optuna.db'}",
                                          engine_kwargs={"isolation_level": "AUTOCOMMIT"})  # as the preset opens it
-    return optuna.load_study(study_name=STUDY, storage=storage)
+    return optuna.load_study(study_name=name, storage=storage)
 
 
 def _ended(app: Flowsweep) -> list[optuna.trial.FrozenTrial]:
@@ -85,3 +85,16 @@ def test_optuna_minimises_the_validation_bpd_and_an_interrupted_study_resumes(fl
     result = yaml.safe_load((app.cwd / "second" / "optimization_results.yaml").read_text())
     best = min(after, key=lambda t: t.value)
     assert result["best_value"] == pytest.approx(best.value) and result["best_params"] == best.params
+
+
+def test_the_default_preset_tunes_the_defaults_adam_recipe(flowsweep_with_store):
+    app = flowsweep_with_store
+    done = app("hparams_search=optuna", *tiny("train.steps=20"), "hydra.sweeper.n_trials=2",
+               "hydra.sweeper.sampler.seed=0", "hydra.sweep.dir=adam")
+    assert done.returncode == 0, done.stderr
+    trials = _study(app, "flowsweep.yeast.parity.L2.adam").trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    jobs = [r for r in all_runs(app.default_uri) if r.data.tags["flowsweep.role"] == "job"]
+    tuned = {(float(r.data.params["train.max_lr"]), float(r.data.params["train.weight_decay"])) for r in jobs}
+    assert tuned == {(t.params["train.max_lr"], t.params["train.weight_decay"]) for t in trials}
+    assert {r.data.params["train.optimizer"] for r in jobs} == {"adam"}
