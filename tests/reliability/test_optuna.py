@@ -15,6 +15,7 @@ import time
 
 import optuna
 import pytest
+import sqlalchemy.exc
 import yaml
 
 from .conftest import Flowsweep, all_runs, tiny
@@ -38,7 +39,10 @@ def _ended(app: Flowsweep) -> list[optuna.trial.FrozenTrial]:
     # two processes creating the same sqlite schema at once collide.
     if "Study name:" not in (app.cwd / "first.log").read_text():
         return []
-    return [t for t in _study(app).trials if t.state in _ENDED]
+    try:
+        return [t for t in _study(app).trials if t.state in _ENDED]
+    except sqlalchemy.exc.OperationalError:  # the sweeper holds sqlite's write lock: look again at the next poll
+        return []
 
 
 def _interrupt_after_one_trial(app: Flowsweep, timeout_s: float = 180) -> int:
