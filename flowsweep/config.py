@@ -1,11 +1,11 @@
-"""Typed configuration schema and value checks.
+"""Typed configuration schema.
 
 The dataclasses below are registered with Hydra's ConfigStore as ``_schema``; the
 defaults list of ``conf/config.yaml`` starts with it, so every option file and every
 command-line override is type-checked by OmegaConf at composition time. Checks that
 need more than a type (``depth.layers >= 1``, a batch that fits the training split)
-live in :func:`validate` and :func:`validate_against_data`, which raise
-:class:`ConfigError` naming the offending key before any training starts.
+live in :mod:`flowsweep.checks`, which raises :class:`ConfigError` naming the offending
+key before any training starts.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING
 
 __all__ = [
     "ConfigError",
@@ -30,8 +30,7 @@ __all__ = [
     "Config",
     "register_schema",
     "CHOICES",
-    "validate",
-    "validate_against_data",
+    "LAYOUTS",
 ]
 
 
@@ -236,7 +235,7 @@ def register_schema() -> None:
     ConfigStore.instance().store(name="_schema", node=Config)
 
 
-_LAYOUTS = ("parity", "random", "dependence", "opt", "file", "oracle")
+LAYOUTS = ("parity", "random", "dependence", "opt", "file", "oracle")
 #: The keys that take one of a few words, and those words (documented in conf/config.yaml
 #: and flowsweep.model.spec); flowsweep.model and flowsweep.training read them from here.
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -252,84 +251,3 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.mode": ("triangular", "triangular2", "exp_range"),
     "train.kernel": ("native", "torch"),
 }
-
-
-def _at_least(cfg: DictConfig, key: str, low: float) -> None:
-    from omegaconf import OmegaConf
-
-    value = OmegaConf.select(cfg, key)
-    if value is None or value < low:
-        raise ConfigError(key, f"must be >= {low}, got {value}")
-
-
-def validate(cfg: DictConfig) -> None:
-    """Check values that types cannot express; raise :class:`ConfigError` on the first."""
-    _at_least(cfg, "depth.layers", 1)
-    _at_least(cfg, "instances", 1)
-    _at_least(cfg, "train.steps", 1)
-    _at_least(cfg, "train.step_size_up", 1)
-    _at_least(cfg, "train.threads", 1)
-    _at_least(cfg, "train.eval_every", 1)
-    _at_least(cfg, "train.weight_decay", 0.0)
-    _at_least(cfg, "model.hidden", 1)
-    _at_least(cfg, "dependence.rows", 2)
-    if not 0.0 <= cfg.dependence.discount <= 1.0:
-        raise ConfigError("dependence.discount", f"must be in [0, 1], got {cfg.dependence.discount}")
-    _at_least(cfg, "dataset.batch_size", 1)
-    _at_least(cfg, "seed", 0)
-    _at_least(cfg, "dataset.split_seed", 0)
-    _at_least(cfg, "tracking.curve_points", 1)
-    if cfg.layout.name not in _LAYOUTS:
-        raise ConfigError("layout.name", f"must be one of {_LAYOUTS}, got {cfg.layout.name!r}")
-    given = [key for key in ("path", "run_id") if cfg.layout.get(key)]
-    if cfg.layout.name == "file" and len(given) != 1:
-        raise ConfigError("layout.path", "layout=file needs either layout.path=FILE (a masks.json) or layout.run_id=RUN_ID")
-    if cfg.layout.name != "file" and given:
-        raise ConfigError(f"layout.{given[0]}", f"is only read by layout=file, not layout={cfg.layout.name}")
-    from omegaconf import OmegaConf
-
-    for key, allowed in CHOICES.items():
-        if OmegaConf.select(cfg, key) not in allowed:
-            raise ConfigError(key, f"must be one of {allowed}, got {OmegaConf.select(cfg, key)!r}")
-    if cfg.train.patience is not None and cfg.train.patience < 1:
-        raise ConfigError("train.patience", f"must be >= 1 or null, got {cfg.train.patience}")
-    if cfg.train.patience is not None and cfg.dataset.validation_fraction == 0:
-        raise ConfigError("train.patience", "early stopping needs a validation split: dataset.validation_fraction > 0")
-    if cfg.train.clip_norm is not None and not cfg.train.clip_norm > 0:
-        raise ConfigError("train.clip_norm", f"must be > 0 or null, got {cfg.train.clip_norm}")
-    if not 0 < cfg.train.base_lr <= cfg.train.max_lr:
-        raise ConfigError("train.base_lr", "needs 0 < train.base_lr <= train.max_lr")
-    if not 0.0 <= cfg.train.momentum < 1.0:
-        raise ConfigError("train.momentum", f"must be in [0, 1), got {cfg.train.momentum}")
-    if cfg.dataset.validation_rows not in ("random", "last"):
-        raise ConfigError("dataset.validation_rows", f"must be random or last, got {cfg.dataset.validation_rows!r}")
-    if not 0.0 <= cfg.dataset.validation_fraction < 1.0:
-        raise ConfigError("dataset.validation_fraction", f"must be in [0, 1), got {cfg.dataset.validation_fraction}")
-    if not 0.0 < cfg.dataset.test_fraction < 1.0:
-        raise ConfigError("dataset.test_fraction", f"must be in (0, 1), got {cfg.dataset.test_fraction}")
-    value = OmegaConf.select(cfg, "search.evaluation.value")
-    if cfg.layout.name == "opt" and value == "validation" and cfg.dataset.validation_fraction == 0:
-        raise ConfigError("search.evaluation.value", "validation needs a validation split: dataset.validation_fraction > 0")
-    if cfg.model.m is not None and cfg.model.m < 1:
-        raise ConfigError("model.m", f"must be >= 1, got {cfg.model.m}")
-    if not str(cfg.tracking.experiment).strip():
-        raise ConfigError("tracking.experiment", "must be a non-empty experiment name")
-    if not cfg.tracking.progress_interval_s > 0:
-        raise ConfigError("tracking.progress_interval_s", f"must be > 0, got {cfg.tracking.progress_interval_s}")
-
-
-def validate_against_data(cfg: DictConfig, d: int, n_train: int) -> int:
-    """Check the keys that depend on the data; return the resolved ``m``."""
-    if cfg.layout.name == "opt" and d < 2:
-        raise ConfigError("layout", f"layout=opt needs at least 2 features, the data has d={d}")
-    if d < 2:
-        raise ConfigError("dataset", f"a coupling flow needs at least 2 features, the data has d={d}")
-    m = d // 2 if cfg.model.m is None else cfg.model.m
-    if not 1 <= m <= d - 1:
-        raise ConfigError("model.m", f"must be in 1..d-1 = 1..{d - 1}, got {m}")
-    if cfg.dataset.batch_size > n_train:
-        raise ConfigError(
-            "dataset.batch_size",
-            f"{cfg.dataset.batch_size} is larger than the training split ({n_train} rows)",
-        )
-    return m

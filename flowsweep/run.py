@@ -24,7 +24,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from flowsweep import layouts, runinfo, summary
 from flowsweep.callbacks import LAUNCHER_PID_ENV
-from flowsweep.config import DivergedError, validate, validate_against_data
+from flowsweep.checks import validate, validate_against_data
+from flowsweep.config import DivergedError
 from flowsweep.data import Dataset, load_dataset, preprocessed
 from flowsweep.dependence import Dependence
 from flowsweep.mlflow_writer import MlflowWriteError, settle

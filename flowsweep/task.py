@@ -23,7 +23,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from flowsweep.callbacks import fail
-from flowsweep.config import ConfigError, validate, validate_against_data
+from flowsweep.checks import validate, validate_against_data
+from flowsweep.config import ConfigError
 
 __all__ = ["run_task", "finish"]
 
