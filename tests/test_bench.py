@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from flowsweep.bench.__main__ import main
@@ -60,3 +61,13 @@ def test_an_unknown_dataset_is_one_line_and_a_non_zero_exit():
                           capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines() == ["flowsweep.bench: error: In 'config': Could not find 'dataset/nope'"]
+
+
+def test_evaluation_bench_scores_every_probe_against_the_final_models():
+    from flowsweep.bench.evaluation import PROBES, evaluation_table
+
+    table = evaluation_table(["synthetic_pairs"], structures=5, depth=2)
+    assert list(table["evaluation"]) == [p.label for p in PROBES]
+    assert list(table["model-steps per trial"]) == [50, 50, 200, 100, 1200]  # the trials' budgets, replicas counted
+    rhos = table[["rho with final test bpd", "rho with itself, other seed"]].to_numpy()
+    assert np.isfinite(rhos).all() and (np.abs(rhos) <= 1).all()

@@ -4,6 +4,7 @@
     python -m flowsweep.bench compare --steps 50 --no-nflows
     python -m flowsweep.bench scaling               # wall time against K, d and depth
     python -m flowsweep.bench structure             # layouts and searches on the synthetic benchmarks
+    python -m flowsweep.bench evaluation            # does a trial's value predict the final model?
     python -m flowsweep.bench job dataset=magic layout=opt depth=8     # one whole job, by phase
     python -m flowsweep.bench job -- -m +experiment=paper              # the paper's grid
 """
@@ -19,7 +20,7 @@ import torch
 __all__ = ["main"]
 
 
-_COMMANDS = ("compare", "scaling", "job", "structure")
+_COMMANDS = ("compare", "scaling", "job", "structure", "evaluation")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -49,6 +50,11 @@ def _parser() -> argparse.ArgumentParser:
     structure.add_argument("--depth", type=int, default=4)
     structure.add_argument("--instances", type=int, default=8)
     structure.add_argument("--uri", default=None, help="MLflow store to log into (default: a temporary one)")
+    evaluation = sub.add_parser("evaluation", parents=[common],
+                                help="how well each search evaluation's trial value predicts the final test bpd")
+    evaluation.add_argument("--datasets", nargs="+", default=None, help="default: synthetic_pairs, _hetero, _tree")
+    evaluation.add_argument("--structures", type=int, default=60, help="random structures per dataset")
+    evaluation.add_argument("--depth", type=int, default=4)
     structure.add_argument("overrides", nargs="*", help="further overrides for every job, e.g. train.threads=1")
     job = sub.add_parser("job", parents=[common], help="time one whole main.py run by phase (Hydra overrides follow)")
     job.add_argument("--keep", default=None, help="run in this folder and keep it (default: a temporary one)")
@@ -90,6 +96,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
         print(f"# python -m flowsweep.bench structure; {load_note()}", flush=True)
         main_tables(args.datasets or DATASETS, args.depth, args.instances, args.uri, args.overrides)
+        print(f"\n{load_note()}")
+    elif command == "evaluation":
+        from flowsweep.bench.evaluation import DATASETS, evaluation_table
+
+        print(f"# python -m flowsweep.bench evaluation; {load_note()}", flush=True)
+        table = evaluation_table(args.datasets or DATASETS, args.structures, args.depth)
+        print(table.to_markdown(index=False, floatfmt=".2f"))
         print(f"\n{load_note()}")
     elif command == "scaling":
         from flowsweep.bench.scaling import scaling_table
