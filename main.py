@@ -15,6 +15,7 @@ import hydra
 from omegaconf import DictConfig
 
 from flowsweep.config import register_schema
+from flowsweep.interrupt import install, interrupted
 from flowsweep.overrides import quote_depth
 from flowsweep.task import finish, run_task  # torch and MLflow load once a job runs
 
@@ -29,12 +30,16 @@ def main(cfg: DictConfig) -> float:
 if __name__ == "__main__":
     sys.argv = [sys.argv[0], *quote_depth(sys.argv[1:])]
     code = 0
+    install()
     try:
         main()
     except KeyboardInterrupt:
-        print("flowsweep: interrupted; the running job's MLflow runs ended KILLED", file=sys.stderr, flush=True)
         code = 130
     except SystemExit as stop:  # Hydra's and flowsweep's own error exits
         code = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
+    # Also where a library turned the KeyboardInterrupt into an error of its own.
+    if code == 130 or interrupted():
+        print("flowsweep: interrupted; the running job's MLflow runs ended KILLED", file=sys.stderr, flush=True)
+        code = 130
     # A sweep's jobs may leave their last MLflow writes to the end (flowsweep.run).
     sys.exit(finish(code))

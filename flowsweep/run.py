@@ -26,6 +26,7 @@ from flowsweep import layouts, runinfo, summary
 from flowsweep.callbacks import LAUNCHER_PID_ENV
 from flowsweep.checks import validate, validate_against_data
 from flowsweep.config import DivergedError
+from flowsweep.interrupt import interrupted
 from flowsweep.data import Dataset, load_dataset, preprocessed
 from flowsweep.dependence import Dependence
 from flowsweep.mlflow_writer import MlflowWriteError, settle
@@ -168,7 +169,7 @@ def run_job(cfg: DictConfig, data: Optional[Dataset] = None) -> float:
         runs.close(KILLED)
         raise
     except BaseException as error:
-        runs.close(FAILED)
+        runs.close(KILLED if interrupted() else FAILED)  # an interrupt a library turned into its own error
         if isinstance(error, DivergedError):
             summary.report(job)
         raise

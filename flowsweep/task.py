@@ -25,6 +25,7 @@ from omegaconf import DictConfig
 from flowsweep.callbacks import fail
 from flowsweep.checks import validate, validate_against_data
 from flowsweep.config import ConfigError
+from flowsweep.interrupt import interrupted
 
 __all__ = ["run_task", "finish"]
 
@@ -49,6 +50,8 @@ def _bad_input(error: Exception) -> NoReturn:
 
 def run_task(cfg: DictConfig) -> float:
     """Run the job of ``cfg``; returns its mean validation bpd (what Hydra sweepers optimise, see run.objective)."""
+    if interrupted():  # Ctrl-C came while the launcher prepared this job, and became some other error there
+        raise KeyboardInterrupt
     # The checks of the config, then of the data, come before MLflow and the training
     # code load: bad input is reported in a second or two and creates nothing.
     try:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
+import textwrap
 import time
 
 from mlflow.tracking import MlflowClient
@@ -76,3 +78,24 @@ def test_ctrl_c_stops_the_whole_sweep_at_once_and_ends_its_runs_killed(flowsweep
     assert {r.info.status for r in runs} == {"KILLED"}
     assert all(r.info.end_time / 1000 >= interrupted_at - 1 for r in runs)
     assert "#1 :" not in output  # Hydra never launched job 1
+
+
+def test_an_interrupt_a_library_turns_into_its_own_error_is_still_an_interrupt():
+    # What OmegaConf did once mid-composition: SIGINT arrived inside it and came out as its own error.
+    script = textwrap.dedent("""
+        import os, signal, time
+        from flowsweep.interrupt import install, interrupted
+        install()
+        try:
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(5)
+            except BaseException:
+                raise ValueError("a library's own error")
+        except ValueError:
+            pass
+        print(interrupted())
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert done.stdout.strip() == "True", done.stderr
