@@ -184,8 +184,9 @@ def _serve(uri: str, requests: BinaryIO, replies: BinaryIO) -> None:
                 for order, (name, params, tags, parent) in enumerate(specs):
                     if parent is not None:
                         tags = {**tags, "mlflow.parentRunId": runs[group][parent]}  # MLflow's nested-run tag
-                    # One millisecond apart, so that the UI lists a job's instances in their order.
-                    run_id = client.create_run(experiment_id, start_time=start_ms + order, tags=tags,
+                    # One millisecond apart, so that the UI, newest first, lists instance 0 first.
+                    offset = 0 if parent is None else len(specs) - order
+                    run_id = client.create_run(experiment_id, start_time=start_ms + offset, tags=tags,
                                                run_name=name).info.run_id
                     runs[group].append(run_id)
                     for chunk in _chunks([Param(k, v) for k, v in params.items()], _PARAMS_TAGS_PER_BATCH):

@@ -14,15 +14,18 @@ live, how the raw files are described), and ``search.*`` for a layout that does 
 search. Every run also gets ``dataset``, ``layout``, ``depth`` and ``search`` (``none``
 without a search), the keys the analysis groups by.
 
-Tags name the code that made the numbers: MLflow's own ``mlflow.source.git.commit`` (the
-UI shows it on a run's page) where flowsweep runs from a git checkout, and
-``flowsweep.git.dirty`` (``true``) when that checkout had changes not committed.
+Tags name the code that made the numbers, with MLflow's own source tags: the script
+(``mlflow.source.name``), the user, and ``mlflow.source.git.commit`` where flowsweep runs
+from a git checkout (``flowsweep.git.dirty`` is ``true`` when that checkout had changes
+not committed); the UI shows the source and its commit on a run's page.
 """
 
 from __future__ import annotations
 
 import functools
+import getpass
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -86,8 +89,16 @@ def instance_params(job: Mapping[str, str], instance: int, seed: int) -> dict[st
 
 @functools.lru_cache(maxsize=1)
 def source_tags() -> dict[str, str]:
-    """The git commit of the checkout flowsweep runs from, as MLflow tags; empty for an
-    installed copy (no checkout) or where git is missing."""
+    """MLflow's source tags: the script that ran, the user, and the git commit of the
+    checkout flowsweep runs from (none for an installed copy, or where git is missing).
+    The UI shows the commit beside the source on a run's page."""
+    tags = {"mlflow.source.type": "LOCAL"}
+    if sys.argv and sys.argv[0]:
+        tags["mlflow.source.name"] = str(Path(sys.argv[0]).resolve())
+    try:
+        tags["mlflow.user"] = getpass.getuser()
+    except (OSError, KeyError):  # no login name in this container
+        pass
     here = Path(__file__).resolve().parent
 
     def git(*args: str) -> str:
@@ -96,9 +107,10 @@ def source_tags() -> dict[str, str]:
     try:
         # An installed copy inside some other repository (a venv in a project) is not a checkout of flowsweep.
         if Path(git("rev-parse", "--show-toplevel").strip()).resolve() != here.parent:
-            return {}
-        commit = git("rev-parse", "HEAD").strip()
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no").strip())
+            return tags
+        tags["mlflow.source.git.commit"] = git("rev-parse", "HEAD").strip()
+        if git("status", "--porcelain", "--untracked-files=no").strip():
+            tags["flowsweep.git.dirty"] = "true"
     except (OSError, subprocess.SubprocessError):
-        return {}
-    return {"mlflow.source.git.commit": commit, **({"flowsweep.git.dirty": "true"} if dirty else {})}
+        pass
+    return tags

@@ -156,8 +156,18 @@ def test_every_run_names_the_commit_that_made_it(sweep):
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
     if head.returncode != 0:
         pytest.skip("not a git checkout")
-    commits = pd.concat([sweep.runs, sweep.jobs])["tags.mlflow.source.git.commit"]
-    assert set(commits) == {head.stdout.strip()}
+    runs = pd.concat([sweep.runs, sweep.jobs])
+    assert set(runs["tags.mlflow.source.git.commit"]) == {head.stdout.strip()}
+    # The UI shows a commit beside a source only.
+    assert set(runs["tags.mlflow.source.type"]) == {"LOCAL"}
+    assert {Path(name).name for name in runs["tags.mlflow.source.name"]} == {"main.py"}
+
+
+def test_the_uis_newest_first_order_lists_a_jobs_instances_from_0(sweep):
+    for _, job in sweep.jobs.iterrows():
+        children = sweep.client.search_runs([job["experiment_id"]], f"tags.mlflow.parentRunId = '{job['run_id']}'",
+                                            order_by=["attributes.start_time DESC"])
+        assert [r.data.params["instance"] for r in children] == [str(i) for i in range(INSTANCES)]
 
 
 def test_metrics(sweep):
