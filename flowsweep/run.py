@@ -124,7 +124,7 @@ def run_job(cfg: DictConfig, data: Optional[Dataset] = None) -> float:
 
     client, experiment_id = open_store(uri, cfg.tracking.experiment)
     job_name, names = runinfo.run_names(cfg, key)
-    where = dict(uri=uri, run_name=job_name, sweep_id=_sweep_id(cfg))
+    where = dict(uri=uri, run_name=job_name, sweep_id=_sweep_id(cfg), experiment_id=str(experiment_id))
     # In a sweep whose jobs run in this process (Hydra's basic launcher), a job does not
     # wait for its MLflow writes: they overlap the next job, and main.py waits for all of
     # them at the end. An earlier job of this very config must be written before resume looks.

@@ -7,7 +7,8 @@ Hydra's job log (``main.log`` in the job's output folder) keeps them. A job's li
       bpd        train -2.913 ± 0.201   val -2.801 ± 0.240   test -2.507 ± 0.382   (mean ± std over 20)
       diverged   0 of 20
       MLflow     run yeast-opt-L2-evolutionary-3f9a1c, experiment 'flowsweep', sweep outputs/2026-12-01/19-40-02
-      look       mlflow ui --backend-store-uri sqlite:////home/me/runs/mlflow.db --host 127.0.0.1
+      look       mlflow ui --backend-store-uri sqlite:////home/me/runs/mlflow.db --host 127.0.0.1, then
+                 http://127.0.0.1:5000/#/experiments/1/runs?workflowType=machine_learning
 
 A job whose every instance diverged says so in its first line. At the end of a multirun,
 :func:`sweep_table` lays the jobs' summaries side by side (see :mod:`flowsweep.callbacks`).
@@ -55,6 +56,7 @@ class JobSummary:
     objective: float
     bpd: dict[str, tuple[float, float]] = field(default_factory=dict)
     skipped: bool = False
+    experiment_id: str = ""
 
     @property
     def all_diverged(self) -> bool:
@@ -70,7 +72,7 @@ def spread(values: Sequence[float]) -> tuple[float, float]:
 
 
 def of_result(cfg: DictConfig, result: Mapping[str, Any], objective: float, uri: str, run_name: str, sweep_id: str,
-              skipped: bool = False) -> JobSummary:
+              skipped: bool = False, experiment_id: str = "") -> JobSummary:
     """The summary of a job from its result: ``{split}_bpd`` and ``diverged`` per instance, ``wall_time_s``."""
     converged = ~np.asarray(result["diverged"], dtype=bool)
     return JobSummary(
@@ -78,7 +80,7 @@ def of_result(cfg: DictConfig, result: Mapping[str, Any], objective: float, uri:
         search=str(cfg.search.name) if cfg.layout.name == "opt" else None, depth=int(cfg.depth.layers),
         instances=int(cfg.instances), diverged=int((~converged).sum()), wall_time_s=float(result["wall_time_s"]),
         experiment=str(cfg.tracking.experiment), uri=uri, sweep_id=sweep_id, run_name=run_name, objective=objective,
-        skipped=skipped, bpd={split: spread(np.asarray(result[f"{split}_bpd"])[converged]) for split in SPLITS
+        skipped=skipped, experiment_id=experiment_id, bpd={split: spread(np.asarray(result[f"{split}_bpd"])[converged]) for split in SPLITS
                               if f"{split}_bpd" in result and converged.any()},
     )
 
@@ -92,10 +94,12 @@ def of_runs(cfg: DictConfig, metrics: Sequence[Mapping[str, float]], objective: 
     return of_result(cfg, result, objective, skipped=True, **where)
 
 
-def _look(uri: str) -> str:
+def _look(uri: str, experiment_id: str) -> str:
+    # MLflow 3.17's UI opens in its GenAI view; this address opens the runs table.
+    page = f"#/experiments/{experiment_id}/runs?workflowType=machine_learning" if experiment_id else ""
     if urlparse(uri).scheme in ("http", "https"):
-        return f"open {masked(uri)} in a browser"
-    return f"mlflow ui --backend-store-uri {masked(uri)} --host 127.0.0.1"
+        return f"open {masked(uri).rstrip('/')}/{page} in a browser"
+    return f"mlflow ui --backend-store-uri {masked(uri)} --host 127.0.0.1, then http://127.0.0.1:5000/{page}"
 
 
 def _pm(mean: float, std: float) -> str:
@@ -121,7 +125,7 @@ def job_lines(summary: JobSummary) -> list[str]:
         lines.append(f"  bpd        {cells}   (mean ± std over {converged})")
     lines.append(f"  diverged   {summary.diverged} of {summary.instances}")
     lines.append(f"  MLflow     run {summary.run_name}, experiment '{summary.experiment}', sweep {summary.sweep_id}")
-    lines.append(f"  look       {_look(summary.uri)}")
+    lines.append(f"  look       {_look(summary.uri, summary.experiment_id)}")
     return lines
 
 

@@ -138,7 +138,8 @@ def test_the_terminal_and_hydras_job_log_tell_how_each_job_went(sweep):
         assert f"test {test.mean():.3f} ± {test.std(ddof=1):.3f}" in text
         assert f"diverged   0 of {INSTANCES}" in text
         assert f"run {job['tags.mlflow.runName']}, experiment 'flowsweep'" in text
-        assert f"mlflow ui --backend-store-uri {sweep.uri} --host 127.0.0.1" in text
+        assert (f"mlflow ui --backend-store-uri {sweep.uri} --host 127.0.0.1, then http://127.0.0.1:5000/"
+                f"#/experiments/{job['experiment_id']}/runs?workflowType=machine_learning") in text
         assert text.split("] - ", 1)[1] in sweep.stdout  # the same lines on the terminal
     # At the end of the multirun, the sweep's table, also kept in the sweep folder.
     table = (sweep.root / "multirun" / "summary.txt").read_text()
