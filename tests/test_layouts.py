@@ -44,7 +44,9 @@ def runs_of(tmp_path: Path, layout: str) -> list:
     found = client.search_runs([experiment.experiment_id],
                                f"params.layout = '{layout}' and tags.`flowsweep.role` = 'instance'",
                                order_by=["attributes.start_time ASC"])
-    return sorted(found, key=lambda r: (r.info.start_time, r.data.params["instance"]))
+    # Jobs in the order they ran (their parent runs' starts), then instances by number.
+    job_start = {pid: client.get_run(pid).info.start_time for pid in {r.data.tags["mlflow.parentRunId"] for r in found}}
+    return sorted(found, key=lambda r: (job_start[r.data.tags["mlflow.parentRunId"]], int(r.data.params["instance"])))
 
 
 def masks(tmp_path: Path, run) -> dict:
