@@ -55,8 +55,6 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("train.base_lr", "needs 0 < train.base_lr <= train.max_lr")
     if not 0.0 <= cfg.train.momentum < 1.0:
         raise ConfigError("train.momentum", f"must be in [0, 1), got {cfg.train.momentum}")
-    if cfg.dataset.validation_rows not in ("random", "last"):
-        raise ConfigError("dataset.validation_rows", f"must be random or last, got {cfg.dataset.validation_rows!r}")
     if not 0.0 <= cfg.dataset.validation_fraction < 1.0:
         raise ConfigError("dataset.validation_fraction", f"must be in [0, 1), got {cfg.dataset.validation_fraction}")
     if not 0.0 < cfg.dataset.test_fraction < 1.0:

@@ -250,4 +250,5 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.schedule": ("cyclic", "constant", "cosine"),
     "train.mode": ("triangular", "triangular2", "exp_range"),
     "train.kernel": ("native", "torch"),
+    "dataset.validation_rows": ("random", "last"),
 }

@@ -24,6 +24,7 @@ from flowsweep.bench.workload import compose_config
 from flowsweep.data import Dataset, load_dataset, preprocessed
 from flowsweep.model import CouplingFlows, ModelSpec
 from flowsweep.search.evaluation import Evaluation
+from flowsweep.search.runner import trial_scores
 from flowsweep.seeding import derive_seed, torch_generator
 from flowsweep.structure import Structure, random_structure
 from flowsweep.training import Recipe, evaluate_bpd, train
@@ -85,10 +86,9 @@ def trial_values(cfg, data: Dataset, structures: Sequence[Structure], probe: Pro
     flow, generators = _flow(cfg, data, models, seeds)
     result = train(flow, data.train, int(cfg.dataset.batch_size), evaluation.trial_recipe(cfg.train, steps),
                    generators, data.log_det)
-    scores = (result.curve[-1].double() if evaluation.value == "last_batch"
-              else evaluate_bpd(flow, data.valid, data.log_det).double())
-    scores = torch.where(result.diverged | ~torch.isfinite(scores), torch.nan, scores).view(len(structures), replicas)
-    mean = scores.nanmean(1).numpy()
+    scores, _ = trial_scores(flow, result.curve, result.diverged, evaluation.value, data)  # as a search scores them
+    scores = scores.view(len(structures), replicas)
+    mean = torch.where(torch.isfinite(scores), scores, torch.nan).nanmean(1).numpy()
     return np.where(np.isnan(mean), np.inf, mean)
 
 

@@ -27,7 +27,7 @@ from flowsweep.search.evaluation import Evaluation
 from flowsweep.seeding import derive_seed, torch_generator
 from flowsweep.training import row_bpd, train
 
-__all__ = ["SearchSettings", "SearchOutcome", "run_searches"]
+__all__ = ["SearchSettings", "SearchOutcome", "run_searches", "trial_scores"]
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class SearchOutcome:
     champions: list[Optional[CouplingFlows]]
 
 
-def _scores(flow: CouplingFlows, curve: torch.Tensor, diverged: torch.Tensor, value: str,
+def trial_scores(flow: CouplingFlows, curve: torch.Tensor, diverged: torch.Tensor, value: str,
             data: Dataset) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Each model's value ``[K]`` (``inf`` where it diverged) and, scored on the validation split,
     the bpd of every validation row ``[K, v]``."""
@@ -121,7 +121,7 @@ def _evaluate(group: list[tuple[int, Trial]], optimizers: Sequence[StructureOpti
     _warm_start(flow, [m for m in models if m[1].resume is None], models, champions, evaluation.warm_start)
     recipe = evaluation.trial_recipe(settings.train, steps)
     result = train(flow, data.train, settings.batch_size, recipe, generators, data.log_det)
-    scores, rows = _scores(flow, result.curve, result.diverged, evaluation.value, data)
+    scores, rows = trial_scores(flow, result.curve, result.diverged, evaluation.value, data)
     shape = (len(group), replicas)
     return flow, scores.view(shape), None if rows is None else rows.view(*shape, -1)
 
