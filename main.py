@@ -15,9 +15,9 @@ import hydra
 from omegaconf import DictConfig
 
 from flowsweep.config import register_schema
-from flowsweep.interrupt import install, interrupted
-from flowsweep.overrides import quote_depth
-from flowsweep.task import finish, run_task  # torch and MLflow load once a job runs
+from flowsweep.app.interrupt import install, interrupted
+from flowsweep.config.overrides import quote_depth
+from flowsweep.app.task import finish, run_task  # torch and MLflow load once a job runs
 
 register_schema()
 
@@ -41,5 +41,5 @@ if __name__ == "__main__":
     if code == 130 or interrupted():
         print("flowsweep: interrupted; the running job's MLflow runs ended KILLED", file=sys.stderr, flush=True)
         code = 130
-    # A sweep's jobs may leave their last MLflow writes to the end (flowsweep.run).
+    # A sweep's jobs may leave their last MLflow writes to the end (flowsweep.app.run).
     sys.exit(finish(code))

@@ -37,7 +37,7 @@ SPLITS = ("train", "test")
 #: Shown for a group param some runs did not log.
 UNSET = "(unset)"
 #: Params that differ between the instances of one cell by design, or that do not change
-#: numbers (like flowsweep.run.fingerprint's volatile keys): not a reason to warn.
+#: numbers (like flowsweep.app.run.fingerprint's volatile keys): not a reason to warn.
 _PER_INSTANCE = {"instance", "instance_seed", "instances", "seed", "progress", "data_dir", "rerun"}
 
 

@@ -25,8 +25,8 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from flowsweep.config import ConfigError
-from flowsweep.run_group import DIVERGED_TAG, ROLE_TAG
-from flowsweep.tracking import check_reachable, resolve_tracking_uri
+from flowsweep.record.run_group import DIVERGED_TAG, ROLE_TAG
+from flowsweep.record.tracking import check_reachable, resolve_tracking_uri
 
 __all__ = ["AnalysisError", "SweepRuns", "SUMMARY_TAG", "DIVERGED_ABOVE", "LATEST", "resolve_uri", "load_runs"]
 

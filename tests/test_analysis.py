@@ -34,7 +34,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
 from flowsweep.config import DivergedError, register_schema
-from flowsweep.run import run_job
+from flowsweep.app.run import run_job
 from multirun_analysis.cli import main
 from multirun_analysis.histories import metric_histories
 from multirun_analysis.load import SUMMARY_TAG

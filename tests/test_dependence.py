@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from flowsweep.dependence import Dependence, affine_gain, covered_weight, dependence_matrix, dependence_structure
+from flowsweep.structure.dependence import Dependence, affine_gain, covered_weight, dependence_matrix, dependence_structure
 
 
 def pairs(n: int = 4000, seed: int = 0) -> np.ndarray:

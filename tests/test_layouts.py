@@ -20,8 +20,8 @@ from omegaconf import DictConfig
 
 from flowsweep.config import ConfigError, register_schema
 from flowsweep.data import load_dataset
-from flowsweep.graph import dependency_recall, oracle_structure
-from flowsweep.run import run_job
+from flowsweep.structure.graph import dependency_recall, oracle_structure
+from flowsweep.app.run import run_job
 from flowsweep.structure import Structure, parity_structure
 
 REPO = Path(__file__).resolve().parents[1]

@@ -17,7 +17,7 @@ from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
 from flowsweep.config import register_schema
-from flowsweep.run import run_job
+from flowsweep.app.run import run_job
 from multirun_analysis.cli import main
 from multirun_analysis.recovery import add_recovery
 

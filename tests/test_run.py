@@ -22,7 +22,7 @@ from hydra.errors import ConfigCompositionException
 from mlflow.tracking import MlflowClient
 
 from flowsweep.config import ConfigError, register_schema
-from flowsweep.run import run_job
+from flowsweep.app.run import run_job
 from flowsweep.search import StructureOptimizer
 from flowsweep.structure import Structure
 

@@ -8,9 +8,9 @@ import time
 import pytest
 from mlflow.entities import RunStatus
 
-from flowsweep.mlflow_writer import MlflowWriteError, writer_for
-from flowsweep.run_group import JOB, KILLED, ROLE_TAG, RunGroup, RunSpec
-from flowsweep.tracking import ensure_experiment, open_client
+from flowsweep.record.mlflow_writer import MlflowWriteError, writer_for
+from flowsweep.record.run_group import JOB, KILLED, ROLE_TAG, RunGroup, RunSpec
+from flowsweep.record.tracking import ensure_experiment, open_client
 
 
 @pytest.fixture()

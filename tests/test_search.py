@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_dir
 
 from flowsweep.config import ConfigError, register_schema
 from flowsweep.data import Dataset
-from flowsweep.dependence import Dependence
+from flowsweep.structure.dependence import Dependence
 from flowsweep.model import ModelSpec
 from flowsweep.search import (Evaluation, Evolutionary, EvolutionaryLambda, Halving, StructureOptimizer, TrialState,
                               modify, swap)
@@ -334,7 +334,7 @@ def test_a_new_optimizer_is_one_class_plus_one_yaml(tmp_path, planted):
 def planted_jobs(tmp_path_factory) -> dict[str, "pd.DataFrame"]:
     """Parity, oracle and the default search on synthetic_pairs (depth 2, the default training
     settings), the search at a budget of 8 x 30 + 3 x 120 model-steps per instance."""
-    from flowsweep.run import run_job
+    from flowsweep.app.run import run_job
     from tests.conftest import _search_runs
 
     uri = f"sqlite:///{tmp_path_factory.mktemp('planted') / 'm.db'}"

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from flowsweep.config import register_schema
 from flowsweep.data import DataError, load_dataset
 from flowsweep.data.synthetic import FAMILIES, generate, main, plan
-from flowsweep.graph import dependency_recall, node_depths, oracle_structure
+from flowsweep.structure.graph import dependency_recall, node_depths, oracle_structure
 from flowsweep.structure import StructureError, parity_structure
 
 REPO = Path(__file__).resolve().parents[1]

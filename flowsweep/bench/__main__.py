@@ -69,7 +69,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = _parser().parse_args(argv)
     command = args.command
     if args.threads is None:
-        from flowsweep.bench.workload import compose_config
+        from flowsweep.config.compose import compose_config
 
         args.threads = int(compose_config([]).train.threads)
     torch.set_num_threads(args.threads)

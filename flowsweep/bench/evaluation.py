@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from flowsweep.bench.workload import compose_config
+from flowsweep.config.compose import compose_config
 from flowsweep.data import Dataset, load_dataset, preprocessed
 from flowsweep.model import CouplingFlows, ModelSpec
 from flowsweep.search.evaluation import Evaluation

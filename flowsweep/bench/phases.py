@@ -35,30 +35,30 @@ WRITER_CPU = "mlflow writer process (CPU s, beside the job)"
 #: figures and artifacts.
 PHASES: dict[str, list[tuple[str, str]]] = {
     "mlflow: store and runs": [
-        ("flowsweep.callbacks", "TrackingCallback.on_multirun_start"),
-        ("flowsweep.run", "open_store"),
-        ("flowsweep.run", "resume_job"),
-        ("flowsweep.run_group", "RunGroup.__init__"),
+        ("flowsweep.app.callbacks", "TrackingCallback.on_multirun_start"),
+        ("flowsweep.app.run", "open_store"),
+        ("flowsweep.app.run", "resume_job"),
+        ("flowsweep.record.run_group", "RunGroup.__init__"),
     ],
     "mlflow: metrics and artifacts": [
-        ("flowsweep.results", "LiveCurve.__call__"),
-        ("flowsweep.results", "LiveCurve.finish"),
-        ("flowsweep.run", "log_search_metrics"),
-        ("flowsweep.run", "log_instances"),
-        ("flowsweep.run", "log_job"),
-        ("flowsweep.run_group", "RunGroup.close"),
-        ("flowsweep.task", "finish"),  # a sweep's last MLflow writes, waited for at its end
+        ("flowsweep.record.results", "LiveCurve.__call__"),
+        ("flowsweep.record.results", "LiveCurve.finish"),
+        ("flowsweep.app.run", "log_search_metrics"),
+        ("flowsweep.app.run", "log_instances"),
+        ("flowsweep.app.run", "log_job"),
+        ("flowsweep.record.run_group", "RunGroup.close"),
+        ("flowsweep.app.task", "finish"),  # a sweep's last MLflow writes, waited for at its end
     ],
     "figures": [
-        ("flowsweep.plots", "save_mask_heatmap"),
-        ("flowsweep.plots", "save_bpd_curve"),
-        ("flowsweep.plots", "save_search_trajectory"),
-        ("flowsweep.plots", "save_curves"),
+        ("flowsweep.record.plots", "save_mask_heatmap"),
+        ("flowsweep.record.plots", "save_bpd_curve"),
+        ("flowsweep.record.plots", "save_search_trajectory"),
+        ("flowsweep.record.plots", "save_curves"),
     ],
-    "data loading": [("flowsweep.data", "load_dataset"), ("flowsweep.run", "preprocessed")],
-    "structure search": [("flowsweep.run", "search_job"), ("flowsweep.run", "job_dependence")],
-    "final training": [("flowsweep.run", "train")],
-    "evaluation": [("flowsweep.run", "evaluate_bpd")],
+    "data loading": [("flowsweep.data", "load_dataset"), ("flowsweep.app.run", "preprocessed")],
+    "structure search": [("flowsweep.app.run", "search_job"), ("flowsweep.app.run", "job_dependence")],
+    "final training": [("flowsweep.app.run", "train")],
+    "evaluation": [("flowsweep.app.run", "evaluate_bpd")],
 }
 #: The phases that make up logging.
 LOGGING = ("mlflow: store and runs", "mlflow: metrics and artifacts", "figures")
@@ -114,7 +114,7 @@ def main() -> None:
     try:
         runpy.run_path(str(_MAIN), run_name="__main__")
     finally:
-        from flowsweep.mlflow_writer import close_writers
+        from flowsweep.record.mlflow_writer import close_writers
 
         # The writers are this process's only children still running; waiting for them
         # adds their CPU time to the waited-for children's.

@@ -22,8 +22,8 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from flowsweep.bench.workload import compose_config
-from flowsweep.run_group import ROLE_TAG
+from flowsweep.config.compose import compose_config
+from flowsweep.record.run_group import ROLE_TAG
 
 __all__ = ["ENTRIES", "DATASETS", "Entry", "structure_tables", "main_tables"]
 
@@ -59,7 +59,7 @@ ENTRIES = (
 
 def _run(dataset: str, entry: Entry, depth: int, instances: int, uri: str, extra: Sequence[str], tag: str) -> float:
     """Run one job in this process, its runs tagged ``sweep_id=tag``; its wall seconds."""
-    from flowsweep.run import run_job
+    from flowsweep.app.run import run_job
 
     cfg = compose_config([f"dataset={dataset}", f"depth.layers={depth}", f"instances={instances}", "progress=false",
                           f"tracking.uri={uri}", "tracking.experiment=structure", f"tracking.sweep_id={tag}",

@@ -18,30 +18,17 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from flowsweep.config.compose import compose_config
 from flowsweep.data import Dataset, load_dataset, preprocessed
 from flowsweep.model import CouplingFlows, ModelSpec
 from flowsweep.seeding import derive_seed, torch_generator
 from flowsweep.structure import Structure, random_structure
 from flowsweep.training import Recipe
 
-__all__ = ["CONF_DIR", "Workload", "compose_config", "make_workload", "best_of", "load_note"]
-
-#: The project's config folder (the repository's ``conf/``).
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+__all__ = ["Workload", "make_workload", "best_of", "load_note"]
 
 #: Stream key of the benchmark's random structures under each model's seed.
 _STRUCTURE_KEY = 1
-
-
-def compose_config(overrides: Sequence[str]) -> DictConfig:
-    """The job config ``main.py`` would compose from ``overrides``."""
-    from hydra import compose, initialize_config_dir
-
-    from flowsweep.config import register_schema
-
-    register_schema()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
 
 
 @dataclass

@@ -23,7 +23,7 @@ component on indices of one parity, so index-parity masks (with ``m = floor(d/2)
 let a parent condition its child; ``friendly`` puts parents and children on indices of
 opposite parity, so parity masks of two or more layers cover every edge; ``shuffled`` is a
 seeded random permutation. The planted edges, as feature indices, are the dataset's
-``graph``; :func:`flowsweep.graph.oracle_structure` turns them into a structure::
+``graph``; :func:`flowsweep.structure.graph.oracle_structure` turns them into a structure::
 
     python -m flowsweep.data.synthetic oracle dataset=synthetic_pairs depth=4 > oracle.json
 
@@ -41,7 +41,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from ..graph import Graph, oracle_structure
+from flowsweep.structure.graph import Graph, oracle_structure
 from .sources import DataError
 
 __all__ = ["FAMILIES", "PLACEMENTS", "Planted", "plan", "generate", "main"]
@@ -211,8 +211,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from flowsweep.bench.workload import compose_config
-    from flowsweep.overrides import quote_depth
+    from flowsweep.config.compose import compose_config
+    from flowsweep.config.overrides import quote_depth
 
     try:
         cfg = compose_config(quote_depth(args.overrides))

@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Optional, Sequence
 import numpy as np
 
 from flowsweep.config import ConfigError
-from flowsweep.dependence import Dependence
+from flowsweep.structure.dependence import Dependence
 from flowsweep.structure import Structure, random_structure
 
 __all__ = ["TrialState", "Trial", "Proposal", "StructureOptimizer"]
@@ -92,7 +92,7 @@ class StructureOptimizer(ABC):
         name: Label logged as the ``search`` param.
         iterations: Iterations ``T`` after the initial one (``0`` evaluates the initial structures only).
         patience: Stop after this many iterations without improvement (null: never).
-        dependence: The features' estimated :class:`~flowsweep.dependence.Dependence`, given by the job
+        dependence: The features' estimated :class:`~flowsweep.structure.dependence.Dependence`, given by the job
             to the optimizers that declare ``uses_dependence``.
     """
 

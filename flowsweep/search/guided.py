@@ -1,7 +1,7 @@
 """Data-driven structure search: evolution from the dependence structure, by dependence-biased swaps.
 
 The paper's future work made an optimizer. The search starts from the job's
-:meth:`Dependence.structure <flowsweep.dependence.Dependence.structure>` (the masks that let the most estimated
+:meth:`Dependence.structure <flowsweep.structure.dependence.Dependence.structure>` (the masks that let the most estimated
 dependence condition across each layer's split) and refines it by (1+λ) evolution whose
 offspring differ from the best by a few swaps of one conditioning and one transformed
 feature in one layer. A swap is drawn in proportion to the dependence of the two

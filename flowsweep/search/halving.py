@@ -5,7 +5,7 @@ Successive halving spends the budget where it decides something: the first rung 
 ``candidates`` structures for a few steps, every middle rung continues the best
 ``1/eta`` of the previous one (their parameters, a fresh optimizer) for more steps, the
 last rung the best ``finalists``, and the best of the last rung wins. The field is the
-dependence structure (:meth:`Dependence.structure <flowsweep.dependence.Dependence.structure>`),
+dependence structure (:meth:`Dependence.structure <flowsweep.structure.dependence.Dependence.structure>`),
 parity masks, other structures of the same dependence (other discounts; its first layers
 repeated in turn), swaps of it drawn by dependence (:func:`~flowsweep.search.guided.swap`),
 and a share of uniformly random structures. The structures named in ``keep`` (by default
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Optional
 
 from flowsweep.config import ConfigError
-from flowsweep.dependence import dependence_structure
+from flowsweep.structure.dependence import dependence_structure
 from flowsweep.search.base import Proposal, StructureOptimizer, Trial, TrialState
 from flowsweep.search.guided import swap
 from flowsweep.structure import Structure, parity_structure

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from flowsweep.config import ConfigError
 from flowsweep.data import Dataset
-from flowsweep.dependence import Dependence
+from flowsweep.structure.dependence import Dependence
 from flowsweep.model import ModelSpec
 from flowsweep.search.base import StructureOptimizer
 from flowsweep.search.evaluation import Evaluation

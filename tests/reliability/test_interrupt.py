@@ -84,7 +84,7 @@ def test_an_interrupt_a_library_turns_into_its_own_error_is_still_an_interrupt()
     # What OmegaConf did once mid-composition: SIGINT arrived inside it and came out as its own error.
     script = textwrap.dedent("""
         import os, signal, time
-        from flowsweep.interrupt import install, interrupted
+        from flowsweep.app.interrupt import install, interrupted
         install()
         try:
             try:

@@ -6,7 +6,7 @@ single run, a :class:`~flowsweep.config.ConfigError` or
 :class:`~flowsweep.data.DataError` is the user's to fix, not a bug: it prints
 ``flowsweep: error: <key or file>: <what is wrong>`` and exits 2, without a traceback.
 In a multirun the error goes back to Hydra, so the other jobs still run and
-:class:`~flowsweep.callbacks.SweepReport` lists it at the end. Launchers that run
+:class:`~flowsweep.app.callbacks.SweepReport` lists it at the end. Launchers that run
 jobs in other processes (joblib, submitit) pickle the error on its way back; one that
 cannot be pickled would break the whole sweep, so it is replaced by a
 :class:`RuntimeError` carrying its text.
@@ -22,10 +22,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from flowsweep.callbacks import fail
-from flowsweep.checks import validate, validate_against_data
+from flowsweep.app.callbacks import fail
+from flowsweep.config.checks import validate, validate_against_data
 from flowsweep.config import ConfigError
-from flowsweep.interrupt import interrupted
+from flowsweep.app.interrupt import interrupted
 
 __all__ = ["run_task", "finish"]
 
@@ -65,7 +65,7 @@ def run_task(cfg: DictConfig) -> float:
         validate_against_data(cfg, data.d, data.train.shape[0])
     except (ConfigError, DataError) as error:
         _bad_input(error)
-    from flowsweep.run import run_job
+    from flowsweep.app.run import run_job
 
     try:
         return run_job(cfg, data)
@@ -83,7 +83,7 @@ def finish(code: int) -> int:
 
     A write that failed (its runs ended FAILED) is one line on stderr and a non-zero status.
     """
-    writer = sys.modules.get("flowsweep.mlflow_writer")  # not loaded: no job ran, nothing to wait for
+    writer = sys.modules.get("flowsweep.record.mlflow_writer")  # not loaded: no job ran, nothing to wait for
     errors = writer.settle() if writer is not None else []
     for error in errors:
         print(f"flowsweep: error: MLflow could not write run {error}; its runs ended FAILED", file=sys.stderr,

@@ -3,9 +3,9 @@
 Order matters for failure handling: every check that can reject the input (types,
 values, data files, tracking store, experiment, a layout's file) runs before the first
 MLflow run exists, so bad input leaves nothing behind. The job's runs (a parent run and
-one nested run per instance, :mod:`flowsweep.runinfo`) start with the job and end with
+one nested run per instance, :mod:`flowsweep.record.runinfo`) start with the job and end with
 it: FINISHED, FAILED after a crash or when every instance diverged, KILLED after Ctrl-C.
-The job then reports its outcome in a few lines (:mod:`flowsweep.summary`).
+The job then reports its outcome in a few lines (:mod:`flowsweep.record.summary`).
 """
 
 from __future__ import annotations
@@ -22,22 +22,24 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from flowsweep import layouts, runinfo, summary
-from flowsweep.callbacks import LAUNCHER_PID_ENV
-from flowsweep.checks import validate, validate_against_data
+from flowsweep.structure import layouts
+from flowsweep.record import runinfo
+from flowsweep.record import summary
+from flowsweep.app.callbacks import LAUNCHER_PID_ENV
+from flowsweep.config.checks import validate, validate_against_data
 from flowsweep.config import DivergedError
-from flowsweep.interrupt import interrupted
+from flowsweep.app.interrupt import interrupted
 from flowsweep.data import Dataset, load_dataset, preprocessed
-from flowsweep.dependence import Dependence
-from flowsweep.mlflow_writer import MlflowWriteError, settle
+from flowsweep.structure.dependence import Dependence
+from flowsweep.record.mlflow_writer import MlflowWriteError, settle
 from flowsweep.model import CouplingFlows, ModelSpec
-from flowsweep.results import LiveCurve, log_instances, log_job, log_search_metrics
-from flowsweep.resume import objective_of, resume_job
-from flowsweep.run_group import FAILED, JOB, KILLED, PHASE_TAG, RunGroup, RunSpec
+from flowsweep.record.results import LiveCurve, log_instances, log_job, log_search_metrics
+from flowsweep.record.resume import objective_of, resume_job
+from flowsweep.record.run_group import FAILED, JOB, KILLED, PHASE_TAG, RunGroup, RunSpec
 from flowsweep.search.job import JobSearch, check_search, job_dependence, search_job
 from flowsweep.seeding import derive_seed, torch_generator
 from flowsweep.structure import Structure, parity_structure, random_structure
-from flowsweep.tracking import SWEEP_ID_ENV, check_reachable, open_store, resolve_tracking_uri
+from flowsweep.record.tracking import SWEEP_ID_ENV, check_reachable, open_store, resolve_tracking_uri
 from flowsweep.training import Recipe, evaluate_bpd, train
 
 __all__ = ["run_job", "objective", "fingerprint"]

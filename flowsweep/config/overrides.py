@@ -18,7 +18,7 @@ __all__ = ["quote_depth"]
 
 _NUMBER = r"[-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?"
 _DEPTH = re.compile(rf"^(depth=)({_NUMBER}(?:,{_NUMBER})*)$")
-_DEPTH_OPTIONS = Path(__file__).resolve().parents[1] / "conf" / "depth"
+_DEPTH_OPTIONS = Path(__file__).resolve().parents[2] / "conf" / "depth"
 
 
 def quote_depth(args: Sequence[str], options: Path = _DEPTH_OPTIONS) -> list[str]:

@@ -11,7 +11,7 @@ Hydra's job log (``main.log`` in the job's output folder) keeps them. A job's li
                  http://127.0.0.1:5000/#/experiments/1/runs?workflowType=machine_learning
 
 A job whose every instance diverged says so in its first line. At the end of a multirun,
-:func:`sweep_table` lays the jobs' summaries side by side (see :mod:`flowsweep.callbacks`).
+:func:`sweep_table` lays the jobs' summaries side by side (see :mod:`flowsweep.app.callbacks`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from urllib.parse import urlparse
 import numpy as np
 from omegaconf import DictConfig
 
-from flowsweep.tracking import masked
+from flowsweep.record.tracking import masked
 
 __all__ = ["SPLITS", "JobSummary", "spread", "of_result", "of_runs", "job_lines", "report", "take_last", "sweep_table"]
 
@@ -157,7 +157,7 @@ def sweep_table(records: Sequence[Mapping[str, Any]], title: str) -> str:
     rows = []
     for record in records:
         summary = record.get("summary")
-        # depth='2' as the user typed it: depth=2 (flowsweep.overrides quoted it for Hydra)
+        # depth='2' as the user typed it: depth=2 (flowsweep.config.overrides quoted it for Hydra)
         which = " ".join(re.sub(r"^([\w.]+)='([^',]*)'$", r"\1=\2", o) for o in record["overrides"]
                          if o not in shared) or "(no overrides)"
         if summary is None:

@@ -28,15 +28,15 @@ from typing import Optional, Sequence
 import numpy as np
 from torch import Tensor
 
-from flowsweep import plots
+from flowsweep.record import plots
 from flowsweep.data import Dataset
-from flowsweep.dependence import Dependence
-from flowsweep.graph import dependency_recall
-from flowsweep.run_group import DIVERGED_TAG, JOB, RunGroup
+from flowsweep.structure.dependence import Dependence
+from flowsweep.structure.graph import dependency_recall
+from flowsweep.record.run_group import DIVERGED_TAG, JOB, RunGroup
 from flowsweep.search import StructureOptimizer
 from flowsweep.search.job import JobSearch
 from flowsweep.structure import Structure
-from flowsweep.summary import SPLITS, JobSummary, job_lines
+from flowsweep.record.summary import SPLITS, JobSummary, job_lines
 from flowsweep.training import nats_to_bpd
 
 __all__ = ["LiveCurve", "log_search_metrics", "log_instances", "log_job"]

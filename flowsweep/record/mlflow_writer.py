@@ -2,7 +2,7 @@
 
 Writing to MLflow is pure Python (tens of microseconds per metric point through
 ``log_batch``), and a job logs tens of thousands of points. A :class:`MlflowWriter`
-hands the calls to a child process, ``python -m flowsweep.mlflow_writer <uri>``, which
+hands the calls to a child process, ``python -m flowsweep.record.mlflow_writer <uri>``, which
 performs them in order on its own :class:`~mlflow.tracking.MlflowClient` while the job
 goes on using the other core; :meth:`MlflowWriter.sync` waits until everything sent so
 far is written and returns what went wrong. Only MLflow's public client API is used.
@@ -43,7 +43,7 @@ class MlflowWriteError(RuntimeError):
 class MlflowWriter:
     """The job's side of a writer process for the tracking store at ``uri``.
 
-    Calls are grouped (one group per :class:`~flowsweep.run_group.RunGroup`): a group's runs
+    Calls are grouped (one group per :class:`~flowsweep.record.run_group.RunGroup`): a group's runs
     are created by one ``create`` request and addressed by their position afterwards. A
     group can be left *pending* (:meth:`defer`): the job goes on without waiting for its
     writes, and :meth:`settle` waits for them later.
@@ -53,7 +53,7 @@ class MlflowWriter:
         self.uri = uri
         # A session of its own: Ctrl-C in a terminal (SIGINT to the foreground process group)
         # does not reach the child, which must outlive the job's interrupt to end its runs KILLED.
-        self._process = subprocess.Popen([sys.executable, "-m", "flowsweep.mlflow_writer", uri],
+        self._process = subprocess.Popen([sys.executable, "-m", "flowsweep.record.mlflow_writer", uri],
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
         self._lock = threading.Lock()
         self._groups = 0

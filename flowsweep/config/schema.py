@@ -4,7 +4,7 @@ The dataclasses below are registered with Hydra's ConfigStore as ``_schema``; th
 defaults list of ``conf/config.yaml`` starts with it, so every option file and every
 command-line override is type-checked by OmegaConf at composition time. Checks that
 need more than a type (``depth.layers >= 1``, a batch that fits the training split)
-live in :mod:`flowsweep.checks`, which raises :class:`ConfigError` naming the offending
+live in :mod:`flowsweep.config.checks`, which raises :class:`ConfigError` naming the offending
 key before any training starts.
 """
 
@@ -129,7 +129,7 @@ class DatasetConfig:
 class LayoutConfig:
     #: parity | random | opt | file | oracle
     name: str = MISSING
-    #: layout=file: a masks.json to train (the format every run logs; flowsweep.layouts).
+    #: layout=file: a masks.json to train (the format every run logs; flowsweep.structure.layouts).
     path: Optional[str] = None
     #: layout=file: instead of a path, the id of an earlier run of the same store whose masks.json to train.
     run_id: Optional[str] = None
@@ -160,7 +160,7 @@ class ModelConfig:
 
 @dataclass
 class DependenceConfig:
-    """See flowsweep.dependence: the measure, the training rows it reads, the layers' discount."""
+    """See flowsweep.structure.dependence: the measure, the training rows it reads, the layers' discount."""
 
     measure: str = "gain"
     rows: int = 4000
@@ -226,7 +226,7 @@ class Config:
     data_dir: Optional[str] = None
     #: Show progress bars (they stay quiet anyway when stderr is not a terminal).
     progress: bool = True
-    #: Train again even if FINISHED runs of this exact config exist (see flowsweep.resume).
+    #: Train again even if FINISHED runs of this exact config exist (see flowsweep.record.resume).
     rerun: bool = False
 
 

@@ -5,7 +5,7 @@
 :class:`SweepReport` tells how the jobs of a multirun went. Hydra's sweeper runs every
 job of a batch, then re-raises only the *first* failure and exits 1; the other failures
 would be lost in the job logs. The callback records each job's outcome and summary
-(:mod:`flowsweep.summary`) as ``<sweep dir>/.flowsweep/jobs/<num>.json`` from the process
+(:mod:`flowsweep.record.summary`) as ``<sweep dir>/.flowsweep/jobs/<num>.json`` from the process
 that ran it (a joblib worker, a SLURM node: the sweep directory is shared) and, when the
 launching process exits, prints the sweep's table to stdout (and writes it to
 ``<sweep dir>/summary.txt``) and one line per failed job to stderr::
@@ -33,15 +33,13 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from flowsweep.config import ConfigError
+from flowsweep.record.names import SWEEP_ID_ENV
 
-__all__ = ["SWEEP_ID_ENV", "LAUNCHER_PID_ENV", "fail", "TrackingCallback", "RECORDS", "SUMMARY_FILE", "SweepReport", "read_records",
+__all__ = ["LAUNCHER_PID_ENV", "fail", "TrackingCallback", "RECORDS", "SUMMARY_FILE", "SweepReport", "read_records",
            "format_report"]
 
-#: Set by :class:`TrackingCallback` in the launching process; jobs (and their workers) inherit it.
-SWEEP_ID_ENV = "FLOWSWEEP_SWEEP_ID"
-
 #: The launching process's pid, set by :class:`TrackingCallback`: a job that runs in that
-#: process (Hydra's basic launcher) need not wait for its MLflow writes (flowsweep.run).
+#: process (Hydra's basic launcher) need not wait for its MLflow writes (flowsweep.app.run).
 LAUNCHER_PID_ENV = "FLOWSWEEP_LAUNCHER_PID"
 
 #: Job records, relative to the sweep directory.
@@ -71,7 +69,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def read_records(sweep_dir: str | Path) -> list[dict[str, Any]]:
     """Every job record of a sweep, by job number: ``num``, ``overrides``, ``status``, ``error``,
-    ``output_dir`` and ``summary`` (:func:`flowsweep.summary.take_last`, ``None`` for a failed job)."""
+    ``output_dir`` and ``summary`` (:func:`flowsweep.record.summary.take_last`, ``None`` for a failed job)."""
     folder = Path(sweep_dir) / RECORDS
     records = [json.loads(p.read_text()) for p in folder.glob("*.json")] if folder.is_dir() else []
     return sorted(records, key=lambda r: r["num"])
@@ -94,7 +92,7 @@ def format_report(sweep_dir: str | Path) -> Optional[str]:
 
 
 def _print_report(sweep_dir: str) -> None:
-    from flowsweep.summary import sweep_table
+    from flowsweep.record.summary import sweep_table
 
     records = read_records(sweep_dir)
     if records:
@@ -129,7 +127,7 @@ class TrackingCallback(Callback):
     """
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from flowsweep.tracking import masked, open_store, resolve_tracking_uri
+        from flowsweep.record.tracking import masked, open_store, resolve_tracking_uri
 
         os.environ[SWEEP_ID_ENV] = config.tracking.sweep_id or str(config.hydra.sweep.dir)
         os.environ[LAUNCHER_PID_ENV] = str(os.getpid())
@@ -158,12 +156,12 @@ class SweepReport(Callback):
         atexit.register(_print_report, sweep_dir)
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from flowsweep.summary import take_last
+        from flowsweep.record.summary import take_last
 
         take_last()  # a job that fails before its summary must not get its predecessor's
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
-        from flowsweep.summary import take_last
+        from flowsweep.record.summary import take_last
 
         if config.hydra.mode != RunMode.MULTIRUN:
             return

@@ -2,11 +2,11 @@
 
 The tracking URI is resolved once against the directory the user launched from, so
 runs never scatter into Hydra's per-job output folders. In a multirun the experiment
-is created by :class:`flowsweep.callbacks.TrackingCallback` in the launching process,
+is created by :class:`flowsweep.app.callbacks.TrackingCallback` in the launching process,
 before jobs fan out. :func:`open_store` turns whatever keeps a store from being used
 (an unreachable server or database, a path below a file, a deleted experiment, a store
 MLflow refuses) into one :class:`~flowsweep.config.ConfigError` before any training.
-The runs themselves are :mod:`flowsweep.run_group`'s.
+The runs themselves are :mod:`flowsweep.record.run_group`'s.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import mlflow
 from filelock import FileLock
 from mlflow.tracking import MlflowClient
 
-from flowsweep.callbacks import SWEEP_ID_ENV
 from flowsweep.config import ConfigError
+from flowsweep.record.names import SWEEP_ID_ENV
 
 __all__ = [
     "SWEEP_ID_ENV",

@@ -1,7 +1,7 @@
 """Resume: a job whose runs of the very same config already FINISHED is not trained again.
 
 Every run carries a ``fingerprint`` tag, the hash of everything that determines its
-numbers (:func:`flowsweep.run.fingerprint`). When a sweep dies (a killed process, a lost
+numbers (:func:`flowsweep.app.run.fingerprint`). When a sweep dies (a killed process, a lost
 node) and the same command is launched again, each job looks its fingerprint up in the
 experiment before it creates any run:
 
@@ -29,7 +29,7 @@ from mlflow.tracking import MlflowClient
 
 __all__ = ["FINGERPRINT_TAG", "runs_of", "objective_of", "resume_job"]
 
-#: Tag that :mod:`flowsweep.run` puts on every run.
+#: Tag that :mod:`flowsweep.app.run` puts on every run.
 FINGERPRINT_TAG = "fingerprint"
 
 _FINISHED = RunStatus.to_string(RunStatus.FINISHED)
@@ -62,7 +62,7 @@ def _finished_by_instance(runs: list[Run]) -> dict[int, Run]:
 
 
 def objective_of(runs: list[Run]) -> float:
-    """The job's return value, as :func:`flowsweep.run.objective` computes it: the mean
+    """The job's return value, as :func:`flowsweep.app.run.objective` computes it: the mean
     ``val_bpd`` (else ``train_bpd``) over converged instances."""
     key = "val_bpd" if all("val_bpd" in r.data.metrics for r in runs) else "train_bpd"
     values = [r.data.metrics.get(key, math.inf) for r in runs if not r.data.metrics.get("diverged", 0.0)]

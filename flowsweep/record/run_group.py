@@ -1,5 +1,5 @@
 """The MLflow runs of one job: a parent run and one nested run per model instance, written
-by a helper process (:mod:`flowsweep.mlflow_writer`) while the job computes.
+by a helper process (:mod:`flowsweep.record.mlflow_writer`) while the job computes.
 
 Metrics are buffered per run and sent in batches (``log_batch``), because one
 ``log_metric`` call costs milliseconds on a sqlite store. Every run carries the tag
@@ -18,7 +18,7 @@ from typing import Iterable, Mapping, Optional, Sequence
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
-from flowsweep.mlflow_writer import MlflowWriteError, writer_for
+from flowsweep.record.mlflow_writer import MlflowWriteError, writer_for
 
 __all__ = ["ROLE_TAG", "DIVERGED_TAG", "PHASE_TAG", "JOB", "FINISHED", "FAILED", "KILLED", "RunSpec", "RunGroup"]
 
@@ -49,10 +49,10 @@ class RunGroup:
     Runs are created RUNNING with ``start_time`` (the job's start, whenever the writer
     gets to them), so their Duration is the job's; :meth:`close` ends them FINISHED,
     FAILED or KILLED at the time it is called. Every call goes, in order, to this
-    process's :class:`~flowsweep.mlflow_writer.MlflowWriter`: runs are created while the
+    process's :class:`~flowsweep.record.mlflow_writer.MlflowWriter`: runs are created while the
     job trains, a run's metrics are written while the job draws the next run's figures.
     :meth:`close` waits until all of it is written and, for FINISHED runs, raises
-    :class:`~flowsweep.mlflow_writer.MlflowWriteError` if any of it failed.
+    :class:`~flowsweep.record.mlflow_writer.MlflowWriteError` if any of it failed.
     """
 
     def __init__(self, client: MlflowClient, experiment_id: str, job: RunSpec, instances: Sequence[RunSpec],
@@ -131,7 +131,7 @@ class RunGroup:
 
         Errors of the writer are raised for ``FINISHED`` only: a failed or interrupted
         job is ending anyway, with its own error. ``wait=False`` (for ``FINISHED``) leaves
-        the writes pending, labelled with the job's run name: :func:`flowsweep.mlflow_writer.settle`
+        the writes pending, labelled with the job's run name: :func:`flowsweep.record.mlflow_writer.settle`
         waits for them; if any fails, the writer ends the runs FAILED rather than FINISHED.
         """
         end_ms = int(time.time() * 1000)

@@ -7,7 +7,7 @@ every run logs as its ``masks.json`` artifact::
 
 ``layout=file layout.run_id=RUN_ID`` takes that artifact from an earlier run of the
 job's own tracking store; ``layout=oracle`` trains the planted oracle of a synthetic
-dataset (:func:`flowsweep.graph.oracle_structure`). Every instance of the job
+dataset (:func:`flowsweep.structure.graph.oracle_structure`). Every instance of the job
 trains the same structure. Anything wrong (no file, not JSON, not a structure, another
 ``d``, ``m`` or depth than the job's, an unknown run) is one :class:`ConfigError` naming
 the key and the file or run, raised before any run of the job exists.
@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 from flowsweep.config import ConfigError
-from flowsweep.graph import oracle_structure
+from flowsweep.structure.graph import oracle_structure
 from flowsweep.structure import Structure, StructureError
 
 __all__ = ["MASKS_ARTIFACT", "parse_structure", "structure_from_file", "structure_from_run", "oracle"]
 
-#: The artifact every run logs its structure as (flowsweep.run).
+#: The artifact every run logs its structure as (flowsweep.app.run).
 MASKS_ARTIFACT = "masks.json"
 
 

@@ -106,7 +106,7 @@ def source_tags() -> dict[str, str]:
 
     try:
         # An installed copy inside some other repository (a venv in a project) is not a checkout of flowsweep.
-        if Path(git("rev-parse", "--show-toplevel").strip()).resolve() != here.parent:
+        if Path(git("rev-parse", "--show-toplevel").strip()).resolve() != here.parents[1]:
             return tags
         tags["mlflow.source.git.commit"] = git("rev-parse", "HEAD").strip()
         if git("status", "--porcelain", "--untracked-files=no").strip():
