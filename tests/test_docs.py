@@ -1,5 +1,6 @@
-"""The README's quick start stays two commands, CI runs exactly its test command, and every
-config key the README names exists."""
+"""The README's quick start stays two commands, CI runs exactly its test command and builds the
+docs site, the README stays a front page, and every config key the README or a docs page names
+exists."""
 
 from __future__ import annotations
 
@@ -35,8 +36,22 @@ def test_ci_runs_exactly_the_readme_test_command_with_torch_pinned():
     assert any(re.search(r"pip install .*torch==2\.13\.0\b", line) for line in lines[:-1])
 
 
-def test_every_config_key_the_readme_names_exists():
-    readme = (REPO / "README.md").read_text()
+def _documents() -> list:
+    """The README and every page of the docs site."""
+    return [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
+
+
+def test_the_readme_is_a_front_page_and_every_docs_page_is_in_the_site():
+    assert len((REPO / "README.md").read_text().splitlines()) <= 200
+    site = (REPO / "mkdocs.yml").read_text()
+    pages = [p.relative_to(REPO / "docs").as_posix() for p in _documents()[1:]]
+    assert pages and [p for p in pages if p not in site] == [], "a docs page missing from mkdocs.yml's nav"
+    script = (REPO / ".ci" / "run").read_text()
+    assert "mkdocs build --strict" in script
+
+
+def test_every_config_key_the_docs_name_exists():
+    readme = "\n".join(path.read_text() for path in _documents())
     # `train.max_lr` or `train.max_lr=1e-3` in prose and tables; search.evaluation.* rows name their prefix.
     keys = {k for k in re.findall(rf"`((?:{_GROUPS})\.[a-z_.]*[a-z_])(?:=[^`]*)?`", readme) if not k.endswith(".json")}
     # ... and overrides in the command lines: dataset=magic train.max_lr=1e-3 'search.candidates=choice(16,32)'
@@ -48,4 +63,4 @@ def test_every_config_key_the_readme_names_exists():
         configs = [compose("config", overrides=[f"search={name}", "layout=file", "dataset=synthetic_pairs"])
                    for name in searches] + [compose("config")]
     missing = [k for k in keys if all(OmegaConf.select(c, k, default=KeyError) is KeyError for c in configs)]
-    assert not missing, f"the README names keys no config has: {sorted(missing)}"
+    assert not missing, f"the README or docs name keys no config has: {sorted(missing)}"

@@ -63,7 +63,7 @@ def _files_under(path: Path) -> list[Path]:
 
 
 def _magic_from(dataset_cfg, url: str):
-    cfg = dataset_cfg("magic", validation_fraction=0)  # the whole training split, as the README counts it
+    cfg = dataset_cfg("magic", validation_fraction=0)  # the whole training split, as the docs count it
     cfg.files["magic04.data"].url = url
     return cfg
 

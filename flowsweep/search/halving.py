@@ -1,6 +1,6 @@
 """Successive halving over a field of candidates from the dependence structure (multi-fidelity).
 
-Short trials rank structures poorly (README: Structure search); long ones are expensive.
+Short trials rank structures poorly (docs/search.md); long ones are expensive.
 Successive halving spends the budget where it decides something: the first rung trains
 ``candidates`` structures for a few steps, every middle rung continues the best
 ``1/eta`` of the previous one (their parameters, a fresh optimizer) for more steps, the

@@ -4,7 +4,7 @@
   itself, mismatch included, is tested against a local server in tests/test_download.py).
 - Nothing unpickles a file: ``torch.load`` only with ``weights_only=True``; no
   ``pickle.load``, ``pandas.read_pickle``, ``joblib.load`` or ``numpy.load(allow_pickle=True)``.
-- Every server command in the README binds 127.0.0.1.
+- Every server command in the README and the docs binds 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -80,8 +80,9 @@ def test_the_unpickling_check_catches_what_it_should(tmp_path):
         "pickle.loads of bytes it did not make"]
 
 
-def test_every_server_command_in_the_readme_binds_localhost():
-    blocks = re.findall(r"```(?:bash|sh)\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
+def test_every_server_command_in_the_readme_and_docs_binds_localhost():
+    docs = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
+    blocks = [b for path in docs for b in re.findall(r"```(?:bash|sh)\n(.*?)```", path.read_text(), flags=re.S)]
     lines = [line.strip() for block in blocks for line in block.replace("\\\n", " ").splitlines()]
     commands = [line for line in lines if re.match(r"mlflow (server|ui)\b", line)]
     assert commands, "the README shows no server command"
