@@ -76,7 +76,10 @@ def test_split_is_seeded(name, dataset_cfg, data_dir):
     assert torch.equal(a.train, b.train) and torch.equal(a.test, b.test)
     assert not torch.equal(a.test, c.test)
     # Same rows either way, only partitioned differently.
-    rows = lambda ds: np.sort(torch.cat([ds.train, ds.valid, ds.test]).numpy(), axis=0)  # noqa: E731
+
+    def rows(ds):
+        return np.sort(torch.cat([ds.train, ds.valid, ds.test]).numpy(), axis=0)
+
     assert np.array_equal(rows(a), rows(c))
     assert len(a.valid) and not torch.equal(a.valid, c.valid)
 
@@ -85,7 +88,10 @@ def test_validation_split_is_cut_from_the_training_rows(dataset_cfg, data_dir):
     whole = load_dataset(dataset_cfg("yeast", validation_fraction=0), str(data_dir))
     cut = load_dataset(dataset_cfg("yeast", validation_fraction=0.25), str(data_dir))
     assert torch.equal(cut.test, whole.test) and len(cut.valid) == round(0.25 * len(whole.train))
-    rows = lambda *parts: np.sort(torch.cat(parts).numpy(), axis=0)  # noqa: E731
+
+    def rows(*parts):
+        return np.sort(torch.cat(parts).numpy(), axis=0)
+
     assert np.array_equal(rows(cut.train, cut.valid), rows(whole.train))
     with pytest.raises(DataError, match=r"dataset\.validation_fraction: 0\.9999 of the 1336 training rows"):
         load_dataset(dataset_cfg("yeast", validation_fraction=0.9999), str(data_dir))

@@ -23,7 +23,7 @@ TURBINE = [f"gt_{year}.csv" for year in range(2011, 2016)]
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, fmt: str, *args: object) -> None:
         pass
 
 
@@ -84,7 +84,8 @@ def test_data_dir_wins_over_cache(cache, data_dir, dataset_cfg):
     (cache / "magic").mkdir(parents=True)
     (cache / "magic" / "magic04.data").write_text("garbage\n")
     assert load_dataset(dataset_cfg("magic", validation_fraction=0), str(data_dir)).train.shape == (17118, 10)
-    with pytest.raises(DataError, match=r"cache/magic/magic04\.data: line 1 has 1 fields.*Delete it so that it is downloaded again"):
+    message = r"cache/magic/magic04\.data: line 1 has 1 fields.*Delete it so that it is downloaded again"
+    with pytest.raises(DataError, match=message):
         load_dataset(dataset_cfg("magic"), None)
 
 

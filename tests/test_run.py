@@ -285,7 +285,8 @@ class Exploding(StructureOptimizer):
 def test_a_crashing_job_leaves_its_runs_failed(tmp_path, data_dir, search_runs):
     (tmp_path / "search").mkdir()
     (tmp_path / "search" / "exploding.yaml").write_text(
-        "defaults:\n  - /search/evaluation@evaluation: paper\n_target_: tests.test_run.Exploding\nname: exploding\niterations: 3\n")
+        "defaults:\n  - /search/evaluation@evaluation: paper\n"
+        "_target_: tests.test_run.Exploding\nname: exploding\niterations: 3\n")
     cfg = job(tmp_path, data_dir, "layout=opt", "search=exploding", searchpath=tmp_path)
     with pytest.raises(RuntimeError, match="optimizer exploded"):
         run_job(cfg)

@@ -52,8 +52,8 @@ def _error_text(job_return: JobReturn) -> Optional[str]:
     if job_return.status != JobStatus.FAILED:
         return None
     try:
-        job_return.return_value  # re-raises the job's exception: Hydra's public way to get it
-    except Exception as error:  # noqa: BLE001 - any job error is reported, none is handled
+        _ = job_return.return_value  # re-raises the job's exception: Hydra's public way to get it
+    except Exception as error:  # any job error is reported, none is handled
         return f"{type(error).__name__}: {error}"
     return "failed without an exception"
 
@@ -136,7 +136,7 @@ class TrackingCallback(Callback):
             open_store(uri, config.tracking.experiment)
         except ConfigError as error:
             fail(error)
-        except Exception as error:  # noqa: BLE001 - whatever the store says, no job could log
+        except Exception as error:  # whatever the store says, no job could log
             fail(ConfigError("tracking.uri", f"cannot use the MLflow store at {masked(uri)}: "
                                              f"{type(error).__name__}: {error}"))
 

@@ -36,7 +36,7 @@ from flowsweep.model import CouplingFlows, ModelSpec
 from flowsweep.record.results import LiveCurve, log_instances, log_job, log_search_metrics
 from flowsweep.record.resume import objective_of, resume_job
 from flowsweep.record.run_group import FAILED, JOB, KILLED, PHASE_TAG, RunGroup, RunSpec
-from flowsweep.search.job import JobSearch, check_search, job_dependence, search_job
+from flowsweep.search.job import check_search, job_dependence, search_job
 from flowsweep.seeding import derive_seed, torch_generator
 from flowsweep.structure import Structure, parity_structure, random_structure
 from flowsweep.record.tracking import SWEEP_ID_ENV, check_reachable, open_store, resolve_tracking_uri

@@ -11,8 +11,7 @@ import dataclasses
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 import numpy as np
 import torch

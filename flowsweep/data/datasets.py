@@ -138,7 +138,10 @@ def standardized(data: Dataset, key: str = "model.preprocess") -> Dataset:
             f"{key}: column(s) {constant} of {data.name} are constant in the training split "
             f"(std 0); leave them out with dataset.columns or set {key}=none."
         )
-    scale = lambda x: ((x.double() - mean) / std).float()  # noqa: E731
+
+    def scale(x: torch.Tensor) -> torch.Tensor:
+        return ((x.double() - mean) / std).float()
+
     return dataclasses.replace(
         data, train=scale(data.train), valid=scale(data.valid), test=scale(data.test),
         log_det=data.log_det + float(std.log().sum()),
@@ -163,7 +166,10 @@ def whitened(data: Dataset, key: str = "model.preprocess") -> Dataset:
     estimate = LedoitWolf(assume_centered=True).fit(scaled.train.double().numpy())
     values, vectors = np.linalg.eigh(estimate.covariance_)
     inverse_root = torch.from_numpy((vectors / np.sqrt(values)) @ vectors.T)
-    mapped = lambda x: (x.double() @ inverse_root).float()  # noqa: E731 (the matrix is symmetric)
+
+    def mapped(x: torch.Tensor) -> torch.Tensor:
+        return (x.double() @ inverse_root).float()  # rows times W, which is symmetric
+
     return dataclasses.replace(
         scaled, train=mapped(scaled.train), valid=mapped(scaled.valid), test=mapped(scaled.test),
         log_det=scaled.log_det + 0.5 * float(np.log(values).sum()),

@@ -34,7 +34,9 @@ def _split(line: str, sep: str) -> list[str]:
     return re.split(sep, line.strip())
 
 
-def resolve_columns(candidates: Sequence[str], labels: Sequence[str], wanted: Optional[Sequence[Any]], key: str, source: str) -> list[str]:
+def resolve_columns(
+    candidates: Sequence[str], labels: Sequence[str], wanted: Optional[Sequence[Any]], key: str, source: str
+) -> list[str]:
     """Map ``wanted`` (names, or 0-based positions among ``candidates``) to column names.
 
     ``candidates`` are the file's non-label columns in file order; null ``wanted`` keeps

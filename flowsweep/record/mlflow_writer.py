@@ -212,7 +212,7 @@ def _serve(uri: str, requests: BinaryIO, replies: BinaryIO) -> None:
                     client.set_terminated(run_id, status, end_time=end_ms)
             else:
                 raise ValueError(f"unknown request {op!r}")
-        except Exception as error:  # noqa: BLE001 - reported to the job at its next sync
+        except Exception as error:  # reported to the job at its next sync
             errors[group].append(f"{op}: {type(error).__name__}: {error}")
 
 

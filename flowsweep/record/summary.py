@@ -80,8 +80,9 @@ def of_result(cfg: DictConfig, result: Mapping[str, Any], objective: float, uri:
         search=str(cfg.search.name) if cfg.layout.name == "opt" else None, depth=int(cfg.depth.layers),
         instances=int(cfg.instances), diverged=int((~converged).sum()), wall_time_s=float(result["wall_time_s"]),
         experiment=str(cfg.tracking.experiment), uri=uri, sweep_id=sweep_id, run_name=run_name, objective=objective,
-        skipped=skipped, experiment_id=experiment_id, bpd={split: spread(np.asarray(result[f"{split}_bpd"])[converged]) for split in SPLITS
-                              if f"{split}_bpd" in result and converged.any()},
+        skipped=skipped, experiment_id=experiment_id,
+        bpd={split: spread(np.asarray(result[f"{split}_bpd"])[converged]) for split in SPLITS
+             if f"{split}_bpd" in result and converged.any()},
     )
 
 

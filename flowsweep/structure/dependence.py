@@ -65,7 +65,8 @@ def affine_gain(x: np.ndarray, bins: Optional[int] = None, seed: int = 0) -> np.
 
     The log-likelihood gain, per sample, of a Gaussian for ``x_j`` whose mean and variance
     depend on ``x_i`` (within ``bins`` quantile bins of ``x_i``, or its values where it takes
-    fewer; by default one bin per 25 rows, from 3 to 20) over one Gaussian for ``x_j``: ``0.5 (log Var x_j - E_b log Var(x_j | b))``, less the
+    fewer; by default one bin per 25 rows, from 3 to 20) over one Gaussian for ``x_j``:
+    ``0.5 (log Var x_j - E_b log Var(x_j | b))``, less the
     same with ``x_i``'s bins shuffled (what noise alone gains with that many bins, heavy
     tails included), negatives set to zero. Directional: ``j = sin(i) + noise`` gains more
     from ``i -> j`` than from ``j -> i``; and a scale that ``i`` sets counts as much as a mean.
