@@ -24,10 +24,13 @@ from flowsweep.structure.graph import dependency_recall, node_depths, oracle_str
 from flowsweep.structure import StructureError, parity_structure
 
 REPO = Path(__file__).resolve().parents[1]
-OPTIONS = ("synthetic_pairs", "synthetic_hetero", "synthetic_tree", "synthetic_mixed", "synthetic_wide")
+OPTIONS = ("synthetic_pairs", "synthetic_hetero", "synthetic_tree", "synthetic_mixed", "synthetic_wide",
+           "synthetic_scale", "synthetic_wave")
 #: Edges of each component kind between its features (parents first), as the module docstring documents them.
-EDGES = {"pair": [(0, 1)], "hetero": [(0, 1)], "tree": [(0, 2), (1, 2), (2, 3)], "distractor": []}
-KINDS = {"pairs": {"pair"}, "hetero": {"hetero"}, "tree": {"tree"}, "mixed": {"pair", "hetero", "tree"}}
+EDGES = {"pair": [(0, 1)], "hetero": [(0, 1)], "tree": [(0, 2), (1, 2), (2, 3)], "distractor": [],
+         "bump": [(0, 1)], "bimodal": [(0, 1)], "wave": [(0, 1)]}
+KINDS = {"pairs": {"pair"}, "hetero": {"hetero"}, "tree": {"tree"}, "mixed": {"pair", "hetero", "tree"},
+         "scale": {"bump", "bimodal"}, "wave": {"wave"}}
 
 
 def dataset(option: str, *overrides: str) -> DictConfig:
@@ -79,7 +82,7 @@ def test_each_family_plants_its_documented_graph(option):
         assert sorted((features.index(p), features.index(c)) for p, c in inside) == EDGES[kind]
         for p, c in inside:
             mean, scale = dependence(x[:, c], which[:, p])
-            if kind == "hetero":  # the parent sets the scale, not the mean, and no linear correlation
+            if kind in ("hetero", "bump", "bimodal"):  # the parent sets the scale, not the mean, and no linear correlation
                 assert scale > 0.1 and mean < 0.01, (option, p, c, mean, scale)
                 assert abs(np.corrcoef(x[:, p], x[:, c])[0, 1]) < 0.05
             else:
@@ -121,6 +124,27 @@ def test_rows_are_seeded_and_independent_of_n():
     _, reseeded, _, _ = generate({**base, "seed": 1})
     assert not np.array_equal(reseeded, train)
     assert not np.isin(test[:, 0], train[:, 0]).any()  # test rows are drawn apart
+
+
+@pytest.mark.parametrize("option", ["synthetic_scale", "synthetic_wave"])
+def test_the_start_is_wrong_families_are_seeded_and_non_monotone(option):
+    base = spec(option)
+    _, train, test, graph = generate(base)
+    _, again, test_again, _ = generate(base)
+    assert np.array_equal(train, again) and np.array_equal(test, test_again)
+    assert not np.array_equal(generate({**base, "seed": 1})[1], train)
+    planted = plan(base)
+    assert graph == planted.graph == load_dataset(dataset(option)).graph
+    which = quantile_bins(train)
+    for kind, (p, c) in planted.components:
+        counts = np.bincount(which[:, p], minlength=10)
+        # the child's conditional scale (bump, bimodal) or mean (wave) per decile of its parent
+        y = train[:, c] if kind == "wave" else np.abs(train[:, c])
+        per_bin = np.bincount(which[:, p], y, 10) / counts
+        low = int(np.argmin(per_bin) if kind != "wave" else np.argmax(per_bin))
+        assert 0 < low < 9, (kind, per_bin)  # the extreme sits inside: no monotone function of the parent
+        if kind == "bimodal":  # two modes, at ±(1/2 + tanh²): hardly a value near 0
+            assert np.mean(np.abs(train[:, c]) < 0.2) < 0.01
 
 
 def test_validation_split_and_batch_rule():

@@ -28,7 +28,8 @@ from flowsweep.record.run_group import ROLE_TAG
 __all__ = ["ENTRIES", "DATASETS", "Entry", "structure_tables", "main_tables"]
 
 #: The synthetic benchmarks (conf/dataset/synthetic_*.yaml).
-DATASETS = ("synthetic_pairs", "synthetic_hetero", "synthetic_tree", "synthetic_mixed", "synthetic_wide")
+DATASETS = ("synthetic_pairs", "synthetic_hetero", "synthetic_tree", "synthetic_mixed", "synthetic_wide",
+            "synthetic_scale", "synthetic_wave")
 
 
 @dataclass(frozen=True)

@@ -11,12 +11,23 @@ hetero   2        ``p ~ N``, ``c = exp(amplitude tanh(p)) N``: p sets c's scale,
                   correlation (``E[c | p] = 0``), p → c
 tree     4        ``a, b ~ N``, ``c = tanh(g a) + tanh(g b) + s N``, ``e = tanh(g c) + s N``:
                   two parents and a chain, a → c, b → c, c → e
+bump     2        ``p ~ N``, ``c = exp(amplitude (tanh²(g (p - 1/2)) - 1/2)) N``: p sets c's
+                  scale through a non-monotone function, p → c
+bimodal  2        ``p ~ N``, ``c = B (1/2 + tanh²(g (p - 1/2))) + s N``, ``B = ±1`` a fair
+                  coin: two modes whose distance is a non-monotone function of p, p → c
+wave     2        ``p ~ N``, ``c = sin(g p) + s N``: a non-monotone mean, p → c
 ======== ======== =====================================================================
 
 and ``distractors`` independent Student-t features (``dof`` degrees of freedom, heavy
 tails, no edges). A family fixes the kinds: ``pairs``, ``hetero`` and ``tree`` repeat
 their kind, ``mixed`` cycles pair, hetero, tree; components are added while they fit
-beside the distractors, and features left over become distractors too.
+beside the distractors, and features left over become distractors too. The families
+``scale`` (bump, bimodal) and ``wave`` (wave) are where the dependence layout, which
+alternates which side of an edge conditions, is not the best structure: a tanh
+conditioner's scale and shift are monotone in its inputs, so a non-monotone function of
+the parent takes several stacked layers in which the parent conditions its child. (The
+bend sits off ``p = 0``, at ``p = 1/2``: an even function of a symmetric parent would give
+a zero gradient at the identity flow that training starts from, a saddle it rarely leaves.)
 
 The *placement* maps the components to feature indices. ``adverse`` puts every
 component on indices of one parity, so index-parity masks (with ``m = floor(d/2)``) never
@@ -47,7 +58,8 @@ from .sources import DataError
 __all__ = ["FAMILIES", "PLACEMENTS", "Planted", "plan", "generate", "main"]
 
 #: Components of each family, cycled while they fit.
-_FAMILY_KINDS = {"pairs": ("pair",), "hetero": ("hetero",), "tree": ("tree",), "mixed": ("pair", "hetero", "tree")}
+_FAMILY_KINDS = {"pairs": ("pair",), "hetero": ("hetero",), "tree": ("tree",), "mixed": ("pair", "hetero", "tree"),
+                 "scale": ("bump", "bimodal"), "wave": ("wave",)}
 FAMILIES = tuple(_FAMILY_KINDS)
 PLACEMENTS = ("adverse", "friendly", "shuffled")
 #: Per kind: the depth of each of its features and its edges, in positions within the component.
@@ -55,6 +67,9 @@ _SHAPES: dict[str, tuple[tuple[int, ...], tuple[tuple[int, int], ...]]] = {
     "pair": ((0, 1), ((0, 1),)),
     "hetero": ((0, 1), ((0, 1),)),
     "tree": ((0, 0, 1, 2), ((0, 2), (1, 2), (2, 3))),
+    "bump": ((0, 1), ((0, 1),)),
+    "bimodal": ((0, 1), ((0, 1),)),
+    "wave": ((0, 1), ((0, 1),)),
     "distractor": ((0,), ()),
 }
 #: Stream keys under the seed (a feature's stream adds its position in the plan).
@@ -168,6 +183,14 @@ def _sample(kind: str, streams: Sequence[np.random.Generator], n: int, spec: Map
         return [z[0], np.tanh(g * z[0]) + s * z[1]]
     if kind == "hetero":
         return [z[0], np.exp(float(spec["amplitude"]) * np.tanh(z[0])) * z[1]]
+    if kind == "bump":
+        return [z[0], np.exp(float(spec["amplitude"]) * (np.tanh(g * (z[0] - 0.5)) ** 2 - 0.5)) * z[1]]
+    if kind == "bimodal":
+        # The coin comes from the child's own stream, after its normal draws.
+        coin = np.where(streams[1].random(n) < 0.5, -1.0, 1.0)
+        return [z[0], coin * (0.5 + np.tanh(g * (z[0] - 0.5)) ** 2) + s * z[1]]
+    if kind == "wave":
+        return [z[0], np.sin(g * z[0]) + s * z[1]]
     c = np.tanh(g * z[0]) + np.tanh(g * z[1]) + s * z[2]
     return [z[0], z[1], c, np.tanh(g * c) + s * z[3]]
 
