@@ -1,4 +1,5 @@
-"""layout=file (a masks.json, or an earlier run's), layout=oracle, and the dependency_recall metric.
+"""layout=file (a masks.json, or an earlier run's), layout=oracle, a layout defined outside flowsweep,
+and the dependency_recall metric.
 
 Jobs are composed by Hydra from the real ``conf/`` and run with :func:`run_job` into a
 sqlite store in ``tmp_path`` (tiny budgets: the structure logged is what is tested);
@@ -11,14 +12,17 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
 from flowsweep.config import ConfigError, register_schema
+from flowsweep.layouts import Layout, LayoutJob
 from flowsweep.data import load_dataset
 from flowsweep.structure.graph import dependency_recall, oracle_structure
 from flowsweep.app.run import run_job
@@ -148,13 +152,42 @@ def test_a_bad_file_is_one_error_naming_it_and_nothing_is_logged(case, tmp_path)
 @pytest.mark.parametrize("overrides, key, message", [
     (["layout=file"], "layout.path", "layout=file needs either layout.path=FILE"),
     (["layout=file", "layout.path=a.json", "layout.run_id=abc"], "layout.path", "needs either"),
-    (["layout=parity", "layout.path=a.json"], "layout.path", "is only read by layout=file, not layout=parity"),
     (["layout=file", "layout.run_id=0123456789abcdef"], "layout.run_id", "no run 0123456789abcdef in sqlite:///"),
 ])
 def test_layout_keys_are_checked(overrides, key, message, tmp_path):
     with pytest.raises(ConfigError) as error:
         run_job(job(tmp_path, *overrides))
     assert error.value.key == key and message in str(error.value)
+
+
+def test_a_key_the_layout_does_not_have_is_refused_when_the_config_is_composed(tmp_path):
+    with pytest.raises(ConfigCompositionException, match="layout.path"):
+        job(tmp_path, "layout=parity", "layout.path=a.json")
+
+
+@dataclass
+class FirstFeatures(Layout):
+    """A layout defined only here (tests the plug-in path): the first ``m`` features condition
+    every ``every``-th layer, the last ``m`` the others."""
+
+    every: int
+
+    def structures(self, job: LayoutJob) -> list[Structure]:
+        d, m = job.data.d, job.m
+        layers = tuple(tuple(range(m)) if l % self.every == 0 else tuple(range(d - m, d)) for l in range(job.depth))
+        return [Structure(d, m, layers)] * len(job.seeds)
+
+
+def test_a_new_layout_is_one_class_plus_one_yaml(tmp_path):
+    (tmp_path / "layout").mkdir()
+    (tmp_path / "layout" / "first.yaml").write_text("_target_: tests.test_layouts.FirstFeatures\nname: first\nevery: 2\n")
+    run_job(job(tmp_path, "layout=first", "layout.every=3", "depth.layers=3", f"hydra.searchpath=[file://{tmp_path}]"))
+    runs = runs_of(tmp_path, "first")
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+    first, last = list(range(6)), list(range(6, 12))
+    assert all(masks(tmp_path, r)["conditioning"] == [first, last, last] for r in runs)
+    assert all(r.data.params["layout.every"] == "3" and r.info.run_name.startswith("synthetic_pairs-first-L3-i")
+               for r in runs)
 
 
 def test_a_run_without_masks_is_one_error(tmp_path):

@@ -254,7 +254,7 @@ def job(tmp_path: Path, data_dir: Path, *overrides: str, searchpath: Path | None
     ("dataset.batch_size=2000", "dataset.batch_size"),
     ("model.m=8", "model.m"),
     ("model.m=0", "model.m"),
-    ("layout.name=checkerboard", "layout.name"),
+    ("layout._target_=flowsweep.layouts.Checkerboard", "layout"),
     ("dataset.test_fraction=1.5", "dataset.test_fraction"),
     ("dataset.validation_rows=first", "dataset.validation_rows"),
     ("train.max_lr=1e-9", "train.base_lr"),

@@ -22,7 +22,6 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from flowsweep.structure import layouts
 from flowsweep.record import runinfo
 from flowsweep.record import summary
 from flowsweep.app.callbacks import LAUNCHER_PID_ENV
@@ -30,24 +29,19 @@ from flowsweep.config.checks import validate, validate_against_data
 from flowsweep.config import DivergedError
 from flowsweep.app.interrupt import interrupted
 from flowsweep.data import Dataset, load_dataset, preprocessed
-from flowsweep.structure.dependence import Dependence
 from flowsweep.record.mlflow_writer import MlflowWriteError, settle
 from flowsweep.model import CouplingFlows, ModelSpec
 from flowsweep.record.results import LiveCurve, log_instances, log_job, log_search_metrics
 from flowsweep.record.resume import objective_of, resume_job
 from flowsweep.record.run_group import FAILED, JOB, KILLED, PHASE_TAG, RunGroup, RunSpec
-from flowsweep.search.job import check_search, job_dependence, search_job
+from flowsweep.layouts import LayoutJob, build_layout
+from flowsweep.search.job import job_dependence, search_job
 from flowsweep.seeding import derive_seed, torch_generator
-from flowsweep.structure import Structure, parity_structure, random_structure
+from flowsweep.structure import Structure
 from flowsweep.record.tracking import SWEEP_ID_ENV, check_reachable, open_store, resolve_tracking_uri
 from flowsweep.training import Recipe, evaluate_bpd, train
 
 __all__ = ["run_job", "objective", "fingerprint"]
-
-#: Stream key under an instance's seed (fixed so results never depend on code order; the
-#: search's are in flowsweep.search.job).
-_RANDOM_LAYOUT_KEY = 1
-
 
 def _launch_dir() -> str:
     return HydraConfig.get().runtime.cwd if HydraConfig.initialized() else os.getcwd()
@@ -75,23 +69,6 @@ def fingerprint(cfg: DictConfig, given: Optional[Structure] = None) -> str:
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _fixed_structures(cfg: DictConfig, data: Dataset, m: int, seeds: list[int], uri: str,
-                      dependence: Optional[Dependence]) -> list[Structure]:
-    d, depth = data.d, cfg.depth.layers
-    if cfg.layout.name == "parity":
-        return [parity_structure(d, m, depth)] * len(seeds)
-    if cfg.layout.name == "oracle":
-        return [layouts.oracle(data.graph, data.name, d, m, depth)] * len(seeds)
-    if cfg.layout.name == "file":
-        given = (layouts.structure_from_file(cfg.layout.path, d, m, depth) if cfg.layout.path
-                 else layouts.structure_from_run(cfg.layout.run_id, uri, d, m, depth))
-        return [given] * len(seeds)
-    if cfg.layout.name == "dependence":
-        return [dependence.structure(m, depth, seed=derive_seed(s, _RANDOM_LAYOUT_KEY) % 2**32) for s in seeds]
-    return [random_structure(d, m, depth, np.random.default_rng(derive_seed(s, _RANDOM_LAYOUT_KEY)))
-            for s in seeds]
-
-
 def run_job(cfg: DictConfig, data: Optional[Dataset] = None) -> float:
     """Validate, train (searching first for ``layout=opt``), log; returns the job's objective.
 
@@ -104,6 +81,8 @@ def run_job(cfg: DictConfig, data: Optional[Dataset] = None) -> float:
     """
     started, clock = time.time(), time.perf_counter()
     validate(cfg)
+    layout = build_layout(cfg.layout)
+    layout.check(cfg)
     uri = resolve_tracking_uri(cfg.tracking.uri, _launch_dir())
     check_reachable(uri)
     if data is None:
@@ -116,13 +95,11 @@ def run_job(cfg: DictConfig, data: Optional[Dataset] = None) -> float:
     m = validate_against_data(cfg, data.d, data.train.shape[0])
     spec = ModelSpec.from_config(cfg.model, data.d, m, cfg.depth.layers)
     seeds = [derive_seed(cfg.seed, i) for i in range(cfg.instances)]
-    searching = cfg.layout.name == "opt"
-    wants_dependence = check_search(cfg, data.d, m) if searching else cfg.layout.name == "dependence"
-    dependence = job_dependence(cfg, data) if wants_dependence else None
+    dependence = job_dependence(cfg, data) if layout.uses_dependence(cfg, data.d, m) else None
     # Fixed structures before any run exists: a bad layout.path leaves nothing behind.
-    fixed = None if searching else _fixed_structures(cfg, data, m, seeds, uri, dependence)
+    fixed = layout.structures(LayoutJob(cfg, data, m, seeds, uri, dependence))
     # A file's content, not only its path, decides the numbers.
-    key = fingerprint(cfg, fixed[0] if cfg.layout.name == "file" else None)
+    key = fingerprint(cfg, fixed[0] if layout.given and fixed else None)
 
     client, experiment_id = open_store(uri, cfg.tracking.experiment)
     job_name, names = runinfo.run_names(cfg, key)
@@ -145,7 +122,7 @@ def run_job(cfg: DictConfig, data: Optional[Dataset] = None) -> float:
     )
     try:
         search, start = None, None
-        if searching:
+        if fixed is None:  # the layout searches
             runs.tag(JOB, PHASE_TAG, "structure search")
             search = search_job(cfg, spec, data, seeds, dependence)
             structures = search.structures

@@ -10,7 +10,6 @@ from flowsweep.config.schema import (
     DivergedError,
     DatasetConfig,
     SyntheticConfig,
-    LayoutConfig,
     DepthConfig,
     ModelConfig,
     DependenceConfig,
@@ -19,7 +18,6 @@ from flowsweep.config.schema import (
     Config,
     register_schema,
     CHOICES,
-    LAYOUTS,
 )
 
 __all__ = [
@@ -27,7 +25,6 @@ __all__ = [
     "DivergedError",
     "DatasetConfig",
     "SyntheticConfig",
-    "LayoutConfig",
     "DepthConfig",
     "ModelConfig",
     "DependenceConfig",
@@ -36,5 +33,4 @@ __all__ = [
     "Config",
     "register_schema",
     "CHOICES",
-    "LAYOUTS",
 ]

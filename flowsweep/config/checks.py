@@ -1,5 +1,5 @@
-"""Checks of a composed config that its types cannot express: ranges, choices, keys that
-only some layouts read, and what the data decides (``m``, a batch that fits). Each raises
+"""Checks of a composed config that its types cannot express: ranges, choices, and what the
+data decides (``m``, a batch that fits); a layout checks its own keys (flowsweep.layouts). Each raises
 :class:`~flowsweep.config.ConfigError` naming the offending key, before any run exists.
 """
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
-from flowsweep.config import CHOICES, LAYOUTS, ConfigError
+from flowsweep.config import CHOICES, ConfigError
 
 __all__ = ["validate", "validate_against_data"]
 
@@ -35,13 +35,6 @@ def validate(cfg: DictConfig) -> None:
     _at_least(cfg, "seed", 0)
     _at_least(cfg, "dataset.split_seed", 0)
     _at_least(cfg, "tracking.curve_points", 1)
-    if cfg.layout.name not in LAYOUTS:
-        raise ConfigError("layout.name", f"must be one of {LAYOUTS}, got {cfg.layout.name!r}")
-    given = [key for key in ("path", "run_id") if cfg.layout.get(key)]
-    if cfg.layout.name == "file" and len(given) != 1:
-        raise ConfigError("layout.path", "layout=file needs either layout.path=FILE (a masks.json) or layout.run_id=RUN_ID")
-    if cfg.layout.name != "file" and given:
-        raise ConfigError(f"layout.{given[0]}", f"is only read by layout=file, not layout={cfg.layout.name}")
     for key, allowed in CHOICES.items():
         if OmegaConf.select(cfg, key) not in allowed:
             raise ConfigError(key, f"must be one of {allowed}, got {OmegaConf.select(cfg, key)!r}")
@@ -59,9 +52,6 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("dataset.validation_fraction", f"must be in [0, 1), got {cfg.dataset.validation_fraction}")
     if not 0.0 < cfg.dataset.test_fraction < 1.0:
         raise ConfigError("dataset.test_fraction", f"must be in (0, 1), got {cfg.dataset.test_fraction}")
-    value = OmegaConf.select(cfg, "search.evaluation.value")
-    if cfg.layout.name == "opt" and value == "validation" and cfg.dataset.validation_fraction == 0:
-        raise ConfigError("search.evaluation.value", "validation needs a validation split: dataset.validation_fraction > 0")
     if cfg.model.m is not None and cfg.model.m < 1:
         raise ConfigError("model.m", f"must be >= 1, got {cfg.model.m}")
     if not str(cfg.tracking.experiment).strip():
@@ -72,8 +62,6 @@ def validate(cfg: DictConfig) -> None:
 
 def validate_against_data(cfg: DictConfig, d: int, n_train: int) -> int:
     """Check the keys that depend on the data; return the resolved ``m``."""
-    if cfg.layout.name == "opt" and d < 2:
-        raise ConfigError("layout", f"layout=opt needs at least 2 features, the data has d={d}")
     if d < 2:
         raise ConfigError("dataset", f"a coupling flow needs at least 2 features, the data has d={d}")
     m = d // 2 if cfg.model.m is None else cfg.model.m

@@ -21,7 +21,6 @@ __all__ = [
     "DivergedError",
     "DatasetConfig",
     "SyntheticConfig",
-    "LayoutConfig",
     "DepthConfig",
     "ModelConfig",
     "DependenceConfig",
@@ -30,7 +29,6 @@ __all__ = [
     "Config",
     "register_schema",
     "CHOICES",
-    "LAYOUTS",
 ]
 
 
@@ -126,16 +124,6 @@ class DatasetConfig:
 
 
 @dataclass
-class LayoutConfig:
-    #: parity | random | opt | file | oracle
-    name: str = MISSING
-    #: layout=file: a masks.json to train (the format every run logs; flowsweep.structure.layouts).
-    path: Optional[str] = None
-    #: layout=file: instead of a path, the id of an earlier run of the same store whose masks.json to train.
-    run_id: Optional[str] = None
-
-
-@dataclass
 class DepthConfig:
     #: Number of layers L (affine constant + affine coupling each).
     layers: int = MISSING
@@ -214,8 +202,10 @@ class TrackingConfig:
 @dataclass
 class Config:
     dataset: DatasetConfig = MISSING
-    layout: LayoutConfig = MISSING
+    #: A layout class (``_target_``), its ``name`` and its own keys: flowsweep.layouts.
+    layout: Any = MISSING
     depth: DepthConfig = MISSING
+    #: An optimizer class (``_target_``), its keys and its ``evaluation``: flowsweep.search.
     search: Any = MISSING
     model: ModelConfig = field(default_factory=ModelConfig)
     dependence: DependenceConfig = field(default_factory=DependenceConfig)
@@ -235,7 +225,6 @@ def register_schema() -> None:
     ConfigStore.instance().store(name="_schema", node=Config)
 
 
-LAYOUTS = ("parity", "random", "dependence", "opt", "file", "oracle")
 #: The keys that take one of a few words, and those words (documented in conf/config.yaml
 #: and flowsweep.model.spec); flowsweep.model and flowsweep.training read them from here.
 CHOICES: dict[str, tuple[str, ...]] = {

@@ -35,7 +35,7 @@ from flowsweep.structure.graph import dependency_recall
 from flowsweep.record.run_group import DIVERGED_TAG, JOB, RunGroup
 from flowsweep.search import StructureOptimizer
 from flowsweep.search.job import JobSearch
-from flowsweep.structure import Structure
+from flowsweep.structure import MASKS_ARTIFACT, Structure
 from flowsweep.record.summary import SPLITS, JobSummary, job_lines
 from flowsweep.training import nats_to_bpd
 
@@ -119,7 +119,7 @@ def log_instances(runs: RunGroup, structures: Sequence[Structure], result: dict,
                 runs.metric(i, "val_bpd_curve", value, step=step)
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
-            (folder / "masks.json").write_text(json.dumps(structure.to_dict(), indent=1))
+            (folder / MASKS_ARTIFACT).write_text(json.dumps(structure.to_dict(), indent=1))
             plots.save_mask_heatmap(structure, folder / "masks.png", data.columns, f"{title} · instance {i}")
             plots.save_bpd_curve(result["curve"][:, i], folder / "bpd_curve.png", title=f"{title} · instance {i}")
             if dependence is not None:  # what the data-driven layout or search started from

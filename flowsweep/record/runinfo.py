@@ -31,6 +31,8 @@ from typing import Any, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
+from flowsweep.layouts import build_layout
+
 __all__ = ["job_title", "run_names", "job_params", "instance_params", "source_tags"]
 
 #: Characters of the fingerprint in a run name: enough to tell apart the jobs of a sweep.
@@ -38,7 +40,7 @@ _FINGERPRINT_CHARS = 6
 
 
 def _searches(cfg: DictConfig) -> bool:
-    return cfg.layout.name == "opt"
+    return build_layout(cfg.layout).searches
 
 
 def job_title(cfg: DictConfig) -> str:

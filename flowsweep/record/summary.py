@@ -26,6 +26,7 @@ from urllib.parse import urlparse
 import numpy as np
 from omegaconf import DictConfig
 
+from flowsweep.layouts import build_layout
 from flowsweep.record.tracking import masked
 
 __all__ = ["SPLITS", "JobSummary", "spread", "of_result", "of_runs", "job_lines", "report", "take_last", "sweep_table"]
@@ -77,7 +78,7 @@ def of_result(cfg: DictConfig, result: Mapping[str, Any], objective: float, uri:
     converged = ~np.asarray(result["diverged"], dtype=bool)
     return JobSummary(
         dataset=str(cfg.dataset.name), layout=str(cfg.layout.name),
-        search=str(cfg.search.name) if cfg.layout.name == "opt" else None, depth=int(cfg.depth.layers),
+        search=str(cfg.search.name) if build_layout(cfg.layout).searches else None, depth=int(cfg.depth.layers),
         instances=int(cfg.instances), diverged=int((~converged).sum()), wall_time_s=float(result["wall_time_s"]),
         experiment=str(cfg.tracking.experiment), uri=uri, sweep_id=sweep_id, run_name=run_name, objective=objective,
         skipped=skipped, experiment_id=experiment_id,

@@ -1,9 +1,11 @@
 """Conditional structures and where they come from: the :class:`Structure` value and its
 builders (:mod:`.masks`), planted dependency graphs (:mod:`.graph`), the features' estimated
-dependence (:mod:`.dependence`) and the fixed layouts a job trains (:mod:`.layouts`).
+dependence (:mod:`.dependence`). The layouts that choose a job's structures are
+:mod:`flowsweep.layouts`.
 """
 
 from flowsweep.structure.masks import (
+    MASKS_ARTIFACT,
     Structure,
     StructureError,
     parity_structure,
@@ -12,6 +14,7 @@ from flowsweep.structure.masks import (
 )
 
 __all__ = [
+    "MASKS_ARTIFACT",
     "Structure",
     "StructureError",
     "parity_structure",

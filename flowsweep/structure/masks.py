@@ -18,12 +18,17 @@ from typing import Any, Sequence
 import numpy as np
 
 __all__ = [
+    "MASKS_ARTIFACT",
     "Structure",
     "StructureError",
     "parity_structure",
     "random_structure",
     "reshuffle_layers",
 ]
+
+
+#: The file (and MLflow artifact) every run logs its structure as, in :meth:`Structure.to_dict`'s form.
+MASKS_ARTIFACT = "masks.json"
 
 
 class StructureError(ValueError):
@@ -100,21 +105,38 @@ class Structure:
         return [l for l in range(self.depth) if self.conditioning[l] != other.conditioning[l]]
 
     def to_dict(self) -> dict[str, Any]:
+        """The ``masks.json`` form: ``{"d": .., "m": .., "conditioning": [[..], ..]}``."""
         return {"d": self.d, "m": self.m, "conditioning": [list(layer) for layer in self.conditioning]}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Structure:
-        try:
-            return cls(d=data["d"], m=data["m"], conditioning=tuple(map(tuple, data["conditioning"])))
-        except (KeyError, TypeError) as error:
-            raise StructureError(f"not a structure: {error!r}") from error
+    def from_dict(cls, data: Any) -> Structure:
+        """The structure of a ``masks.json`` object; :class:`StructureError` saying what is wrong.
+
+        Strict types: JSON's ``4.0`` or ``true`` does not pass for an index."""
+        if not isinstance(data, dict) or not {"d", "m", "conditioning"} <= set(data):
+            raise StructureError('not a structure: expected an object with keys "d", "m" and "conditioning"')
+        if not (_is_int(data["d"]) and _is_int(data["m"])):
+            raise StructureError(f'"d" and "m" must be integers, got {data["d"]!r} and {data["m"]!r}')
+        layers = data["conditioning"]
+        if not isinstance(layers, list) or not all(isinstance(l, list) and all(map(_is_int, l)) for l in layers):
+            raise StructureError('"conditioning" must be a list of lists of feature indices')
+        return cls(d=data["d"], m=data["m"], conditioning=tuple(tuple(layer) for layer in layers))
 
     @classmethod
     def from_json(cls, text: str) -> Structure:
-        return cls.from_dict(json.loads(text))
+        """The structure in ``masks.json`` text (:meth:`from_dict`); not JSON is a :class:`StructureError`."""
+        try:
+            data = json.loads(text)
+        except ValueError as error:
+            raise StructureError(f"not JSON ({error})") from None
+        return cls.from_dict(data)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def parity_structure(d: int, m: int, depth: int) -> Structure:

@@ -1,54 +1,54 @@
-"""Structures given from outside the job: a masks.json file, an earlier run's masks, a dataset's oracle.
+"""``layout=file``: a structure given from outside the job, a masks.json file or an earlier run's.
 
 ``layout=file layout.path=FILE`` trains the structure in ``FILE``, written in the format
-every run logs as its ``masks.json`` artifact::
+every run logs as its ``masks.json`` artifact (:meth:`flowsweep.structure.Structure.to_dict`)::
 
     {"d": 12, "m": 6, "conditioning": [[0, 2, 4, 6, 8, 10], [1, 3, 5, 7, 9, 11], ...]}
 
 ``layout=file layout.run_id=RUN_ID`` takes that artifact from an earlier run of the
-job's own tracking store; ``layout=oracle`` trains the planted oracle of a synthetic
-dataset (:func:`flowsweep.structure.graph.oracle_structure`). Every instance of the job
-trains the same structure. Anything wrong (no file, not JSON, not a structure, another
-``d``, ``m`` or depth than the job's, an unknown run) is one :class:`ConfigError` naming
-the key and the file or run, raised before any run of the job exists.
+job's own tracking store. Every instance of the job trains the same structure. Anything
+wrong (no file, not JSON, not a structure, another ``d``, ``m`` or depth than the job's,
+an unknown run) is one :class:`ConfigError` naming the key and the file or run, raised
+before any run of the job exists.
 """
 
 from __future__ import annotations
 
-import json
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
+
+from omegaconf import DictConfig
 
 from flowsweep.config import ConfigError
-from flowsweep.structure.graph import oracle_structure
-from flowsweep.structure import Structure, StructureError
+from flowsweep.layouts.base import Layout, LayoutJob
+from flowsweep.structure import MASKS_ARTIFACT, Structure, StructureError
 
-__all__ = ["MASKS_ARTIFACT", "parse_structure", "structure_from_file", "structure_from_run", "oracle"]
-
-#: The artifact every run logs its structure as (flowsweep.app.run).
-MASKS_ARTIFACT = "masks.json"
+__all__ = ["Given", "structure_from_file", "structure_from_run"]
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+@dataclass
+class Given(Layout):
+    """One given structure for every instance: ``path``, a masks.json, or ``run_id``, an earlier run's."""
 
+    #: A masks.json to train.
+    path: Optional[str]
+    #: Instead of a path, the id of an earlier run of the same store whose masks.json to train.
+    run_id: Optional[str]
 
-def parse_structure(text: str) -> Structure:
-    """The structure in masks.json ``text``; :class:`StructureError` saying what is wrong."""
-    try:
-        data = json.loads(text)
-    except ValueError as error:
-        raise StructureError(f"not JSON ({error})") from None
-    if not isinstance(data, dict) or not {"d", "m", "conditioning"} <= set(data):
-        raise StructureError('not a structure: expected an object with keys "d", "m" and "conditioning"')
-    layers = data["conditioning"]
-    # Strict types: JSON's 4.0 or true must not pass for an index.
-    if not (_is_int(data["d"]) and _is_int(data["m"])):
-        raise StructureError(f'"d" and "m" must be integers, got {data["d"]!r} and {data["m"]!r}')
-    if not isinstance(layers, list) or not all(isinstance(l, list) and all(map(_is_int, l)) for l in layers):
-        raise StructureError('"conditioning" must be a list of lists of feature indices')
-    return Structure(data["d"], data["m"], tuple(tuple(layer) for layer in layers))
+    given = True
+
+    def check(self, cfg: DictConfig) -> None:
+        if (self.path is None) == (self.run_id is None):
+            raise ConfigError("layout.path", f"layout={self.name} needs either layout.path=FILE (a masks.json) "
+                                             "or layout.run_id=RUN_ID")
+
+    def structures(self, job: LayoutJob) -> list[Structure]:
+        d, m, depth = job.data.d, job.m, job.depth
+        given = (structure_from_file(str(self.path), d, m, depth) if self.path is not None
+                 else structure_from_run(str(self.run_id), job.tracking_uri, d, m, depth))
+        return [given] * len(job.seeds)
 
 
 def _fitting(structure: Structure, d: int, m: int, depth: int) -> Optional[str]:
@@ -64,7 +64,7 @@ def _fitting(structure: Structure, d: int, m: int, depth: int) -> Optional[str]:
 def _checked(text: str, key: str, source: str, d: int, m: int, depth: int) -> Structure:
     """The structure in ``text`` if it is this job's; else a :class:`ConfigError` on ``key`` naming ``source``."""
     try:
-        structure = parse_structure(text)
+        structure = Structure.from_json(text)
     except StructureError as error:
         raise ConfigError(key, f"{source}: {error}") from None
     mismatch = _fitting(structure, d, m, depth)
@@ -104,11 +104,3 @@ def structure_from_run(run_id: str, tracking_uri: str, d: int, m: int, depth: in
             raise ConfigError("layout.run_id", f"run {run_id} has no readable {MASKS_ARTIFACT} artifact "
                                                f"({type(error).__name__})") from None
     return _checked(text, "layout.run_id", f"{MASKS_ARTIFACT} of run {run_id}", d, m, depth)
-
-
-def oracle(graph: Optional[tuple[tuple[int, int], ...]], dataset: str, d: int, m: int, depth: int) -> Structure:
-    """The oracle structure of a dataset's planted ``graph``; an error for datasets without one."""
-    if not graph:
-        raise ConfigError("layout", f"layout=oracle needs a dataset with planted dependencies "
-                                    f"(dataset=synthetic_*); {dataset} has none")
-    return oracle_structure(graph, d, m, depth)
