@@ -42,29 +42,33 @@ _INDEX_CHUNK = 64
 
 @dataclass(frozen=True)
 class Recipe:
-    """How models are trained (the ``train`` config node, or a search's trial recipe)."""
+    """How models are trained (the ``train`` config node, or a search's trial recipe).
+
+    Types only: every value comes from ``conf/config.yaml``'s ``train`` node (or a preset's),
+    through :meth:`from_config`; the keys' meaning is documented there and in docs/configuration.md.
+    """
 
     steps: int
     max_lr: float
-    base_lr: float = 1e-5
-    optimizer: str = "sgd"
-    schedule: str = "cyclic"
-    step_size_up: int = 125
-    mode: str = "triangular"
-    momentum: float = 0.9
-    weight_decay: float = 0.0
+    base_lr: float
+    optimizer: str
+    schedule: str
+    step_size_up: int
+    mode: str
+    momentum: float
+    weight_decay: float
     #: Largest gradient norm per model (null: no clipping).
-    clip_norm: Optional[float] = None
+    clip_norm: Optional[float]
     #: Steps between validation evaluations (the ``val_bpd`` curve, early stopping).
-    eval_every: int = 50
+    eval_every: int
     #: Early stopping: evaluations without improvement before a model stops (null: off).
-    patience: Optional[int] = None
-    threads: int = 1
-    kernel: str = "native"
+    patience: Optional[int]
+    threads: int
+    kernel: str
 
     @classmethod
     def from_config(cls, node: Any, **changes: Any) -> Recipe:
-        """The recipe of a config node holding (some of) these keys; ``changes`` override it."""
+        """The recipe of a ``train`` config node (a DictConfig or a mapping); ``changes`` override it."""
         values = {f.name: node[f.name] for f in fields(cls) if f.name in node}
         values.update(changes)
         return cls(**values)

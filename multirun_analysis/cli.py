@@ -19,7 +19,9 @@ from typing import Optional, Sequence
 
 from mlflow.tracking import MlflowClient
 
-from flowsweep.config import TrackingConfig
+from omegaconf import OmegaConf
+
+from flowsweep.config.compose import CONF_DIR
 from multirun_analysis.aggregate import DEFAULT_GROUP_BY, SPLITS, aggregate, mixed_params
 from multirun_analysis.calibration import best_cells, calibration, load_baselines, reading_keys
 from multirun_analysis.load import LATEST, AnalysisError, SweepRuns, load_runs, resolve_uri
@@ -50,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tracking-uri", metavar="URI",
                         help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the "
                              "current directory, as for flowsweep)")
-    parser.add_argument("--experiment", default=TrackingConfig.experiment,
+    # The experiment jobs write to by default: conf/config.yaml holds it, once.
+    parser.add_argument("--experiment", default=str(OmegaConf.load(CONF_DIR / "config.yaml").tracking.experiment),
                         help="experiment name (default: %(default)s)")
     parser.add_argument("--sweep", nargs="+", metavar="ID",
                         help=f"sweep ids (the runs' sweep_id tag, e.g. multirun/2026-01-31/12-00-00) or "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -11,6 +12,20 @@ import pytest
 from omegaconf import DictConfig, OmegaConf
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@functools.lru_cache(maxsize=1)
+def _default_train() -> dict:
+    from flowsweep.config.compose import compose_config
+
+    return OmegaConf.to_container(compose_config([]).train)
+
+
+def train_recipe(**changes: Any):
+    """A training recipe: the defaults' ``train.*`` (conf/config.yaml, composed), ``changes`` changed."""
+    from flowsweep.training import Recipe
+
+    return Recipe.from_config(_default_train(), **changes)
 
 
 @pytest.fixture(autouse=True)
@@ -37,12 +52,13 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def dataset_cfg() -> Callable[..., DictConfig]:
     """Factory: ``dataset_cfg("magic", validation_fraction=0)`` composes ``conf/dataset/magic.yaml``
-    over the ``DatasetConfig`` schema with plain OmegaConf, then applies the overrides. The
+    over ``conf/dataset_defaults.yaml`` and the ``DatasetConfig`` schema with plain OmegaConf, then applies the overrides. The
     rows are the files' own (``dequantize=False``) unless an override says otherwise."""
     from flowsweep.config import DatasetConfig
 
     def make(name: str, **overrides: Any) -> DictConfig:
-        cfg = OmegaConf.merge(OmegaConf.structured(DatasetConfig), OmegaConf.load(REPO / "conf" / "dataset" / f"{name}.yaml"))
+        cfg = OmegaConf.merge(OmegaConf.structured(DatasetConfig), OmegaConf.load(REPO / "conf" / "dataset_defaults.yaml"),
+                              OmegaConf.load(REPO / "conf" / "dataset" / f"{name}.yaml"))
         cfg.dequantize = False
         for key, value in overrides.items():
             cfg[key] = value

@@ -10,7 +10,9 @@ import torch
 
 from flowsweep.model import CONDITIONERS, CONSTANTS, DIRECTIONS, ORDERS, CouplingFlows, ModelSpec
 from flowsweep.structure import parity_structure, random_structure
-from flowsweep.training import Recipe, evaluate_bpd, train
+from flowsweep.training import evaluate_bpd, train
+
+from .conftest import train_recipe
 
 #: Every combination of the choices that change the function (init only changes the start).
 VARIANTS = [dict(order=o, constant=c, direction=r, conditioner=n)
@@ -120,8 +122,8 @@ def test_model_trained_in_a_batch_equals_model_trained_alone(kernel, optimizer):
     rng = np.random.default_rng(0)
     structures = [random_structure(d, m, depth, rng) for _ in range(4)]
     seeds = [11, 12, 13, 14]
-    recipe = Recipe(steps=30, base_lr=1e-3, max_lr=1e-2, step_size_up=10, kernel=kernel, optimizer=optimizer,
-                    clip_norm=5.0, weight_decay=1e-4)
+    recipe = train_recipe(steps=30, base_lr=1e-3, max_lr=1e-2, step_size_up=10, kernel=kernel, optimizer=optimizer,
+                    clip_norm=5.0, weight_decay=1e-4, schedule="cyclic", patience=None, threads=1)
 
     def run(indices):
         gens = [torch.Generator().manual_seed(seeds[i]) for i in indices]
@@ -141,7 +143,8 @@ def test_diverging_model_is_frozen_and_others_unaffected(kernel):
     d, m, depth = 4, 2, 2
     data = torch.randn(200, d)
     structures = [parity_structure(d, m, depth)] * 3
-    recipe = Recipe(steps=20, base_lr=1e-3, max_lr=1e-2, step_size_up=5, kernel=kernel, optimizer="adam")
+    recipe = train_recipe(steps=20, base_lr=1e-3, max_lr=1e-2, step_size_up=5, kernel=kernel, optimizer="adam",
+                          schedule="cyclic", patience=None, threads=1)
 
     def run(poison: bool):
         gens = [torch.Generator().manual_seed(i) for i in range(3)]
@@ -166,7 +169,7 @@ def test_early_stopping_keeps_each_models_best_validation_parameters():
     d, m, depth, k = 4, 2, 2, 3
     gen = torch.Generator().manual_seed(0)
     data, valid = torch.randn(64, d, generator=gen), torch.randn(400, d, generator=gen)
-    recipe = Recipe(steps=300, max_lr=0.05, optimizer="adam", schedule="constant", eval_every=10, patience=3)
+    recipe = train_recipe(steps=300, max_lr=0.05, optimizer="adam", schedule="constant", eval_every=10, patience=3, threads=1)
     gens = [torch.Generator().manual_seed(i) for i in range(k)]
     flow = CouplingFlows(ModelSpec(d, m, depth), [parity_structure(d, m, depth)] * k, gens)
     result = train(flow, data, 16, recipe, gens, valid=valid)
@@ -189,7 +192,8 @@ def test_training_threads_change_rounding_only():
     def run(threads: int):
         gens = [torch.Generator().manual_seed(20 + i) for i in range(k)]
         flow = CouplingFlows(ModelSpec(d, m, depth), structures, gens)
-        recipe = Recipe(steps=12, base_lr=1e-3, max_lr=1e-2, step_size_up=4, threads=threads, kernel="torch")
+        recipe = train_recipe(steps=12, base_lr=1e-3, max_lr=1e-2, step_size_up=4, threads=threads, kernel="torch",
+                              optimizer="sgd", schedule="cyclic", patience=None)
         before = torch.get_num_threads()
         result = train(flow, data, 64, recipe, gens)
         assert torch.get_num_threads() == before  # restored

@@ -12,7 +12,9 @@ import torch
 from flowsweep.model import CouplingFlows, ModelSpec
 from flowsweep.native import NativeStep, covers, native_available
 from flowsweep.structure import random_structure
-from flowsweep.training import Recipe, train
+from flowsweep.training import train
+
+from .conftest import train_recipe
 from tests.test_model import VARIANTS
 
 pytestmark = pytest.mark.skipif(not native_available(), reason="no C compiler: the PyTorch kernel is used")
@@ -102,7 +104,8 @@ def test_training_with_the_native_kernel_follows_the_reference(variant):
     for kernel in ("torch", "native"):
         gens = [torch.Generator().manual_seed(20 + i) for i in range(3)]
         flow = CouplingFlows(ModelSpec(6, 3, 3, **variant), structures, gens)
-        recipe = Recipe(steps=30, base_lr=1e-4, max_lr=2e-3, step_size_up=10, kernel=kernel, threads=2)
+        recipe = train_recipe(steps=30, base_lr=1e-4, max_lr=2e-3, step_size_up=10, kernel=kernel, threads=2,
+                              optimizer="sgd", schedule="cyclic", patience=None)
         curves[kernel] = train(flow, data, 32, recipe, gens).curve
     torch.testing.assert_close(curves["native"], curves["torch"], rtol=1e-4, atol=1e-4)
     assert curves["native"][-1].mean() < curves["native"][0].mean()  # it trained
@@ -115,7 +118,9 @@ def test_a_variant_the_kernel_does_not_cover_trains_on_the_reference_path():
     assert not covers(spec)
     gens = [torch.Generator().manual_seed(i) for i in range(2)]
     flow = CouplingFlows(spec, [random_structure(6, 3, 2, np.random.default_rng(i)) for i in range(2)], gens)
-    result = train(flow, data, 32, Recipe(steps=40, max_lr=1e-2, optimizer="adam", kernel="native"), gens)
+    recipe = train_recipe(steps=40, max_lr=1e-2, optimizer="adam", kernel="native", schedule="cyclic", patience=None,
+                          threads=1)
+    result = train(flow, data, 32, recipe, gens)
     assert torch.isfinite(result.curve).all() and result.curve[-5:].mean() < result.curve[:5].mean()
     with pytest.raises(ValueError, match="does not cover"):
         NativeStep(spec, 2)
@@ -126,11 +131,14 @@ def test_without_a_compiler_training_falls_back_to_the_reference_with_one_warnin
         import warnings, torch
         from flowsweep.model import CouplingFlows, ModelSpec
         from flowsweep.structure import parity_structure
+        from flowsweep.config.compose import compose_config
         from flowsweep.training import Recipe, train
         flow = CouplingFlows(ModelSpec(4, 2, 2), [parity_structure(4, 2, 2)], [torch.Generator().manual_seed(0)])
+        recipe = Recipe.from_config(compose_config([]).train, steps=5, max_lr=1e-3, base_lr=1e-4, step_size_up=2,
+                                    kernel="native", optimizer="sgd", schedule="cyclic", patience=None, threads=1)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            result = train(flow, torch.randn(100, 4), 10, Recipe(5, 1e-3, 1e-4, step_size_up=2, kernel="native"),
+            result = train(flow, torch.randn(100, 4), 10, recipe,
                            [torch.Generator().manual_seed(1)])
         print(len(caught), str(caught[0].message) if caught else "", bool(torch.isfinite(result.curve).all()))
     """)

@@ -282,7 +282,7 @@ def test_batched_searches_equal_searches_run_alone(planted, evaluation):
 
 def test_replicas_paired_seeds_and_the_budget_count(planted):
     setup = settings(2, "search=evolutionary_lambda", "search/evaluation=predictive", "search.evaluation.steps=5",
-                     "+search.evaluation.seeds=paired")
+                     "search.evaluation.seeds=paired")
     opts = [EvolutionaryLambda(d=8, m=4, depth=2, seed=1, iterations=6, offspring=3)]
     outcome = run_searches(opts, planted, setup)
     assert outcome.model_steps == [len(opts[0].history) * 5 * 2]

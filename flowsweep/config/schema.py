@@ -86,41 +86,43 @@ class SyntheticConfig:
 
 @dataclass
 class DatasetConfig:
+    """Types only: the values live in ``conf/dataset_defaults.yaml`` and ``conf/dataset/*.yaml``."""
+
     name: str = MISSING
     batch_size: int = MISSING
     #: Fraction of rows held out as test split (ignored where the dataset has a fixed split).
-    test_fraction: float = 0.1
+    test_fraction: float = MISSING
     #: Seed of the hold-out split, independent of the model instances' seeds.
-    split_seed: int = 0
+    split_seed: int = MISSING
     #: Feature columns to keep (names or 0-based positions); null keeps the default set.
-    columns: Optional[list[Any]] = None
+    columns: Optional[list[Any]] = MISSING
     #: ``dataset=csv`` only: the CSV file to read.
-    path: Optional[str] = None
+    path: Optional[str] = MISSING
     #: Share of the training rows cut off as the validation split (seeded by split_seed);
     #: 0 trains on every training row and leaves no validation split.
-    validation_fraction: float = 0.1
+    validation_fraction: float = MISSING
     #: Which training rows validate: ``random`` (seeded) or ``last`` (the last rows in file
     #: order: for a table ordered in time whose test split is later, such as turbine's years).
-    validation_rows: str = "random"
+    validation_rows: str = MISSING
     #: Add uniform noise of each column's recorded resolution (10^-decimals) to every split, so
     #: that no density wins by spikes on a column's grid (yeast's erl takes two values).
-    dequantize: bool = True
+    dequantize: bool = MISSING
     #: Raw files of a known dataset, in reading order: file name -> {url, sha256, rows,
     #: member}. ``member`` names the file inside the archive at ``url``; ``rows`` and
     #: ``sha256`` are checked on load. Empty for ``dataset=csv``.
-    files: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, Any] = MISSING
     #: Files (keys of ``files``) forming a fixed test split; empty means a seeded hold-out.
-    test_files: list[str] = field(default_factory=list)
+    test_files: list[str] = MISSING
     #: Column names of a headerless file in file order; null means line 1 is a header.
-    names: Optional[list[str]] = None
+    names: Optional[list[str]] = MISSING
     #: Field separator: a single character, or ``\s+`` for runs of whitespace.
-    sep: str = ","
+    sep: str = MISSING
     #: Columns that are not features (class labels, ids): read as text, never used.
-    labels: list[str] = field(default_factory=list)
+    labels: list[str] = MISSING
     #: Feature columns used when ``columns`` is null; null means every non-label column.
-    default_columns: Optional[list[Any]] = None
+    default_columns: Optional[list[Any]] = MISSING
     #: A generated table with planted dependencies instead of files (dataset=synthetic*).
-    synthetic: Optional[SyntheticConfig] = None
+    synthetic: Optional[SyntheticConfig] = MISSING
 
 
 @dataclass
@@ -132,7 +134,7 @@ class DepthConfig:
 @dataclass
 class ModelConfig:
     #: Number of conditioning features per coupling; null means floor(d / 2).
-    m: Optional[int] = None
+    m: Optional[int] = MISSING
     #: Types only below: the values and their meaning live in ``conf/config.yaml`` and
     #: flowsweep.model.spec. The fixed map ahead of layer 1 (standardize | whiten | none).
     preprocess: str = MISSING
@@ -148,11 +150,12 @@ class ModelConfig:
 
 @dataclass
 class DependenceConfig:
-    """See flowsweep.structure.dependence: the measure, the training rows it reads, the layers' discount."""
+    """See flowsweep.structure.dependence: the measure, the training rows it reads, the layers' discount.
+    Types only: the values live in ``conf/config.yaml``."""
 
-    measure: str = "gain"
-    rows: int = 4000
-    discount: float = 0.5
+    measure: str = MISSING
+    rows: int = MISSING
+    discount: float = MISSING
 
 
 @dataclass
@@ -187,12 +190,12 @@ class TrainConfig:
 @dataclass
 class TrackingConfig:
     #: MLflow tracking URI; null means MLFLOW_TRACKING_URI or ./mlflow.db of the launch directory.
-    uri: Optional[str] = None
-    experiment: str = "flowsweep"
+    uri: Optional[str] = MISSING
+    experiment: str = MISSING
     #: Tag shared by every run of one multirun; null derives it from the sweep directory.
-    sweep_id: Optional[str] = None
+    sweep_id: Optional[str] = MISSING
     #: Config keys (and their sub-keys) not logged as run params (values: conf/config.yaml).
-    omit_params: list[str] = field(default_factory=list)
+    omit_params: list[str] = MISSING
     #: Seconds between two writes of the growing minibatch-bpd curve while a job trains.
     progress_interval_s: float = MISSING
     #: At most this many points of a minibatch-bpd curve become metric points (every k-th step).
@@ -211,13 +214,14 @@ class Config:
     dependence: DependenceConfig = field(default_factory=DependenceConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    seed: int = 0
-    instances: int = 20
-    data_dir: Optional[str] = None
+    #: Types only below: the values live in ``conf/config.yaml``.
+    seed: int = MISSING
+    instances: int = MISSING
+    data_dir: Optional[str] = MISSING
     #: Show progress bars (they stay quiet anyway when stderr is not a terminal).
-    progress: bool = True
+    progress: bool = MISSING
     #: Train again even if FINISHED runs of this exact config exist (see flowsweep.record.resume).
-    rerun: bool = False
+    rerun: bool = MISSING
 
 
 def register_schema() -> None:

@@ -180,12 +180,12 @@ def _as_dict(cfg: Union[DictConfig, Mapping[str, Any], DatasetConfig]) -> dict[s
     if isinstance(cfg, DatasetConfig):
         cfg = OmegaConf.structured(cfg)
     values = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    spec: dict[str, Any] = {}
-    for f in dataclasses.fields(DatasetConfig):
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        spec[f.name] = values.get(f.name, default)
+    spec = {f.name: values.get(f.name, "???") for f in dataclasses.fields(DatasetConfig)}
     if spec["name"] in (None, "???"):
         raise DataError("dataset.name: missing; choose a dataset, e.g. dataset=magic or dataset=csv.")
+    missing = [name for name, value in spec.items() if value == "???"]
+    if missing:  # the values live in conf/ (dataset_defaults.yaml and the dataset's file), never here
+        raise DataError(f"dataset.{missing[0]}: missing; compose the dataset from conf/ (dataset_defaults.yaml)")
     return spec
 
 
