@@ -79,12 +79,14 @@ class TrainResult:
     """Per-step minibatch bpd ``curve`` ``[steps, K]`` (non-finite where a model diverged; fewer
     steps where early stopping stopped every model), the validation bpd ``val_curve``
     ``[evaluations, K]`` at the steps ``val_steps`` (0, the start, first with early stopping),
-    and the ``diverged`` flags ``[K]``."""
+    the ``diverged`` flags ``[K]`` and the ``steps`` ``[K]`` each model trained (its model-steps:
+    fewer where it diverged or stopped early)."""
 
     curve: Tensor
     diverged: Tensor
     val_curve: Tensor
     val_steps: list[int]
+    steps: Tensor
 
 
 def nats_to_bpd(nll: Tensor, d: int, log_det: float = 0.0) -> Tensor:
@@ -175,6 +177,8 @@ def train(flow: CouplingFlows, data: Tensor, batch_size: int, recipe: Recipe, ge
     k = flow.k
     alive = torch.ones(k, dtype=torch.bool) if frozen is None else ~frozen.clone()
     moving = alive.clone()  # alive and not stopped early
+    # Steps each model trained, set where it stops: the usual step pays nothing for the count.
+    trained = torch.where(alive, recipe.steps, 0)
     resting = theta.detach().clone()  # what a model that stops moving keeps
     optimizer, scheduler = make_optimizer([theta], recipe)
     curve = torch.empty(recipe.steps, k, dtype=theta.dtype)
@@ -199,6 +203,7 @@ def train(flow: CouplingFlows, data: Tensor, batch_size: int, recipe: Recipe, ge
             # One flag per step: spares the usual step the masking passes over every parameter.
             if not (all_moving and bool(finite.all())):
                 newly_dead = moving & ~finite
+                trained[newly_dead] = step + 1
                 alive &= finite | ~moving
                 moving &= finite
                 resting[newly_dead] = theta.detach()[newly_dead]
@@ -226,6 +231,7 @@ def train(flow: CouplingFlows, data: Tensor, batch_size: int, recipe: Recipe, ge
                 if recipe.patience is not None:
                     stopping = moving & (since_best >= recipe.patience)
                     if stopping.any():
+                        trained[stopping] = step + 1
                         resting[stopping] = best_theta[stopping]
                         moving &= ~stopping
                         all_moving = False
@@ -238,7 +244,8 @@ def train(flow: CouplingFlows, data: Tensor, batch_size: int, recipe: Recipe, ge
             theta.copy_(torch.where(keep, best_theta, theta))
     diverged = ~(alive & flow.finite_models())
     val = torch.stack(val_curve) if val_curve else torch.empty(0, k, dtype=torch.float64)
-    return TrainResult(curve=nats_to_bpd(curve, flow.d, log_det), diverged=diverged, val_curve=val, val_steps=val_steps)
+    return TrainResult(curve=nats_to_bpd(curve, flow.d, log_det), diverged=diverged, val_curve=val, val_steps=val_steps,
+                       steps=trained)
 
 
 @torch.no_grad()

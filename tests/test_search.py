@@ -121,8 +121,12 @@ class TestOptimizerContract:
         evaluation = Evaluation.from_config(cfg.search.evaluation)
         opt = build_optimizers(cfg, 10, 5, [0], random_dependence(10))[0]
         drive(opt)
-        spent = sum((t.steps or evaluation.steps) * evaluation.replicas for t in opt.history)
-        assert spent <= 201 * 50, spent
+        # A final trial is a final training (train.steps at most, one model); a search without one
+        # trains its best once more. Today's total: 10,050 search + 3,000 final model-steps.
+        trials = sum((t.steps or evaluation.steps) * evaluation.replicas for t in opt.history if not t.final)
+        finals = sum(t.final for t in opt.history)
+        assert trials <= 201 * 50, trials
+        assert trials + max(finals, 1) * cfg.train.steps <= 201 * 50 + 3000
 
 
 def build_search_settings(name: str, *overrides: str) -> Evaluation:
@@ -203,7 +207,7 @@ def test_lambda_matched_budget_equals_one_plus_one_trials():
 
 
 def test_halving_promotes_the_best_and_keeps_the_start_and_parity():
-    opt = Halving(d=8, m=4, depth=2, seed=0, candidates=16, rungs=[10, 20, 40], eta=4, finalists=3,
+    opt = Halving(d=8, m=4, depth=2, seed=0, candidates=16, rungs=[10, 20], eta=4, finalists=3,
                   dependence=random_dependence(8))
     kept = []
 
@@ -218,13 +222,21 @@ def test_halving_promotes_the_best_and_keeps_the_start_and_parity():
     opt.tell(first)
     drive(opt, value=value)
     rungs = [[t for t in opt.history if t.iteration == r] for r in range(3)]
-    assert [len(r) for r in rungs] == [16, 4, 3] and [r[0].steps for r in rungs] == [10, 20, 40]
+    assert [len(r) for r in rungs] == [16, 4, 3] and [r[0].steps for r in rungs] == [10, 20, None]
     assert {kept[0], kept[1]} <= {t.structure for t in rungs[1]} and {kept[0], kept[1]} <= {t.structure for t in rungs[2]}
-    for trial in rungs[1] + rungs[2]:  # a promoted trial continues its earlier one
+    for trial in rungs[1]:  # a promoted trial continues its earlier one
         earlier = opt.history[trial.resume]
         assert earlier.structure == trial.structure and earlier.iteration == trial.iteration - 1
+    # The last rung is the final training: fresh, trained as the final model, its parent the trial it came from.
+    assert all(t.final and t.resume is None and opt.history[t.parent].iteration == 1 for t in rungs[2])
+    assert not any(t.final for t in rungs[0] + rungs[1])
     assert opt.best is min(rungs[2], key=lambda t: t.value) and opt.best.structure not in kept
-    assert opt.budget == 16 * 10 + 4 * 20 + 3 * 40
+    assert opt.budget == 16 * 10 + 4 * 20
+    trial_rungs = Halving(d=8, m=4, depth=2, seed=0, candidates=16, rungs=[10, 20, 40], final=False,
+                          dependence=random_dependence(8))
+    drive(trial_rungs)  # the last of the rungs holds the finalists, trained as trials
+    assert [sum(t.iteration == r for t in trial_rungs.history) for r in range(3)] == [16, 4, 3]
+    assert not any(t.final for t in trial_rungs.history) and trial_rungs.budget == 16 * 10 + 4 * 20 + 3 * 40
     with pytest.raises(ConfigError, match="search.finalists"):
         Halving(d=8, m=4, depth=2, seed=0, finalists=1)
 
@@ -334,13 +346,13 @@ def test_a_new_optimizer_is_one_class_plus_one_yaml(tmp_path, planted):
 @pytest.fixture(scope="module")
 def planted_jobs(tmp_path_factory) -> dict[str, "pd.DataFrame"]:
     """Parity, oracle and the default search on synthetic_pairs (depth 2, the default training
-    settings), the search at a budget of 8 x 30 + 3 x 120 model-steps per instance."""
+    settings), the search's trials 8 x 30 model-steps per instance, then its final rung of 3."""
     from flowsweep.app.run import run_job
     from tests.conftest import _search_runs
 
     uri = f"sqlite:///{tmp_path_factory.mktemp('planted') / 'm.db'}"
     found = {}
-    for layout, extra in (("parity", []), ("oracle", []), ("opt", ["search.candidates=8", "search.rungs=[30,120]"])):
+    for layout, extra in (("parity", []), ("oracle", []), ("opt", ["search.candidates=8", "search.rungs=[30]"])):
         cfg = job_config("dataset=synthetic_pairs", "depth.layers=2", "instances=3", f"layout={layout}",
                          "progress=false", f"tracking.uri={uri}", f"tracking.sweep_id={layout}", *extra)
         run_job(cfg)
@@ -354,13 +366,22 @@ def test_the_default_search_finds_a_strong_planted_structure(planted_jobs):
     share = (test["parity"] - test["opt"]) / (test["parity"] - test["oracle"])
     assert share >= 0.8, test
     assert (planted_jobs["opt"]["metrics.dependency_recall"] == 1.0).all()
-    assert (planted_jobs["opt"]["metrics.search_model_steps"] == 8 * 30 + 3 * 120).all()
+    opt = planted_jobs["opt"]
+    # Every model-step counted: the trials, the final rung's two losers, the final model's own training.
+    assert (opt["metrics.model_steps"] == opt["metrics.search_model_steps"] + opt["metrics.final_model_steps"]).all()
+    assert ((opt["metrics.search_model_steps"] > 8 * 30) & (opt["metrics.model_steps"] <= 8 * 30 + 3 * 3000)).all()
+    fixed = planted_jobs["parity"]
+    assert (fixed["metrics.model_steps"] == fixed["metrics.final_model_steps"]).all()
+    assert ((0 < fixed["metrics.final_model_steps"]) & (fixed["metrics.final_model_steps"] <= 3000)).all()
     assert (planted_jobs["opt"]["params.search"] == "halving").all()  # the default
+    # Its rungs differ in fidelity: each rung's best is logged under its own name, no "best so far".
+    assert opt["metrics.search_iteration_best_bpd"].notna().all()
+    assert "metrics.search_best_bpd" not in opt or opt["metrics.search_best_bpd"].isna().all()
 
 
 def test_halving_keeps_a_kept_finalist_unless_a_challenger_is_clearly_better():
     def final_rung(challenger_rows: np.ndarray) -> Halving:
-        opt = Halving(d=6, m=3, depth=2, seed=0, candidates=4, rungs=[5, 10], finalists=3, margin=2.0,
+        opt = Halving(d=6, m=3, depth=2, seed=0, candidates=4, rungs=[5], finalists=3, margin=2.0,
                       dependence=random_dependence(6))
         trials = opt.ask()
         for t in trials:

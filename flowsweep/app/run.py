@@ -35,11 +35,11 @@ from flowsweep.record.results import LiveCurve, log_instances, log_job, log_sear
 from flowsweep.record.resume import objective_of, resume_job
 from flowsweep.record.run_group import FAILED, JOB, KILLED, PHASE_TAG, RunGroup, RunSpec
 from flowsweep.layouts import LayoutJob, build_layout
-from flowsweep.search.job import job_dependence, search_job
+from flowsweep.search.job import JobSearch, job_dependence, search_job
 from flowsweep.seeding import derive_seed, torch_generator
 from flowsweep.structure import Structure
 from flowsweep.record.tracking import SWEEP_ID_ENV, check_reachable, open_store, resolve_tracking_uri
-from flowsweep.training import Recipe, evaluate_bpd, train
+from flowsweep.training import Recipe, TrainResult, evaluate_bpd, train
 
 __all__ = ["run_job", "objective", "fingerprint"]
 
@@ -134,7 +134,10 @@ def run_job(cfg: DictConfig, data: Optional[Dataset] = None) -> float:
         runs.send(JOB)
         live = LiveCurve(runs, data.d, data.log_det, cfg.tracking.progress_interval_s,
                          stride=math.ceil(cfg.train.steps / cfg.tracking.curve_points))
-        result = _train_final(cfg, spec, data, structures, seeds, start, on_progress=live)
+        if search is not None and search.trained_final:  # the search's last rung was the final training
+            result = _searched_final(spec, data, search)
+        else:
+            result = _train_final(cfg, spec, data, structures, seeds, start, on_progress=live)
         result["wall_time_s"] = time.perf_counter() - clock
         live.finish(result["curve"])
         title = runinfo.job_title(cfg)
@@ -176,12 +179,29 @@ def _train_final(cfg: DictConfig, spec: ModelSpec, data: Dataset, structures: li
     began = time.perf_counter()
     trained = train(flow, data.train, cfg.dataset.batch_size, Recipe.from_config(cfg.train), generators, data.log_det,
                     valid=data.valid, on_progress=on_progress)
-    train_time = time.perf_counter() - began
+    return _final_result(flow, data, trained, time.perf_counter() - began)
+
+
+def _searched_final(spec: ModelSpec, data: Dataset, search: JobSearch) -> dict:
+    """The final models the search trained (its last rung), reported as :func:`_train_final` reports its own."""
+    finals = [final for final in search.outcome.finals if final is not None]
+    flow = CouplingFlows(spec, [final.structure for final in finals], [torch.Generator() for _ in finals])
+    with torch.no_grad():
+        flow.theta.copy_(torch.stack([final.theta for final in finals]))
+    trained = TrainResult(torch.stack([final.curve for final in finals], 1),
+                          torch.tensor([final.diverged for final in finals]),
+                          torch.stack([final.val_curve for final in finals], 1), finals[0].val_steps,
+                          torch.tensor([final.steps for final in finals]))
+    return _final_result(flow, data, trained, max(final.seconds for final in finals))
+
+
+def _final_result(flow: CouplingFlows, data: Dataset, trained: TrainResult, train_time: float) -> dict:
+    """The splits' bpd of the trained ``flow`` and its training's curves, flags and model-steps."""
     splits = {"train": data.train, "val": data.valid, "test": data.test}
     result = {f"{name}_bpd": evaluate_bpd(flow, rows, data.log_det).numpy() for name, rows in splits.items() if len(rows)}
-    diverged = trained.diverged.numpy()
+    diverged = trained.diverged.numpy() | ~flow.finite_models().numpy()
     for values in result.values():
         diverged = diverged | ~np.isfinite(values)
     return {**result, "curve": trained.curve.numpy(), "val_curve": trained.val_curve.numpy(),
             "val_steps": trained.val_steps, "diverged": diverged, "num_params": flow.num_parameters(),
-            "train_time_s": train_time}
+            "train_time_s": train_time, "model_steps": trained.steps.numpy()}

@@ -163,20 +163,21 @@ def save_bpd_curve(curve: np.ndarray, path: Path, title: str = "") -> None:
 
 
 def save_search_trajectory(iterations: np.ndarray, values: np.ndarray, best: np.ndarray, path: Path,
-                           title: str = "") -> None:
-    """Trial values (dots at their iteration, non-finite ones left out) and best-so-far per iteration (line)."""
+                           title: str = "", label: str = "best so far") -> None:
+    """Trial values (dots at their iteration, non-finite ones left out) and the search's best per
+    iteration (line, named ``label``: a best so far, or each rung's best where rungs differ in fidelity)."""
 
     def build() -> dict[str, Any]:
         fig, ax = _axes(5.5, 3.6)
         dots = ax.scatter([], [], s=6, alpha=0.5, label="trial")
-        (line,) = ax.step([], [], where="post", color="C3", lw=1.4, label="best so far")
+        (line,) = ax.step([], [], where="post", color="C3", lw=1.4, label=label)
         ax.set_xlabel("search iteration", fontsize=_LABEL)
         ax.xaxis.set_major_locator(_integer_ticks())
         ax.set_ylabel("trial bpd", fontsize=_LABEL)
         ax.legend(fontsize=_SMALL, markerscale=2.5, loc="upper right")
         return {"fig": fig, "ax": ax, "dots": dots, "line": line, "title": ax.set_title("", fontsize=_TITLE)}
 
-    figure = _template(("trajectory",), build)
+    figure = _template(("trajectory", label), build)
     finite = np.isfinite(values)
     figure["dots"].set_offsets(np.column_stack([iterations[finite], values[finite]]))
     t = np.arange(len(best))

@@ -5,8 +5,10 @@ Instance runs get ``batch_bpd`` (the minibatch bpd of every k-th SGD step, at mo
 ``tracking.curve_points`` points: MLflow writes each point in tens of microseconds, and
 the run's ``bpd_curve.png`` shows every step; :class:`LiveCurve` writes it while training
 goes on), ``train_bpd``/``val_bpd``/``test_bpd`` (``inf`` for a diverged instance),
-``diverged``, ``num_params``, wall times, ``pair_coverage``, the search metrics of
-``layout=opt`` (``search_best_bpd`` per iteration, counts and ``search_model_steps``; every trial
+``diverged``, ``num_params``, wall times, ``final_model_steps`` (the final model's training) and
+``model_steps`` (every model-step of the instance, its search's included), ``pair_coverage``, the search metrics of
+``layout=opt`` (``search_best_bpd`` per iteration, or ``search_iteration_best_bpd`` where rungs differ in
+fidelity, counts and ``search_model_steps``; every trial
 is in ``search_trials.json``), ``dependency_recall`` on data with planted dependencies, the
 ``val_bpd_curve`` of the validation evaluations, and the artifacts ``masks.json``, ``masks.png``,
 ``bpd_curve.png`` (and ``search_trials.json``, ``search_trajectory.png``; ``dependence.json``
@@ -39,7 +41,7 @@ from flowsweep.structure import MASKS_ARTIFACT, Structure
 from flowsweep.record.summary import SPLITS, JobSummary, job_lines
 from flowsweep.training import nats_to_bpd
 
-__all__ = ["LiveCurve", "log_search_metrics", "log_instances", "log_job"]
+__all__ = ["LiveCurve", "best_metric", "search_steps", "log_search_metrics", "log_instances", "log_job"]
 
 #: MLflow's system tag for a run's description (shown on the run's page).
 _DESCRIPTION = "mlflow.note.content"
@@ -80,21 +82,39 @@ class LiveCurve:
         self._add(index, curve[index])
 
 
+def best_metric(optimizer: StructureOptimizer) -> tuple[str, str]:
+    """The metric name and figure label of ``optimizer``'s :attr:`best_trace`: ``search_best_bpd``,
+    the best so far, where every trial has one fidelity; ``search_iteration_best_bpd``, the best
+    of each iteration, where iterations train for different lengths (halving's rungs), whose
+    values are not comparable."""
+    if type(optimizer).one_fidelity:
+        return "search_best_bpd", "best so far"
+    return "search_iteration_best_bpd", "best of each rung"
+
+
+def search_steps(search: JobSearch, i: int) -> int:
+    """Model-steps instance ``i``'s search spent besides its final model's own training."""
+    final = search.outcome.finals[i]
+    return search.outcome.model_steps[i] - (final.steps if final is not None else 0)
+
+
 def log_search_metrics(runs: RunGroup, search: JobSearch) -> None:
-    """The best-so-far value at step = iteration t and the search's counts, sent at once: they
-    are written while the job trains on. Every trial (value, state, acceptance) goes to
-    ``search_trials.json`` instead of metric points: a grid's searches hold 10^5 trials."""
+    """The search's best at step = iteration t (:func:`best_metric`) and its counts, sent at once:
+    they are written while the job trains on. Every trial (value, state, acceptance) goes to
+    ``search_trials.json`` instead of metric points: a grid's searches hold 10^5 trials.
+    ``search_model_steps`` counts every model-step of the search but the final model's own."""
     search_time = search.outcome.seconds
     for i, optimizer in enumerate(search.optimizers):
         trials = optimizer.history
         finite = [t for t in trials if math.isfinite(t.value)]
+        name, _ = best_metric(optimizer)
         for t, best in enumerate(optimizer.best_trace):
             if math.isfinite(best):
-                runs.metric(i, "search_best_bpd", best, step=t)
+                runs.metric(i, name, best, step=t)
         runs.metric(i, "search_time_s", search_time)
         runs.metric(i, "search_trials", len(trials))
         runs.metric(i, "search_diverged_trials", len(trials) - len(finite))
-        runs.metric(i, "search_model_steps", search.outcome.model_steps[i])
+        runs.metric(i, "search_model_steps", search_steps(search, i))
         runs.send(i)
     runs.metric(JOB, "search_time_s", search_time)
 
@@ -111,6 +131,10 @@ def log_instances(runs: RunGroup, structures: Sequence[Structure], result: dict,
         runs.metric(i, "num_params", result["num_params"])
         runs.metric(i, "wall_time_s", result["wall_time_s"])
         runs.metric(i, "train_time_s", result["train_time_s"])
+        # Every model-step of the instance: its final model's training and, for layout=opt, its search's.
+        final_steps = int(result["model_steps"][i])
+        runs.metric(i, "final_model_steps", final_steps)
+        runs.metric(i, "model_steps", final_steps + (search_steps(search, i) if search is not None else 0))
         runs.metric(i, "pair_coverage", structure.pair_coverage())
         if data.graph:
             runs.metric(i, "dependency_recall", dependency_recall(structure, data.graph))
@@ -136,6 +160,7 @@ def _search_artifacts(optimizer: StructureOptimizer, folder: Path, title: str) -
     plots.save_search_trajectory(
         np.array([t.iteration for t in trials]), np.array([t.value for t in trials]),
         np.array(optimizer.best_trace), folder / "search_trajectory.png", title=title,
+        label=best_metric(optimizer)[1],
     )
 
 
@@ -167,6 +192,7 @@ def log_job(runs: RunGroup, summary: JobSummary, result: dict, title: str, searc
             best = np.full((max(map(len, traces)), len(traces)), np.nan)  # a search may stop early (patience)
             for k, trace in enumerate(traces):
                 best[:len(trace), k] = trace
-            plots.save_curves(best[:, converged], folder / "search_best.png", f"{title}: best search value so far",
-                              "search iteration", "best trial bpd", note=note)
+            what = best_metric(search.optimizers[0])[1]  # one optimizer class per job
+            plots.save_curves(best[:, converged], folder / "search_best.png", f"{title}: {what} (trial bpd)",
+                              "search iteration", f"{what}, trial bpd", note=note)
         runs.artifacts(JOB, tmp)

@@ -41,7 +41,9 @@ class Trial:
     """One structure to evaluate and, once told, its value (bpd) and state.
 
     ``steps`` (null: the evaluation's) is the trial's fidelity; ``resume`` names an earlier
-    trial of the same structure whose trained parameters this one continues from. Where the
+    trial of the same structure whose trained parameters this one continues from; a ``final``
+    trial is trained as the final model is (``train.*``, early stopping included, from the
+    instance's own seed) and, accepted, *is* the final model. Where the
     evaluation scores on the validation split, ``rows`` holds the bpd of each validation row
     (the mean over the replicas), for paired comparisons.
     """
@@ -55,7 +57,10 @@ class Trial:
     accepted: bool = False
     steps: Optional[int] = None
     resume: Optional[int] = None
+    final: bool = False
     rows: Optional[np.ndarray] = field(default=None, repr=False)
+    #: Model-steps the trial cost (all its replicas; fewer where it stopped early), set by the runner.
+    model_steps: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -64,6 +69,8 @@ class Trial:
             "parent": self.parent,
             "steps": self.steps,
             "resume": self.resume,
+            "final": self.final,
+            "model_steps": self.model_steps,
             "conditioning": [list(layer) for layer in self.structure.conditioning],
             "value": self.value if math.isfinite(self.value) else None,
             "state": self.state.value,
@@ -74,13 +81,14 @@ class Trial:
 @dataclass
 class Proposal:
     """A structure an optimizer proposes, with what it descends from (``parent``, default the
-    best), its fidelity (``steps``, default the evaluation's) and the earlier trial whose
-    parameters it continues (``resume``)."""
+    best), its fidelity (``steps``, default the evaluation's), the earlier trial whose
+    parameters it continues (``resume``) and whether it is trained as the final model (``final``)."""
 
     structure: Structure
     parent: Optional[int] = None
     steps: Optional[int] = None
     resume: Optional[int] = None
+    final: bool = False
 
 
 @dataclass
@@ -98,6 +106,9 @@ class StructureOptimizer(ABC):
 
     #: Whether the job must compute the features' dependence matrix for this optimizer.
     uses_dependence: ClassVar[bool] = False
+    #: Whether all trials' values are of one fidelity, so that :attr:`best_trace` is a best-so-far
+    #: (logged as ``search_best_bpd``); otherwise it is each iteration's best (``search_iteration_best_bpd``).
+    one_fidelity: ClassVar[bool] = True
     d: int
     m: int
     depth: int
@@ -115,7 +126,8 @@ class StructureOptimizer(ABC):
         self.iteration = 0
         self._since_improvement = 0
         self._pending: list[Trial] = []
-        #: Best-so-far value after each iteration.
+        #: The value the search holds for its best after each iteration: the best so far where
+        #: :attr:`one_fidelity`, else what :meth:`select` made of that iteration.
         self.best_trace: list[float] = []
 
     def check(self) -> None:
@@ -169,7 +181,7 @@ class StructureOptimizer(ABC):
         best = None if self.best is None else self.best.number
         proposals = [p if isinstance(p, Proposal) else Proposal(p, best) for p in proposed]
         self._pending = [Trial(len(self.history) + i, self.iteration, p.structure, p.parent, steps=p.steps,
-                               resume=p.resume) for i, p in enumerate(proposals)]
+                               resume=p.resume, final=p.final) for i, p in enumerate(proposals)]
         return list(self._pending)
 
     def tell(self, trials: Sequence[Trial]) -> None:

@@ -49,6 +49,8 @@ class Evaluation:
     #: ``independent``: each trial's replicas have streams of their own; ``paired``: the trials of
     #: one iteration share them (common random numbers).
     seeds: str = "independent"
+    #: Trials stop early on the validation split and are scored at their best evaluation.
+    early_stopping: bool = False
     #: Keys of ``train.*`` that the trials change (empty: the final training's recipe).
     recipe: dict[str, Any] = field(default_factory=dict)
 
@@ -62,6 +64,8 @@ class Evaluation:
                               ("seeds", SEEDS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(key + name, f"must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.early_stopping and self.value != "validation":
+            raise ConfigError(key + "early_stopping", "needs value=validation (it stops on the validation split)")
         from flowsweep.training import Recipe
 
         known = {f.name for f in fields(Recipe)} - {"steps", "patience", "threads", "kernel"}
@@ -83,10 +87,14 @@ class Evaluation:
 
     def trial_recipe(self, train: Any, steps: Optional[int] = None) -> Any:
         """The trials' :class:`~flowsweep.training.Recipe`: ``train`` (the ``train`` node) changed by
-        :attr:`recipe`, ``steps`` (default :attr:`steps`) long, without early stopping."""
+        :attr:`recipe`, ``steps`` (default :attr:`steps`) long; with :attr:`early_stopping`, the final
+        training's patience (none there: a patience longer than the trial, which never stops it but
+        still keeps its best evaluation), else none."""
         from flowsweep.training import Recipe
 
-        return Recipe.from_config(train, **{**self.recipe, "steps": steps or self.steps, "patience": None})
+        steps = steps or self.steps
+        patience = (train.get("patience") or steps + 1) if self.early_stopping else None
+        return Recipe.from_config(train, **{**self.recipe, "steps": steps, "patience": patience})
 
     def stream(self, seed: int, trial: Any, replica: int) -> tuple[int, ...]:
         """The keys of the random stream of ``replica`` of ``trial`` in the search seeded ``seed``."""

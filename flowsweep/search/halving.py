@@ -4,19 +4,29 @@ Short trials rank structures poorly (docs/search.md); long ones are expensive.
 Successive halving spends the budget where it decides something: the first rung trains
 ``candidates`` structures for a few steps, every middle rung continues the best
 ``1/eta`` of the previous one (their parameters, a fresh optimizer) for more steps, the
-last rung the best ``finalists``, and the best of the last rung wins. The field is the
-dependence structure (:meth:`Dependence.structure <flowsweep.structure.dependence.Dependence.structure>`),
-parity masks, other structures of the same dependence (other discounts; its first layers
-repeated in turn), swaps of it drawn by dependence (:func:`~flowsweep.search.guided.swap`),
-and a share of uniformly random structures. The structures named in ``keep`` (by default
-the dependence structure and parity) reach the last rung whatever their early values, so
-the search picks another only where long training says it is better.
+last rung the best ``finalists``, and the best of the last rung wins. With ``final`` the
+last rung *is* the final training: its finalists are trained as a fixed layout's model
+is (``train.*`` with early stopping, from the instance's seed), each is scored at its best
+validation step, and the winner's parameters are the final model — short training can
+rank two structures the other way round from where they converge (docs/structure-search.md),
+and the final rung ranks them where they converge without spending that budget twice.
+
+The field is the dependence structure (:meth:`Dependence.structure
+<flowsweep.structure.dependence.Dependence.structure>`), parity masks, other structures of
+the same dependence (other discounts; its first layers repeated in turn), whole-layer
+changes of it that the dependence measure cannot rank (one layer's split in every layer,
+one layer's sides flipped, the layers reversed or rotated), swaps of it drawn by
+dependence (:func:`~flowsweep.search.guided.swap`), and a share of uniformly random
+structures. The structures named in ``keep`` (by default the dependence structure and
+parity) reach the last rung whatever their early values, so the search picks another only
+where long training says it is better.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from itertools import chain, zip_longest
 from typing import ClassVar, Optional
 
 from flowsweep.config import ConfigError
@@ -25,7 +35,7 @@ from flowsweep.search.base import Proposal, StructureOptimizer, Trial, TrialStat
 from flowsweep.search.guided import swap
 from flowsweep.structure import Structure, parity_structure
 
-__all__ = ["Halving"]
+__all__ = ["Halving", "layer_moves"]
 
 #: Discounts of the field's other dependence structures (the job's own is the start).
 _DISCOUNTS = (0.0, 0.25, 0.75, 1.0)
@@ -39,7 +49,11 @@ class Halving(StructureOptimizer):
 
     Arguments:
         candidates: Structures in the first rung.
-        rungs: Steps each rung trains, continuing the previous rung's parameters.
+        rungs: Steps each trial rung trains, continuing the previous rung's parameters.
+        final: The last rung is the final training (one more rung after ``rungs``): its
+            ``finalists`` are trained with ``train.*`` and the winner's parameters are the final
+            model. Otherwise the last of ``rungs`` holds the finalists, and the winner is trained
+            again from scratch.
         eta: Each middle rung keeps the best ``ceil(n / eta)`` of the previous one.
         finalists: Structures in the last rung.
         keep: Structures that reach every rung whatever their early values, each in the place
@@ -56,8 +70,10 @@ class Halving(StructureOptimizer):
     """
 
     uses_dependence: ClassVar[bool] = True
+    one_fidelity: ClassVar[bool] = False
     candidates: int = 32
-    rungs: list[int] = field(default_factory=lambda: [100, 400, 1200])
+    rungs: list[int] = field(default_factory=lambda: [50, 250])
+    final: bool = True
     eta: int = 4
     finalists: int = 3
     keep: list[str] = field(default_factory=lambda: ["dependence", "parity"])
@@ -68,20 +84,21 @@ class Halving(StructureOptimizer):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.iterations = len(self.rungs) - 1
+        self.iterations = len(self.rungs) - 1 + int(self.final)
         self._kept: list[Structure] = []
 
     def size(self, rung: int) -> int:
         """Structures trained in ``rung``."""
         if rung == 0:
             return self.candidates
-        if rung == len(self.rungs) - 1:
+        if rung == self.iterations:
             return self.finalists
         return math.ceil(self.candidates / self.eta**rung)
 
     @property
     def budget(self) -> int:
-        """Trials' steps of the whole search (times the evaluation's replicas: its model-steps)."""
+        """Steps of the trial rungs (times the evaluation's replicas: their model-steps); with
+        ``final``, the final rung adds up to ``finalists x train.steps``."""
         return sum(self.size(r) * int(s) for r, s in enumerate(self.rungs))
 
     def check(self) -> None:
@@ -92,6 +109,8 @@ class Halving(StructureOptimizer):
             raise ConfigError("search.candidates", f"must be >= 1, got {self.candidates}")
         if not self.rungs or any(int(s) < 1 for s in self.rungs):
             raise ConfigError("search.rungs", f"needs one or more step counts >= 1, got {self.rungs}")
+        if not isinstance(self.final, bool):
+            raise ConfigError("search.final", f"must be true or false, got {self.final!r}")
         if self.eta < 2:
             raise ConfigError("search.eta", f"must be >= 2, got {self.eta}")
         unknown = sorted(set(self.keep) - set(_KEEPABLE))
@@ -120,12 +139,14 @@ class Halving(StructureOptimizer):
     def _variants(self, start: Structure) -> list[Structure]:
         """Other readings of the same dependence: the masks with other discounts (from covering each
         pair once to repeating the strongest), and the start's first one, two or three layers repeated
-        in turn (a chain needs two complementary splits, alternating)."""
+        in turn (a chain needs two complementary splits, alternating); then, taking turns so that a
+        short field holds some of each, the whole-layer changes of :func:`layer_moves`."""
         weight = self.dependence.weight
         others = [dependence_structure(weight, self.m, self.depth, discount, self.seed) for discount in _DISCOUNTS]
         cycles = [Structure(start.d, start.m, tuple(start.conditioning[l % k] for l in range(self.depth)))
                   for k in (1, 2, 3) if k < self.depth]
-        return others + cycles
+        moves = [s for s in chain.from_iterable(zip_longest(*layer_moves(start))) if s is not None]
+        return others + cycles + moves
 
     def propose(self) -> list[Proposal]:
         previous = [t for t in self.history if t.iteration == self.iteration - 1 and t.state is TrialState.COMPLETE]
@@ -142,6 +163,8 @@ class Halving(StructureOptimizer):
                 promoted[free[-1]] = trial
             else:
                 promoted.append(trial)
+        if self.final and self.iteration == self.iterations:
+            return [Proposal(t.structure, t.number, final=True) for t in promoted]
         steps = int(self.rungs[self.iteration])
         return [Proposal(t.structure, t.number, steps=steps, resume=t.number) for t in promoted]
 
@@ -152,7 +175,7 @@ class Halving(StructureOptimizer):
             return None
         best = min(complete, key=lambda t: (t.value, t.number))
         kept = [t for t in complete if t.structure in self._kept]
-        if self.iteration < len(self.rungs) - 1 or not self.margin or not kept or best in kept:
+        if self.iteration < self.iterations or not self.margin or not kept or best in kept:
             return best
         reference = min(kept, key=lambda t: (t.value, t.number))
         if best.rows is None or reference.rows is None or len(best.rows) < 2:
@@ -166,3 +189,22 @@ class Halving(StructureOptimizer):
         ran_dry = self.iteration > 0 and not any(
             t.state is TrialState.COMPLETE for t in self.history if t.iteration == self.iteration - 1)
         return super().done or ran_dry
+
+
+def layer_moves(start: Structure) -> tuple[list[Structure], ...]:
+    """Whole-layer changes of ``start`` that a pairwise dependence cannot rank, by kind: each
+    layer's split in every layer (a parent that must condition its child in every layer, as a
+    scale that is a non-monotone function of it needs); each layer with its sides flipped (where
+    ``d = 2m``, so the other side is a split too); the layers reversed, and rotated by one to
+    ``depth - 1`` places."""
+    layers, depth = start.conditioning, start.depth
+
+    def of(conditioning) -> Structure:
+        return Structure(start.d, start.m, tuple(conditioning))
+
+    repeats = [of([layers[l]] * depth) for l in range(depth)]
+    flips = []
+    if start.d == 2 * start.m:
+        flips = [of([start.transformed(k) if k == l else layers[k] for k in range(depth)]) for l in range(depth)]
+    orders = [of(reversed(layers))] + [of(layers[r:] + layers[:r]) for r in range(1, depth)]
+    return repeats, flips, orders

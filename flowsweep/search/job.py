@@ -78,8 +78,15 @@ class JobSearch:
 
     @property
     def structures(self) -> list[Structure]:
-        """Each instance's best structure (its first trial's if every trial diverged)."""
-        return [(o.best or o.history[0]).structure for o in self.optimizers]
+        """Each instance's structure: its final model's where its search trained one, else its best
+        trial's (its first trial's if every trial diverged)."""
+        return [final.structure if final is not None else (o.best or o.history[0]).structure
+                for o, final in zip(self.optimizers, self.outcome.finals)]
+
+    @property
+    def trained_final(self) -> bool:
+        """Whether the searches trained every instance's final model (halving's final rung)."""
+        return all(final is not None for final in self.outcome.finals)
 
 
 def search_job(cfg: DictConfig, spec: ModelSpec, data: Dataset, seeds: list[int],
@@ -87,5 +94,5 @@ def search_job(cfg: DictConfig, spec: ModelSpec, data: Dataset, seeds: list[int]
     """Run the job's searches, one per instance seed, as one batch of models."""
     evaluation = Evaluation.from_config(cfg.search.get("evaluation"))
     optimizers = build_optimizers(cfg, spec.d, spec.m, seeds, dependence)
-    settings = SearchSettings(spec, int(cfg.dataset.batch_size), cfg.train, evaluation, bool(cfg.progress))
+    settings = SearchSettings(spec, int(cfg.dataset.batch_size), cfg.train, evaluation, bool(cfg.progress), seeds)
     return JobSearch(optimizers, run_searches(optimizers, data, settings), evaluation)

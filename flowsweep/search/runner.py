@@ -6,6 +6,13 @@ with the shared training loop as the :class:`~flowsweep.search.evaluation.Evalua
 says, and tells every optimizer its values. Every replica of every trial has its own
 random stream (derived from its instance's seed, its trial number and its replica), so
 a search gives the same result alone or among many.
+
+A *final* trial (:attr:`Trial.final <flowsweep.search.base.Trial>`) is trained as a fixed
+layout's model is — ``train.*`` with early stopping on the validation split, one model
+seeded by its instance's seed (so a finalist of the dependence structure is exactly
+``layout=dependence``'s model) — and scored by its validation bpd at its best step; the
+accepted one of each instance comes back as that instance's :class:`FinalModel`, which the
+job reports instead of training its structure again. Every model-step spent is counted.
 """
 
 from __future__ import annotations
@@ -25,9 +32,10 @@ from flowsweep.model import CouplingFlows, ModelSpec
 from flowsweep.search.base import StructureOptimizer, Trial, TrialState
 from flowsweep.search.evaluation import Evaluation
 from flowsweep.seeding import derive_seed, torch_generator
-from flowsweep.training import row_bpd, train
+from flowsweep.structure import Structure
+from flowsweep.training import Recipe, TrainResult, row_bpd, train
 
-__all__ = ["SearchSettings", "SearchOutcome", "run_searches", "trial_scores"]
+__all__ = ["SearchSettings", "FinalModel", "SearchOutcome", "run_searches", "trial_scores"]
 
 
 @dataclass(frozen=True)
@@ -39,16 +47,38 @@ class SearchSettings:
     train: DictConfig
     evaluation: Evaluation
     progress: bool = True
+    #: The instances' seeds, which seed the final trials as the final training is seeded.
+    seeds: Sequence[int] = ()
+
+
+@dataclass
+class FinalModel:
+    """The final model an instance's search trained (its accepted final trial): its
+    ``structure`` and parameters ``theta`` ``[P]``, its minibatch bpd ``curve`` ``[steps]``,
+    validation bpd ``val_curve`` ``[evaluations]`` at ``val_steps``, whether it ``diverged``,
+    the ``steps`` it trained and the wall ``seconds`` of the training that trained it."""
+
+    structure: Structure
+    theta: torch.Tensor
+    curve: torch.Tensor
+    val_curve: torch.Tensor
+    val_steps: list[int]
+    diverged: bool
+    steps: int
+    seconds: float
 
 
 @dataclass
 class SearchOutcome:
-    """Wall ``seconds`` of all searches; per instance, the ``model_steps`` spent and, where the
-    evaluation keeps them, the parameters its best trial reached (``champions``, one-model flows)."""
+    """Wall ``seconds`` of all searches; per instance, the ``model_steps`` spent (every trial, final
+    ones included), where the evaluation keeps them the parameters its best trial reached
+    (``champions``, one-model flows), and the final model its search trained (``finals``; None
+    where it trained none)."""
 
     seconds: float
     model_steps: list[int]
     champions: list[Optional[CouplingFlows]]
+    finals: list[Optional[FinalModel]]
 
 
 def trial_scores(flow: CouplingFlows, curve: torch.Tensor, diverged: torch.Tensor, value: str,
@@ -70,23 +100,33 @@ def run_searches(optimizers: Sequence[StructureOptimizer], data: Dataset, settin
     #: Per instance, the parameters ``[replicas, P]`` each trial reached (for trials that resume it).
     reached: list[dict[int, torch.Tensor]] = [{} for _ in optimizers]
     spent = [0] * len(optimizers)
+    finals: list[Optional[FinalModel]] = [None] * len(optimizers)
     bar = tqdm(total=max(o.last_iteration + 1 for o in optimizers), desc="structure search",
                unit="it", disable=None if settings.progress else True, leave=False)
     while True:
         asked = [(i, trial) for i, opt in enumerate(optimizers) for trial in opt.ask()]
         if not asked:
             break
-        for steps in sorted({trial.steps or evaluation.steps for _, trial in asked}):
-            group = [(i, trial) for i, trial in asked if (trial.steps or evaluation.steps) == steps]
-            flow, scores, rows = _evaluate(group, optimizers, data, settings, steps, champions, reached)
+        trained: dict[tuple[int, int], FinalModel] = {}  # (instance, trial number): each final trial's model
+        for final, steps in sorted({(trial.final, trial.steps or evaluation.steps) for _, trial in asked}):
+            group = [(i, trial) for i, trial in asked if (trial.final, trial.steps or evaluation.steps) == (final, steps)]
+            clock = time.perf_counter()
+            flow, scores, rows, result = _evaluate(group, optimizers, data, settings, steps, champions, reached)
+            width = 1 if final else replicas
             for j, ((i, trial), row) in enumerate(zip(group, scores)):
                 finite = torch.isfinite(row)
                 trial.value = float(row[finite].mean()) if finite.any() else math.inf
                 trial.state = TrialState.COMPLETE if finite.any() else TrialState.DIVERGED
                 if rows is not None and finite.any():
                     trial.rows = rows[j][finite].mean(0).float().numpy()
-                reached[i][trial.number] = flow.theta.detach()[j * replicas:(j + 1) * replicas].clone()
-                spent[i] += steps * replicas
+                reached[i][trial.number] = flow.theta.detach()[j * width:(j + 1) * width].clone()
+                trial.model_steps = int(result.steps[j * width:(j + 1) * width].sum())
+                spent[i] += trial.model_steps
+                if final:
+                    trained[i, trial.number] = FinalModel(
+                        trial.structure, flow.theta.detach()[j].clone(), result.curve[:, j].clone(),
+                        result.val_curve[:, j].clone(), list(result.val_steps), not bool(finite.any()),
+                        trial.model_steps, time.perf_counter() - clock)
         for i, opt in enumerate(optimizers):
             mine = [t for owner, t in asked if owner == i]
             if not mine:
@@ -95,20 +135,28 @@ def run_searches(optimizers: Sequence[StructureOptimizer], data: Dataset, settin
             for trial in mine:
                 if trial.accepted and keep:
                     champions[i] = _champion(settings.spec, trial, reached[i][trial.number])
+            mine_final = [t for t in mine if t.final]
+            if mine_final:  # every finalist diverged: the first stands for the instance, diverged
+                winner = next((t for t in mine_final if t.accepted), mine_final[0])
+                finals[i] = trained[i, winner.number]
         bar.update(1)
         bests = [o.best_value for o in optimizers if o.best is not None]
         if bests:
             bar.set_postfix(best_bpd=f"{np.mean(bests):.4f}")
     bar.close()
-    return SearchOutcome(time.perf_counter() - start, spent, champions)
+    return SearchOutcome(time.perf_counter() - start, spent, champions, finals)
 
 
 def _evaluate(group: list[tuple[int, Trial]], optimizers: Sequence[StructureOptimizer], data: Dataset,
               settings: SearchSettings, steps: int, champions: list[Optional[CouplingFlows]],
-              reached: list[dict[int, torch.Tensor]]) -> tuple[CouplingFlows, torch.Tensor, Optional[torch.Tensor]]:
-    """Train every replica of ``group``'s trials for ``steps`` steps as one batch; the flow, the
-    scores ``[trials, replicas]`` (``inf`` where a replica diverged) and, scored on the validation
-    split, the rows' bpd ``[trials, replicas, v]``."""
+              reached: list[dict[int, torch.Tensor]]) -> tuple[CouplingFlows, torch.Tensor, Optional[torch.Tensor],
+                                                               TrainResult]:
+    """Train every replica of ``group``'s trials for ``steps`` steps as one batch (final trials: one
+    model each, as the final training trains it); the flow, the scores ``[trials, replicas]``
+    (``inf`` where a replica diverged), scored on the validation split the rows' bpd
+    ``[trials, replicas, v]``, and the training's result."""
+    if group[0][1].final:
+        return _train_finals(group, data, settings)
     evaluation, replicas = settings.evaluation, settings.evaluation.replicas
     models = [(i, trial, r) for i, trial in group for r in range(replicas)]
     generators = [torch_generator(derive_seed(*evaluation.stream(optimizers[i].seed, trial, r)))
@@ -120,10 +168,27 @@ def _evaluate(group: list[tuple[int, Trial]], optimizers: Sequence[StructureOpti
                 flow.theta[j] = reached[i][trial.resume][r]
     _warm_start(flow, [m for m in models if m[1].resume is None], models, champions, evaluation.warm_start)
     recipe = evaluation.trial_recipe(settings.train, steps)
-    result = train(flow, data.train, settings.batch_size, recipe, generators, data.log_det)
+    valid = data.valid if evaluation.early_stopping else None
+    result = train(flow, data.train, settings.batch_size, recipe, generators, data.log_det, valid=valid)
     scores, rows = trial_scores(flow, result.curve, result.diverged, evaluation.value, data)
     shape = (len(group), replicas)
-    return flow, scores.view(shape), None if rows is None else rows.view(*shape, -1)
+    return flow, scores.view(shape), None if rows is None else rows.view(*shape, -1), result
+
+
+def _train_finals(group: list[tuple[int, Trial]], data: Dataset, settings: SearchSettings
+                  ) -> tuple[CouplingFlows, torch.Tensor, Optional[torch.Tensor], TrainResult]:
+    """The final trials of ``group``, trained and scored as the final training trains a fixed
+    layout's model: ``train.*``, early stopping on the validation split (the best step's
+    parameters kept), each seeded by its instance's seed."""
+    if not settings.seeds:
+        raise ValueError("final trials need the instances' seeds (SearchSettings.seeds)")
+    generators = [torch_generator(settings.seeds[i]) for i, _ in group]
+    flow = CouplingFlows(settings.spec, [trial.structure for _, trial in group], generators)
+    result = train(flow, data.train, settings.batch_size, Recipe.from_config(settings.train), generators,
+                   data.log_det, valid=data.valid)
+    value = "validation" if len(data.valid) else "last_batch"
+    scores, rows = trial_scores(flow, result.curve, result.diverged, value, data)
+    return flow, scores.view(len(group), 1), None if rows is None else rows.view(len(group), 1, -1), result
 
 
 def _warm_start(flow: CouplingFlows, fresh: list[tuple[int, Trial, int]], models: list[tuple[int, Trial, int]],
