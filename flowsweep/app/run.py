@@ -29,6 +29,7 @@ from flowsweep.config.checks import validate, validate_against_data
 from flowsweep.config import DivergedError
 from flowsweep.app.interrupt import interrupted
 from flowsweep.data import Dataset, load_dataset, preprocessed
+from flowsweep.density.log import log_models, model_source, register
 from flowsweep.record.mlflow_writer import MlflowWriteError, settle
 from flowsweep.model import CouplingFlows, ModelSpec
 from flowsweep.record.results import LiveCurve, log_instances, log_job, log_search_metrics
@@ -142,6 +143,7 @@ def run_job(cfg: DictConfig, data: Optional[Dataset] = None) -> float:
         live.finish(result["curve"])
         title = runinfo.job_title(cfg)
         log_instances(runs, structures, result, data, title, search, dependence)
+        best_model = log_models(runs, result, data, model_source(cfg, key)) if cfg.tracking.log_models else None
         job = summary.of_result(cfg, result, objective(result), **where)
         runs.tag(JOB, PHASE_TAG, "done")
         log_job(runs, job, result, title, search)
@@ -155,7 +157,9 @@ def run_job(cfg: DictConfig, data: Optional[Dataset] = None) -> float:
         if isinstance(error, DivergedError):
             summary.report(job)
         raise
-    runs.close(wait=not pipelined)
+    runs.close(wait=not pipelined or bool(cfg.tracking.register))  # a model is registered once written
+    if cfg.tracking.register and best_model:
+        register(uri, best_model, str(cfg.tracking.register))
     job.wall_time_s = time.perf_counter() - clock  # the whole job, its logging included
     summary.report(job)
     return objective(result)
@@ -204,4 +208,5 @@ def _final_result(flow: CouplingFlows, data: Dataset, trained: TrainResult, trai
         diverged = diverged | ~np.isfinite(values)
     return {**result, "curve": trained.curve.numpy(), "val_curve": trained.val_curve.numpy(),
             "val_steps": trained.val_steps, "diverged": diverged, "num_params": flow.num_parameters(),
-            "train_time_s": train_time, "model_steps": trained.steps.numpy()}
+            "train_time_s": train_time, "model_steps": trained.steps.numpy(),
+            "flow": flow}

@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 __all__ = [
@@ -200,6 +199,10 @@ class TrackingConfig:
     progress_interval_s: float = MISSING
     #: At most this many points of a minibatch-bpd curve become metric points (every k-th step).
     curve_points: int = MISSING
+    #: Log every converged instance's trained model as ``runs:/<id>/model`` (flowsweep.density).
+    log_models: bool = MISSING
+    #: Register the job's best model (by validation bpd) under this Model Registry name; null: do not.
+    register: Optional[str] = None
 
 
 @dataclass
@@ -226,6 +229,9 @@ class Config:
 
 def register_schema() -> None:
     """Register :class:`Config` as ``_schema`` (idempotent)."""
+    # Imported here: a saved model is loaded and served without Hydra (flowsweep.density).
+    from hydra.core.config_store import ConfigStore
+
     ConfigStore.instance().store(name="_schema", node=Config)
 
 

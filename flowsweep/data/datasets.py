@@ -31,6 +31,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ..config import DatasetConfig
+from .maps import Map, Standardize, Whiten
 from .sources import DataError, Located, expected_hash, locate, read_file, sha256_hex
 from .tables import read_table
 
@@ -61,6 +62,10 @@ class Dataset:
     log_det: float
     valid: Optional[torch.Tensor] = None
     graph: Optional[tuple[tuple[int, int], ...]] = None
+    #: The fixed maps from raw rows to these (``model.preprocess``), in the order applied.
+    maps: tuple[Map, ...] = ()
+    #: Each column's dequantization width (raw units, 0: none) where ``dataset.dequantize`` added noise.
+    widths: Optional[tuple[float, ...]] = None
 
     def __post_init__(self) -> None:
         if self.valid is None:
@@ -101,12 +106,15 @@ def load_dataset(cfg: Union[DictConfig, Mapping[str, Any], DatasetConfig], data_
     seed = int(spec["split_seed"])
     train, valid = _cut_validation(train, float(spec["validation_fraction"]), seed, name, str(spec["validation_rows"]))
     splits = [train, valid, test]
+    widths = None
     if spec["dequantize"]:
         width = resolution(np.concatenate(splits))
+        widths = tuple(float(w) for w in width)
         rng = np.random.default_rng([seed, _DEQUANTIZE_KEY])
         splits = [x + rng.uniform(0.0, 1.0, size=x.shape) * width for x in splits]
     train, valid, test = (torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)) for x in splits)
-    return Dataset(name=name, columns=tuple(columns), train=train, valid=valid, test=test, log_det=0.0, graph=graph)
+    return Dataset(name=name, columns=tuple(columns), train=train, valid=valid, test=test, log_det=0.0, graph=graph,
+                   widths=widths)
 
 
 def resolution(x: np.ndarray) -> np.ndarray:
@@ -139,12 +147,10 @@ def standardized(data: Dataset, key: str = "model.preprocess") -> Dataset:
             f"(std 0); leave them out with dataset.columns or set {key}=none."
         )
 
-    def scale(x: torch.Tensor) -> torch.Tensor:
-        return ((x.double() - mean) / std).float()
-
+    step = Standardize(mean.numpy(), std.numpy())
     return dataclasses.replace(
-        data, train=scale(data.train), valid=scale(data.valid), test=scale(data.test),
-        log_det=data.log_det + float(std.log().sum()),
+        data, train=step.apply(data.train), valid=step.apply(data.valid), test=step.apply(data.test),
+        log_det=data.log_det + float(std.log().sum()), maps=data.maps + (step,),
     )
 
 
@@ -165,14 +171,10 @@ def whitened(data: Dataset, key: str = "model.preprocess") -> Dataset:
     scaled = standardized(data, key)
     estimate = LedoitWolf(assume_centered=True).fit(scaled.train.double().numpy())
     values, vectors = np.linalg.eigh(estimate.covariance_)
-    inverse_root = torch.from_numpy((vectors / np.sqrt(values)) @ vectors.T)
-
-    def mapped(x: torch.Tensor) -> torch.Tensor:
-        return (x.double() @ inverse_root).float()  # rows times W, which is symmetric
-
+    step = Whiten((vectors / np.sqrt(values)) @ vectors.T, 0.5 * float(np.log(values).sum()))
     return dataclasses.replace(
-        scaled, train=mapped(scaled.train), valid=mapped(scaled.valid), test=mapped(scaled.test),
-        log_det=scaled.log_det + 0.5 * float(np.log(values).sum()),
+        scaled, train=step.apply(scaled.train), valid=step.apply(scaled.valid), test=step.apply(scaled.test),
+        log_det=scaled.log_det + step.log_det, maps=scaled.maps + (step,),
     )
 
 

@@ -1,0 +1,164 @@
+"""Trained densities as a product (flowsweep.density): every instance run keeps its model,
+and the loaded model gives back the run's numbers, in raw units.
+
+Real parts throughout: Hydra composition and the real job function on the real yeast file,
+a real sqlite MLflow store in a temp folder, MLflow's own loaders.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+
+import flowsweep
+from flowsweep.app.run import run_job
+from flowsweep.config import register_schema
+from flowsweep.data import load_dataset
+from flowsweep.density import ModelFormatError, RowsError
+
+REPO = Path(__file__).resolve().parents[1]
+#: The loaded model scores the same float32 model-space rows with the same float32 model as the job
+#: (one instance instead of K in the batched matmul, the same chunks), and both sum in float64: equal
+#: to ~1e-15 bpd where the matmul rounds alike; 1e-6 bpd allows float32 rounding of a few ulps per row.
+TOLERANCE_BPD = 1e-6
+
+
+def job_cfg(tmp_path: Path, data_dir: Path, *overrides: str):
+    register_schema()
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        return compose("config", [f"data_dir={data_dir}", f"tracking.uri=sqlite:///{tmp_path / 'm.db'}",
+                                  "dataset=yeast", "depth.layers=2", "instances=2", "train.steps=40",
+                                  "train.eval_every=20", "progress=false", *overrides])
+
+
+def instance_runs(cfg, search_runs):
+    runs = search_runs(cfg.tracking.uri, experiment_names=[cfg.tracking.experiment])
+    return runs[runs["tags.flowsweep.role"] == "instance"], runs[runs["tags.flowsweep.role"] == "job"]
+
+
+def raw_test_rows(cfg) -> pd.DataFrame:
+    data = load_dataset(cfg.dataset, cfg.data_dir)  # raw units, dequantized as the job's
+    return pd.DataFrame(data.test.numpy(), columns=data.columns)
+
+
+@pytest.mark.parametrize("overrides", [
+    ("model.preprocess=standardize",),
+    ("model.preprocess=whiten",),
+    ("model.preprocess=none", "train.max_lr=1e-3"),
+    ("model.preprocess=standardize", "layout=opt", "search.candidates=4", "search.rungs=[10,20]"),
+], ids=["standardize", "whiten", "none", "opt"])
+def test_a_loaded_model_gives_back_the_runs_test_bpd(overrides, tmp_path, data_dir, search_runs):
+    cfg = job_cfg(tmp_path, data_dir, *overrides)
+    run_job(cfg)
+    instances, job = instance_runs(cfg, search_runs)
+    test = raw_test_rows(cfg)
+    for _, run in instances.iterrows():
+        density = flowsweep.load(f"runs:/{run['run_id']}/model", cfg.tracking.uri)
+        assert density.bpd(test) == pytest.approx(run["metrics.test_bpd"], abs=TOLERANCE_BPD)
+        # columns matched by name: another order scores the same
+        assert np.array_equal(density.score_samples(test[test.columns[::-1]]), density.score_samples(test))
+    # the job names its best instance by validation bpd
+    best = instances.sort_values("metrics.val_bpd").iloc[0]
+    assert job.iloc[0]["tags.flowsweep.best_model"] == f"runs:/{best['run_id']}/model"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_dir):
+    """One yeast job (2 instances, standardized), its best instance's model, registered as ``yeast``."""
+    tmp_path = tmp_path_factory.mktemp("density")
+    cfg = job_cfg(tmp_path, data_dir, "tracking.register=yeast")
+    run_job(cfg)
+    return cfg, tmp_path
+
+
+def best_uri(cfg, search_runs) -> str:
+    _, job = instance_runs(cfg, search_runs)
+    return str(job.iloc[0]["tags.flowsweep.best_model"])
+
+
+def test_the_best_model_is_registered_and_loads_from_the_registry(trained, search_runs):
+    cfg, _ = trained
+    test = raw_test_rows(cfg)
+    from_run = flowsweep.load(best_uri(cfg, search_runs), cfg.tracking.uri)
+    from_registry = flowsweep.load("models:/yeast/1", cfg.tracking.uri)
+    assert np.array_equal(from_run.score_samples(test), from_registry.score_samples(test))
+
+
+def test_a_model_is_a_few_kb_and_needs_no_pickle(trained, search_runs):
+    import mlflow
+
+    cfg, tmp_path = trained
+    mlflow.set_tracking_uri(cfg.tracking.uri)
+    folder = Path(mlflow.artifacts.download_artifacts(best_uri(cfg, search_runs), dst_path=str(tmp_path / "dl")))
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) < 8_000
+    assert not [p for p in files if p.suffix in (".pkl", ".pickle", ".pt")]
+    assert "loader_module: flowsweep.density.pyfunc" in (folder / "MLmodel").read_text()
+
+
+def test_samples_and_latents_in_the_tables_units(trained, search_runs):
+    cfg, _ = trained
+    density = flowsweep.load(best_uri(cfg, search_runs), cfg.tracking.uri)
+    test = raw_test_rows(cfg)
+    samples = density.sample(2000, random_state=0)
+    assert list(samples.columns) == list(test.columns) and len(samples) == 2000
+    assert samples.equals(density.sample(2000, random_state=0))
+    # raw units: the samples' means lie near the data's (yeast's columns are in [0, 1])
+    assert np.abs(samples.mean() - test.mean()).max() < 0.1
+    z = density.transform(test)
+    assert z.shape == test.shape and abs(z.mean()) < 0.5
+    assert density.score(test) == pytest.approx(density.score_samples(test).sum())
+
+
+def test_bad_rows_get_one_line_naming_the_column_or_row(trained, search_runs):
+    cfg, _ = trained
+    density = flowsweep.load(best_uri(cfg, search_runs), cfg.tracking.uri)
+    test = raw_test_rows(cfg)
+    with pytest.raises(RowsError, match=r"missing \['nuc'\]"):
+        density.score_samples(test.drop(columns="nuc"))
+    with pytest.raises(RowsError, match=r"unexpected \['extra'\]"):
+        density.score_samples(test.assign(extra=1.0))
+    with pytest.raises(RowsError, match=r"missing \['mcg'\], unexpected \['MCG'\]"):
+        density.score_samples(test.rename(columns={"mcg": "MCG"}))
+    for bad in (math.nan, math.inf):
+        broken = test.copy()
+        broken.iloc[3, 2] = bad
+        with pytest.raises(RowsError, match=rf"row 3, column 'alm': {bad} is not a finite number"):
+            density.score_samples(broken)
+    with pytest.raises(RowsError, match=r"shape \(4, 3\)"):
+        density.score_samples(np.zeros((4, 3)))
+    # far outside the training range: scored (very low), never a crash
+    far = density.score_samples(test.iloc[:2] * 1e6)
+    assert far.shape == (2,) and (far < density.score_samples(test.iloc[:2])).all()
+
+
+def test_another_format_version_and_a_run_without_a_model_are_one_line(trained, search_runs, tmp_path):
+    import mlflow
+
+    cfg, _ = trained
+    mlflow.set_tracking_uri(cfg.tracking.uri)
+    folder = Path(mlflow.artifacts.download_artifacts(best_uri(cfg, search_runs), dst_path=str(tmp_path)))
+    spec = folder / "data" / "density" / "density.json"
+    spec.write_text(spec.read_text().replace('"version": 1', '"version": 99'))
+    with pytest.raises(ModelFormatError, match=r"density.json: format version 99; this flowsweep reads version 1"):
+        flowsweep.load(str(folder))
+    _, job = instance_runs(cfg, search_runs)
+    with pytest.raises(ModelFormatError, match=rf"runs:/{job.iloc[0]['run_id']}/model: no model there"):
+        flowsweep.load(f"runs:/{job.iloc[0]['run_id']}/model", cfg.tracking.uri)  # the parent run keeps no model
+
+
+def test_model_logging_can_be_turned_off(tmp_path, data_dir, search_runs):
+    import mlflow
+
+    cfg = job_cfg(tmp_path, data_dir, "tracking.log_models=false", "instances=1", "train.steps=5")
+    run_job(cfg)
+    instances, job = instance_runs(cfg, search_runs)
+    mlflow.set_tracking_uri(cfg.tracking.uri)
+    names = [a.path for a in mlflow.MlflowClient().list_artifacts(instances.iloc[0]["run_id"])]
+    assert "masks.json" in names and "model" not in names
+    assert "tags.flowsweep.best_model" not in job or job["tags.flowsweep.best_model"].isna().all()
