@@ -202,7 +202,7 @@ class TrackingConfig:
     #: Log every converged instance's trained model as ``runs:/<id>/model`` (flowsweep.density).
     log_models: bool = MISSING
     #: Register the job's best model (by validation bpd) under this Model Registry name; null: do not.
-    register: Optional[str] = None
+    register: Optional[str] = MISSING
 
 
 @dataclass
