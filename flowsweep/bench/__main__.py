@@ -5,6 +5,7 @@
     python -m flowsweep.bench scaling               # wall time against K, d and depth
     python -m flowsweep.bench structure             # layouts and searches on the synthetic benchmarks
     python -m flowsweep.bench evaluation            # does a trial's value predict the final model?
+    python -m flowsweep.bench best-known --dataset synthetic_scale --depth 4 --write   # the shipped best known
     python -m flowsweep.bench job dataset=magic layout=opt depth=8     # one whole job, by phase
     python -m flowsweep.bench job -- -m +experiment=paper              # the paper's grid
 """
@@ -20,7 +21,7 @@ import torch
 __all__ = ["main"]
 
 
-_COMMANDS = ("compare", "scaling", "job", "structure", "evaluation")
+_COMMANDS = ("compare", "scaling", "job", "structure", "evaluation", "best-known")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -56,6 +57,18 @@ def _parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--structures", type=int, default=60, help="random structures per dataset")
     evaluation.add_argument("--depth", type=int, default=4)
     structure.add_argument("overrides", nargs="*", help="further overrides for every job, e.g. train.threads=1")
+    best = sub.add_parser("best-known", parents=[common],
+                          help="the long search for a synthetic benchmark's best known structure (layout=best_known)")
+    best.add_argument("--dataset", required=True)
+    best.add_argument("--depth", type=int, default=4)
+    best.add_argument("--screen", type=int, default=2, help="replicas per candidate in the screening rounds")
+    best.add_argument("--final", type=int, default=4, help="replicas per finalist in the long training")
+    best.add_argument("--finalists", type=int, default=6)
+    best.add_argument("--rounds", type=int, default=3, help="hill-climbing rounds of whole-layer moves")
+    best.add_argument("--long", type=int, default=3, help="the finalists train this many times train.steps and patience")
+    best.add_argument("--randoms", type=int, default=8, help="uniformly random candidates")
+    best.add_argument("--searched", type=int, default=4, help="instances of each layout=opt job that adds candidates")
+    best.add_argument("--write", action="store_true", help="ship the winner as flowsweep/structure/best_known/*.json")
     job = sub.add_parser("job", parents=[common], help="time one whole main.py run by phase (Hydra overrides follow)")
     job.add_argument("--keep", default=None, help="run in this folder and keep it (default: a temporary one)")
     job.add_argument("overrides", nargs="*", help="as for main.py, e.g. dataset=magic layout=opt depth=8")
@@ -104,6 +117,18 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         table = evaluation_table(args.datasets or DATASETS, args.structures, args.depth)
         print(table.to_markdown(index=False, floatfmt=".2f"))
         print(f"\n{load_note()}")
+    elif command == "best-known":
+        import json
+
+        from flowsweep.bench.best_known import search_best_known, write
+
+        print(f"# python -m flowsweep.bench best-known --dataset {args.dataset} --depth {args.depth}; {load_note()}",
+              flush=True)
+        record = search_best_known(args.dataset, args.depth, args.screen, args.final, args.finalists, args.rounds,
+                                   args.long, args.randoms, args.searched)
+        print(json.dumps(record))
+        if args.write:
+            print(f"written to {write(record)}")
     elif command == "scaling":
         from flowsweep.bench.scaling import scaling_table
 

@@ -11,8 +11,10 @@ It sits above the search (``layout=opt`` runs one) and below the record and the 
 """
 
 from flowsweep.layouts.base import Layout, LayoutJob, build_layout
+from flowsweep.layouts.best_known import BestKnown
 from flowsweep.layouts.fixed import FromDependence, Oracle, Parity, Random
 from flowsweep.layouts.given import Given
 from flowsweep.layouts.searched import Searched
 
-__all__ = ["Layout", "LayoutJob", "build_layout", "Parity", "Random", "FromDependence", "Oracle", "Given", "Searched"]
+__all__ = ["Layout", "LayoutJob", "build_layout", "Parity", "Random", "FromDependence", "Oracle", "Given", "Searched",
+           "BestKnown"]
