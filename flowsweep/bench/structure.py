@@ -150,11 +150,13 @@ def structure_tables(datasets: Sequence[str] = DATASETS, depth: int = 4, instanc
             default = next(label for label in runs if label.startswith("default search"))
             total = int(math.ceil(runs[default]["model_steps"].mean()))
             for number, entry in enumerate(e for e in rows_of if e.label in SAME_TOTAL):
-                label, same = f"{entry.label}, train.steps={total}", Entry("", (*entry.overrides, f"train.steps={total}"))
+                label, same = f"{entry.label}, at that total", Entry("", (*entry.overrides, f"train.steps={total}"))
                 tag = f"structure/{dataset}/L{depth}/same/{number}"
                 seconds[label], cfg = _run(dataset, same, depth, instances, uri, extra, tag)
                 runs[label] = _runs(uri, tag, cfg.train)
             table = _table(runs, seconds, {e.label for e in rows_of if "layout=opt" in e.overrides})
+            if echo:
+                print(f"\n(at that total: train.steps={total}, the default search's mean model-steps per instance)")
             tables[dataset] = table
             shares[dataset] = table.set_index("layout / search")["share of best known"]
             if echo:
