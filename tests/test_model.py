@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from flowsweep.model import CONDITIONERS, CONSTANTS, DIRECTIONS, ORDERS, CouplingFlows, ModelSpec
+from flowsweep.model import CONDITIONERS, CONSTANTS, COUPLINGS, DIRECTIONS, ORDERS, CouplingFlows, ModelSpec
 from flowsweep.structure import parity_structure, random_structure
 from flowsweep.training import evaluate_bpd, train
 
@@ -17,12 +17,16 @@ from .conftest import train_recipe
 #: Every combination of the choices that change the function (init only changes the start).
 VARIANTS = [dict(order=o, constant=c, direction=r, conditioner=n)
             for o, c, r, n in itertools.product(ORDERS, CONSTANTS, DIRECTIONS, CONDITIONERS)]
-IDS = ["-".join(v.values()) for v in VARIANTS]
+#: The same matrix for both couplings: the spline's with a small tail bound, so samples land
+#: in the spline, in its tails and on both sides of the bound.
+MATRIX = [dict(v, coupling=c) for c in COUPLINGS for v in VARIANTS]
+IDS = ["-".join(v.values()) for v in MATRIX]
 
 
 def make_flow(variant: dict, k: int = 3, d: int = 5, m: int = 2, depth: int = 3, seed: int = 0) -> CouplingFlows:
     rng = np.random.default_rng(seed)
-    spec = ModelSpec(d, m, depth, hidden=4, **variant)
+    shape = dict(hidden=[4, 3], activation="tanh") if variant.get("conditioner") == "mlp" else {}
+    spec = ModelSpec(d, m, depth, bins=4, tail_bound=1.5, **shape, **variant)
     flow = CouplingFlows(spec, [random_structure(d, m, depth, rng) for _ in range(k)],
                          [torch.Generator().manual_seed(seed + i) for i in range(k)])
     with torch.no_grad():  # move away from the identity start so every term matters
@@ -30,7 +34,7 @@ def make_flow(variant: dict, k: int = 3, d: int = 5, m: int = 2, depth: int = 3,
     return flow.double()
 
 
-@pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
+@pytest.mark.parametrize("variant", MATRIX, ids=IDS)
 def test_inverse_undoes_forward(variant):
     flow = make_flow(variant)
     x = torch.randn(flow.k, 7, flow.d, dtype=torch.float64)
@@ -40,7 +44,7 @@ def test_inverse_undoes_forward(variant):
     torch.testing.assert_close(inv_logdet, -logdet)
 
 
-@pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
+@pytest.mark.parametrize("variant", MATRIX, ids=IDS)
 def test_logdet_matches_autograd_jacobian(variant):
     flow = make_flow(variant, k=2)
     x = torch.randn(flow.k, 3, flow.d, dtype=torch.float64)
@@ -57,7 +61,7 @@ def test_logdet_matches_autograd_jacobian(variant):
             torch.testing.assert_close(logdet[k, i], torch.linalg.slogdet(jac)[1])
 
 
-@pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
+@pytest.mark.parametrize("variant", MATRIX, ids=IDS)
 def test_every_parameter_receives_a_gradient(variant):
     flow = make_flow(variant)
     flow.log_prob(torch.randn(flow.k, 16, flow.d, dtype=torch.float64)).sum().backward()
@@ -66,7 +70,7 @@ def test_every_parameter_receives_a_gradient(variant):
         assert torch.all(grad.flatten(2).abs().sum(2) > 0), name
 
 
-@pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
+@pytest.mark.parametrize("variant", MATRIX, ids=IDS)
 def test_sampling_and_scoring_agree_with_the_change_of_variables(variant):
     flow = make_flow(variant, k=2)
     x = flow.sample(5, torch.Generator().manual_seed(0))
@@ -88,11 +92,12 @@ def test_the_directions_are_inverse_readings_of_the_same_layers():
 @pytest.mark.parametrize("init", ["uniform", "zero"])
 def test_initialisation(init):
     spec = ModelSpec(6, 3, 2, init=init, conditioner="mlp", hidden=4)
+    assert spec.layout().names == ("scale", "shift", "hidden_weight_0", "hidden_bias_0", "weight", "bias")
     flow = CouplingFlows(spec, [parity_structure(6, 3, 2)] * 2, [torch.Generator().manual_seed(i) for i in range(2)])
     params = flow.params()
     assert torch.equal(params["scale"], torch.zeros_like(params["scale"]))  # constant transforms: identity
     assert torch.equal(params["shift"], torch.zeros_like(params["shift"]))
-    assert 0 < params["hidden_weight"].abs().max() <= 1 / np.sqrt(3)
+    assert 0 < params["hidden_weight_0"].abs().max() <= 1 / np.sqrt(3)
     x = torch.randn(10, 6)
     if init == "zero":  # the output layer at zero: the flow starts as the identity
         assert not params["weight"].any() and not params["bias"].any()
@@ -200,3 +205,41 @@ def test_training_threads_change_rounding_only():
         return result.curve
 
     torch.testing.assert_close(run(1), run(2), rtol=1e-5, atol=1e-5)
+
+
+def test_the_spline_meets_its_knots_with_their_derivatives_and_is_the_identity_at_zero():
+    from flowsweep.model.spline import rational_quadratic_spline
+
+    gen = torch.Generator().manual_seed(0)
+    bins, bound = 5, 2.0
+    w, h, u = (torch.randn(3, n, generator=gen, dtype=torch.float64) for n in (bins, bins, bins - 1))
+    # Durkan et al.: bin k spans x_k..x_k+1 and y_k..y_k+1, knot derivatives 1 at the ends
+    sizes = lambda v: 1e-3 + (1 - 1e-3 * bins) * torch.softmax(v, -1)  # noqa: E731
+    knots_x = torch.cat([torch.zeros(3, 1, dtype=torch.float64), sizes(w).cumsum(-1)], -1) * 2 * bound - bound
+    knots_y = torch.cat([torch.zeros(3, 1, dtype=torch.float64), sizes(h).cumsum(-1)], -1) * 2 * bound - bound
+    x = knots_x[:, 1:-1].clone().requires_grad_(True)
+    expand = lambda v: v.unsqueeze(1).expand(-1, bins - 1, -1)  # noqa: E731
+    y, logabsdet = rational_quadratic_spline(x, expand(w), expand(h), expand(u), bound)
+    torch.testing.assert_close(y, knots_y[:, 1:-1])
+    slope = torch.autograd.grad(y.sum(), x)[0]
+    torch.testing.assert_close(logabsdet, slope.log())
+    outside = torch.tensor([-3.0, 2.5], dtype=torch.float64)
+    y_out, ld_out = rational_quadratic_spline(outside, w[:2], h[:2], u[:2], bound)
+    assert torch.equal(y_out, outside) and torch.equal(ld_out, torch.zeros(2, dtype=torch.float64))  # linear tails
+    z = torch.linspace(-3, 3, 13, dtype=torch.float64)
+    zeros = torch.zeros(13, bins, dtype=torch.float64)
+    y0, ld0 = rational_quadratic_spline(z, zeros, zeros, zeros[:, 1:], bound)
+    torch.testing.assert_close(y0, z)
+    torch.testing.assert_close(ld0, torch.zeros_like(z))
+
+
+def test_a_spline_flow_with_a_deep_conditioner_trains():
+    base = torch.randn(400, 6, generator=torch.Generator().manual_seed(0))
+    data = base + 0.5 * base.roll(1, dims=1).square()  # not Gaussian: a spline has something to bend
+    spec = ModelSpec(6, 3, 2, coupling="spline", bins=6, conditioner="mlp", hidden=[16, 16], init="zero")
+    gens = [torch.Generator().manual_seed(i) for i in range(2)]
+    flow = CouplingFlows(spec, [random_structure(6, 3, 2, np.random.default_rng(i)) for i in range(2)], gens)
+    start = evaluate_bpd(flow, data)
+    recipe = train_recipe(steps=60, max_lr=1e-2, optimizer="adam", schedule="constant", patience=None)
+    result = train(flow, data, 64, recipe, gens)
+    assert torch.isfinite(result.curve).all() and (evaluate_bpd(flow, data) < start - 0.05).all()

@@ -27,7 +27,13 @@ def validate(cfg: DictConfig) -> None:
     _at_least(cfg, "train.threads", 1)
     _at_least(cfg, "train.eval_every", 1)
     _at_least(cfg, "train.weight_decay", 0.0)
-    _at_least(cfg, "model.hidden", 1)
+    hidden = OmegaConf.select(cfg, "model.hidden")
+    widths = [hidden] if isinstance(hidden, int) else list(hidden) if OmegaConf.is_list(hidden) else None
+    if not widths or not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths):
+        raise ConfigError("model.hidden", f"must be a layer width >= 1 or a list of them, got {hidden}")
+    _at_least(cfg, "model.bins", 1)
+    if not cfg.model.tail_bound > 0:
+        raise ConfigError("model.tail_bound", f"must be > 0, got {cfg.model.tail_bound}")
     _at_least(cfg, "dependence.rows", 2)
     if not 0.0 <= cfg.dependence.discount <= 1.0:
         raise ConfigError("dependence.discount", f"must be in [0, 1], got {cfg.dependence.discount}")

@@ -144,7 +144,13 @@ class ModelConfig:
     direction: str = MISSING
     init: str = MISSING
     conditioner: str = MISSING
-    hidden: int = MISSING
+    #: Hidden layer widths of the mlp conditioner: a list, or an int for one layer.
+    hidden: Any = MISSING
+    activation: str = MISSING
+    #: affine | spline, and the spline's bins and tail bound.
+    coupling: str = MISSING
+    bins: int = MISSING
+    tail_bound: float = MISSING
 
 
 @dataclass
@@ -244,6 +250,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.direction": ("normalizing", "generative"),
     "model.init": ("uniform", "zero"),
     "model.conditioner": ("tanh", "mlp"),
+    "model.activation": ("relu", "tanh", "elu"),
+    "model.coupling": ("affine", "spline"),
     "dependence.measure": ("gain", "mi"),
     "train.optimizer": ("sgd", "adam"),
     "train.schedule": ("cyclic", "constant", "cosine"),

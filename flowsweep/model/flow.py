@@ -4,8 +4,8 @@ Every model ``k`` has its own structure and parameters; all parameters of model 
 are row ``k`` of one ``[K, P]`` tensor, :attr:`CouplingFlows.theta`, laid out by the
 spec's :class:`~flowsweep.model.spec.ParamLayout`, so the optimizer, the freezing of
 diverged models and the gradient are one tensor each. A layer is an affine constant
-transform and an affine coupling, in the spec's order; in the ``generative`` direction
-the layers map latent to data and the density runs through their inverses. Autograd
+transform and a coupling (affine or spline, :mod:`flowsweep.model.transforms`), in the
+spec's order; in the ``generative`` direction the layers map latent to data and the density runs through their inverses. Autograd
 differentiates it all; the native kernel (:mod:`flowsweep.native`) computes the same
 numbers for the variants it covers, and the tests hold it to this module.
 
@@ -22,14 +22,15 @@ import torch
 from torch import Tensor, nn
 
 from flowsweep.model.spec import ModelSpec
-from flowsweep.model.transforms import affine_constant, affine_coupling
+from flowsweep.model.transforms import affine_constant, coupling
 from flowsweep.structure import Structure
 
 __all__ = ["CouplingFlows", "LOG_2PI"]
 
 LOG_2PI = math.log(2.0 * math.pi)
-#: A bias block is initialised with the fan-in of its weight block, as in ``nn.Linear``.
-_FAN_IN_OF = {"bias": "weight", "hidden_bias": "hidden_weight"}
+def _fan_in_block(name: str) -> str:
+    """A bias block is initialised with the fan-in of its weight block, as in ``nn.Linear``."""
+    return name.replace("bias", "weight")
 
 
 class CouplingFlows(nn.Module):
@@ -91,7 +92,7 @@ class CouplingFlows(nn.Module):
             elif name == "shift" or (self.spec.init == "zero" and name in ("weight", "bias")):
                 value = torch.zeros(size)
             else:
-                fan_in = self.layout.shape(_FAN_IN_OF.get(name, name))[-1]
+                fan_in = self.layout.shape(_fan_in_block(name))[-1]
                 bound = 1.0 / math.sqrt(fan_in)
                 value = torch.rand(size, generator=generator) * (2 * bound) - bound
             views[name][model, index] = value.to(self.theta)
@@ -129,7 +130,7 @@ class CouplingFlows(nn.Module):
         order = self.perm[:, layer].unsqueeze(1)
         cond, trans = order[..., : self.m].expand(-1, n, -1), order[..., self.m :].expand(-1, n, -1)
         params = {name: view[:, layer] for name, view in views.items() if name not in ("scale", "shift")}
-        return affine_coupling(x, cond, trans, params, self.spec.conditioner, inverse)
+        return coupling(x, cond, trans, params, self.spec, inverse)
 
     def _run(self, x: Tensor, to_latent: bool) -> tuple[Tensor, Tensor]:
         if x.dim() == 2:

@@ -18,7 +18,8 @@ from torch import Tensor
 
 from flowsweep.config import CHOICES
 
-__all__ = ["ORDERS", "CONSTANTS", "DIRECTIONS", "INITS", "CONDITIONERS", "ModelSpec", "ParamLayout"]
+__all__ = ["ORDERS", "CONSTANTS", "DIRECTIONS", "INITS", "CONDITIONERS", "COUPLINGS", "ACTIVATIONS", "ModelSpec",
+           "ParamLayout"]
 
 #: ``constant_first``: a layer is the affine constant transform followed by the coupling, as
 #: the text says; ``coupling_first``: the coupling, then the constant transform (F = c ∘ f
@@ -35,9 +36,17 @@ DIRECTIONS = CHOICES["model.direction"]
 #: ``zero``: the conditioners' output layer starts at zero, so the flow starts as the identity.
 #: Constant transforms always start as the identity.
 INITS = CHOICES["model.init"]
-#: ``tanh``: ``(s, t) = tanh(W x_B + b)``, the paper's single layer; ``mlp``: ``tanh(W relu(V x_B + v) + b)``
-#: with ``hidden`` units.
+#: The conditioner network ``net(x_B)``: ``tanh``, one linear layer ``W x_B + b`` (the paper's,
+#: named after the squashing the affine coupling puts on it); ``mlp``, hidden layers of
+#: ``hidden`` units with ``activation`` between them, then the linear output layer.
 CONDITIONERS = CHOICES["model.conditioner"]
+#: The coupling: ``affine``, ``(s, t) = tanh(net(x_B))``, ``y_A = x_A exp(s) + t`` (the paper's);
+#: ``spline``, a monotonic rational-quadratic spline per transformed feature (Durkan et al. 2019)
+#: with ``bins`` bins on ``[-tail_bound, tail_bound]`` and identity (linear) tails outside, its
+#: ``3 bins - 1`` parameters the raw outputs of ``net(x_B)`` (flowsweep.model.spline).
+COUPLINGS = CHOICES["model.coupling"]
+#: The hidden layers' activation of the ``mlp`` conditioner.
+ACTIVATIONS = CHOICES["model.activation"]
 
 
 @dataclass(frozen=True)
@@ -90,43 +99,76 @@ class ModelSpec:
     direction: str = "normalizing"
     init: str = "zero"
     conditioner: str = "tanh"
-    #: Hidden units of the ``mlp`` conditioner (unused by ``tanh``).
-    hidden: int = 32
+    #: Units of each hidden layer of the ``mlp`` conditioner (unused by ``tanh``); an int is one layer.
+    hidden: tuple[int, ...] = (32,)
+    activation: str = "relu"
+    coupling: str = "affine"
+    #: Bins of the ``spline`` coupling, and the half-width of the interval it spans (unused by ``affine``).
+    bins: int = 8
+    tail_bound: float = 5.0
 
     def __post_init__(self) -> None:
+        # Plain values only: a list (from JSON or YAML) or an int becomes a tuple, so the spec
+        # stays hashable and equal to itself after a round trip through dataclasses.asdict.
+        hidden = (self.hidden,) if isinstance(self.hidden, int) else tuple(int(h) for h in self.hidden)
+        object.__setattr__(self, "hidden", hidden)
+        object.__setattr__(self, "tail_bound", float(self.tail_bound))
         for key, value, allowed in (("order", self.order, ORDERS), ("constant", self.constant, CONSTANTS),
                                     ("direction", self.direction, DIRECTIONS), ("init", self.init, INITS),
-                                    ("conditioner", self.conditioner, CONDITIONERS)):
+                                    ("conditioner", self.conditioner, CONDITIONERS),
+                                    ("activation", self.activation, ACTIVATIONS),
+                                    ("coupling", self.coupling, COUPLINGS)):
             if value not in allowed:
                 raise ValueError(f"model.{key}: must be one of {allowed}, got {value!r}")
         if not 1 <= self.m <= self.d - 1:
             raise ValueError(f"model.m: must be in 1..{self.d - 1}, got {self.m}")
-        if self.conditioner == "mlp" and self.hidden < 1:
-            raise ValueError(f"model.hidden: must be >= 1, got {self.hidden}")
+        if self.conditioner == "mlp" and not (hidden and min(hidden) >= 1):
+            raise ValueError(f"model.hidden: must be one or more layer widths >= 1, got {list(hidden)}")
+        if self.bins < 1:
+            raise ValueError(f"model.bins: must be >= 1, got {self.bins}")
+        if not self.tail_bound > 0:
+            raise ValueError(f"model.tail_bound: must be > 0, got {self.tail_bound}")
 
     @classmethod
     def from_config(cls, model: Any, d: int, m: int, depth: int) -> ModelSpec:
         """The spec of a job: ``model`` is the ``model`` config node."""
+        hidden = model.hidden
         return cls(d=d, m=m, depth=depth, order=str(model.order), constant=str(model.constant),
                    direction=str(model.direction), init=str(model.init), conditioner=str(model.conditioner),
-                   hidden=int(model.hidden))
+                   hidden=(int(hidden),) if isinstance(hidden, int) else tuple(int(h) for h in hidden),
+                   activation=str(model.activation), coupling=str(model.coupling), bins=int(model.bins),
+                   tail_bound=float(model.tail_bound))
 
     @property
     def dm(self) -> int:
         """Features each coupling transforms, ``d - m``."""
         return self.d - self.m
 
+    @property
+    def outputs(self) -> int:
+        """Outputs of one coupling's conditioner: ``2 dm`` (``s``, ``t``) for ``affine``,
+        ``dm (3 bins - 1)`` (widths, heights, inner derivatives per feature) for ``spline``."""
+        return 2 * self.dm if self.coupling == "affine" else self.dm * (3 * self.bins - 1)
+
+    @property
+    def hidden_layers(self) -> tuple[int, ...]:
+        """The widths of the conditioner's hidden layers (none for ``tanh``)."""
+        return self.hidden if self.conditioner == "mlp" else ()
+
     def layout(self) -> ParamLayout:
         """``scale`` and ``shift`` ``[L, d]`` of the constant transforms (``scale`` is the log-scale
         ``a`` for ``exp``, ``s`` itself for ``linear``), indexed by feature; then the conditioners:
-        ``weight [L, 2dm, fan_in]`` (rows ``s`` then ``t`` of the transformed features in sorted
-        order, columns the conditioning features in sorted order, or the hidden units) and
-        ``bias [L, 2dm]``, after ``hidden_weight [L, hidden, m]`` and ``hidden_bias [L, hidden]`` for ``mlp``."""
-        L, d, m, dm = self.depth, self.d, self.m, self.dm
+        for ``mlp``, ``hidden_weight_i [L, h_i, fan_in]`` and ``hidden_bias_i [L, h_i]`` per hidden
+        layer; then ``weight [L, outputs, fan_in]`` and ``bias [L, outputs]``. The input columns are
+        the conditioning features in sorted order (or the previous layer's units). The output rows
+        are, for ``affine``, ``s`` then ``t`` of the transformed features in sorted order; for
+        ``spline``, feature by feature (sorted), its ``bins`` widths, ``bins`` heights and ``bins - 1``
+        inner derivatives."""
+        L, d = self.depth, self.d
         blocks: list[tuple[str, tuple[int, ...]]] = [("scale", (L, d)), ("shift", (L, d))]
-        fan_in = m
-        if self.conditioner == "mlp":
-            blocks += [("hidden_weight", (L, self.hidden, m)), ("hidden_bias", (L, self.hidden))]
-            fan_in = self.hidden
-        blocks += [("weight", (L, 2 * dm, fan_in)), ("bias", (L, 2 * dm))]
+        fan_in = self.m
+        for i, width in enumerate(self.hidden_layers):
+            blocks += [(f"hidden_weight_{i}", (L, width, fan_in)), (f"hidden_bias_{i}", (L, width))]
+            fan_in = width
+        blocks += [("weight", (L, self.outputs, fan_in)), ("bias", (L, self.outputs))]
         return ParamLayout(tuple(blocks))

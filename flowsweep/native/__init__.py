@@ -112,8 +112,9 @@ def _pool(threads: int) -> ThreadPoolExecutor:
 
 def covers(spec: ModelSpec) -> bool:
     """Whether the kernel computes ``spec``'s model: the paper's layer (the constant transform,
-    then the coupling with the tanh conditioner), data to latent, either constant transform."""
-    return spec.order == "constant_first" and spec.direction == "normalizing" and spec.conditioner == "tanh"
+    then the affine coupling with the tanh conditioner), data to latent, either constant transform."""
+    return (spec.order == "constant_first" and spec.direction == "normalizing" and spec.conditioner == "tanh"
+            and spec.coupling == "affine")
 
 
 class NativeStep:
