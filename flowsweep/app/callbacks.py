@@ -127,12 +127,13 @@ class TrackingCallback(Callback):
     """
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from flowsweep.record.tracking import masked, open_store, resolve_tracking_uri
+        from flowsweep.record.tracking import check_reachable, masked, open_store, resolve_tracking_uri
 
         os.environ[SWEEP_ID_ENV] = config.tracking.sweep_id or str(config.hydra.sweep.dir)
         os.environ[LAUNCHER_PID_ENV] = str(os.getpid())
         uri = resolve_tracking_uri(config.tracking.uri, os.getcwd())
         try:
+            check_reachable(uri)
             open_store(uri, config.tracking.experiment)
         except ConfigError as error:
             fail(error)

@@ -15,7 +15,7 @@ import json
 import math
 import os
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import numpy as np
 import torch
@@ -25,28 +25,24 @@ from omegaconf import DictConfig, OmegaConf
 from flowsweep.record import runinfo
 from flowsweep.record import summary
 from flowsweep.app.callbacks import LAUNCHER_PID_ENV
-from flowsweep.config.checks import validate, validate_against_data
+from flowsweep.app.plan import JobPlan, plan_job
 from flowsweep.config import DivergedError
 from flowsweep.app.interrupt import interrupted
-from flowsweep.data import Dataset, load_dataset, preprocessed
+from flowsweep.data import Dataset
 from flowsweep.density.log import log_models, model_source, register
 from flowsweep.record.mlflow_writer import MlflowWriteError, settle
 from flowsweep.model import CouplingFlows, ModelSpec
 from flowsweep.record.results import LiveCurve, log_instances, log_job, log_search_metrics
 from flowsweep.record.resume import objective_of, resume_job
 from flowsweep.record.run_group import FAILED, JOB, KILLED, PHASE_TAG, RunGroup, RunSpec
-from flowsweep.layouts import LayoutJob, build_layout
+from flowsweep.layouts import LayoutJob
 from flowsweep.search.job import JobSearch, job_dependence, search_job
-from flowsweep.seeding import derive_seed, torch_generator
+from flowsweep.seeding import torch_generator
 from flowsweep.structure import Structure
-from flowsweep.record.tracking import SWEEP_ID_ENV, check_reachable, open_store, resolve_tracking_uri
+from flowsweep.record.tracking import SWEEP_ID_ENV, open_store
 from flowsweep.training import Recipe, TrainResult, evaluate_bpd, train
 
 __all__ = ["run_job", "objective", "fingerprint"]
-
-def _launch_dir() -> str:
-    return HydraConfig.get().runtime.cwd if HydraConfig.initialized() else os.getcwd()
-
 
 def _sweep_id(cfg: DictConfig) -> str:
     if cfg.tracking.sweep_id:
@@ -70,7 +66,7 @@ def fingerprint(cfg: DictConfig, given: Optional[Structure] = None) -> str:
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def run_job(cfg: DictConfig, data: Optional[Dataset] = None) -> float:
+def run_job(job: Union[DictConfig, JobPlan], data: Optional[Dataset] = None) -> float:
     """Validate, train (searching first for ``layout=opt``), log; returns the job's objective.
 
     The objective is the mean validation bpd over the instances that did not diverge (the
@@ -78,24 +74,13 @@ def run_job(cfg: DictConfig, data: Optional[Dataset] = None) -> float:
     never a test number, so a sweeper that minimises it does not tune on the test rows.
     A job whose every instance diverged raises :class:`~flowsweep.config.DivergedError`.
 
-    ``data`` is the dataset of ``cfg.dataset`` when the caller has loaded it already.
+    ``job`` is the job's plan (:func:`~flowsweep.app.plan.plan_job`), or its config, planned here;
+    ``data`` is then the dataset of ``cfg.dataset`` when the caller has loaded it already.
     """
     started, clock = time.time(), time.perf_counter()
-    validate(cfg)
-    layout = build_layout(cfg.layout)
-    layout.check(cfg)
-    uri = resolve_tracking_uri(cfg.tracking.uri, _launch_dir())
-    check_reachable(uri)
-    if data is None:
-        data = load_dataset(cfg.dataset, cfg.data_dir)
-    # A fixed map ahead of the first layer: standardizing is the same model family (its
-    # constant transform absorbs it), but SGD no longer fights raw scales such as turbine's
-    # ~1000 hPa; whitening starts the flow from a full-covariance Gaussian. The map's
-    # log-determinant keeps every bpd in raw units.
-    data = preprocessed(data, cfg.model.preprocess)
-    m = validate_against_data(cfg, data.d, data.train.shape[0])
-    spec = ModelSpec.from_config(cfg.model, data.d, m, cfg.depth.layers)
-    seeds = [derive_seed(cfg.seed, i) for i in range(cfg.instances)]
+    plan = job if isinstance(job, JobPlan) else plan_job(job, data)
+    cfg, layout, uri, data, spec, seeds, m = (plan.cfg, plan.layout, plan.tracking_uri, plan.data, plan.spec,
+                                              plan.seeds, plan.m)
     dependence = job_dependence(cfg, data) if layout.uses_dependence(cfg, data.d, m) else None
     # Fixed structures before any run exists: a bad layout.path leaves nothing behind.
     fixed = layout.structures(LayoutJob(cfg, data, m, seeds, uri, dependence))

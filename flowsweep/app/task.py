@@ -23,7 +23,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from flowsweep.app.callbacks import fail
-from flowsweep.config.checks import validate, validate_against_data
+from flowsweep.config.checks import validate
 from flowsweep.config import ConfigError
 from flowsweep.app.interrupt import interrupted
 
@@ -58,17 +58,17 @@ def run_task(cfg: DictConfig) -> float:
         validate(cfg)
     except ConfigError as error:
         _bad_input(error)
-    from flowsweep.data import DataError, load_dataset
+    from flowsweep.app.plan import plan_job
+    from flowsweep.data import DataError
 
     try:
-        data = load_dataset(cfg.dataset, cfg.data_dir)
-        validate_against_data(cfg, data.d, data.train.shape[0])
+        plan = plan_job(cfg, validated=True)  # the layout, the store, the data: checked once
     except (ConfigError, DataError) as error:
         _bad_input(error)
     from flowsweep.app.run import run_job
 
     try:
-        return run_job(cfg, data)
+        return run_job(plan)
     except (ConfigError, DataError) as error:
         _bad_input(error)
     except Exception as error:

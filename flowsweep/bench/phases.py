@@ -36,6 +36,7 @@ WRITER_CPU = "mlflow writer process (CPU s, beside the job)"
 PHASES: dict[str, list[tuple[str, str]]] = {
     "mlflow: store and runs": [
         ("flowsweep.app.callbacks", "TrackingCallback.on_multirun_start"),
+        ("flowsweep.app.plan", "check_reachable"),
         ("flowsweep.app.run", "open_store"),
         ("flowsweep.app.run", "resume_job"),
         ("flowsweep.record.run_group", "RunGroup.__init__"),
@@ -55,7 +56,7 @@ PHASES: dict[str, list[tuple[str, str]]] = {
         ("flowsweep.record.plots", "save_search_trajectory"),
         ("flowsweep.record.plots", "save_curves"),
     ],
-    "data loading": [("flowsweep.data", "load_dataset"), ("flowsweep.app.run", "preprocessed")],
+    "data loading": [("flowsweep.app.plan", "load_dataset"), ("flowsweep.app.plan", "preprocessed")],
     "structure search": [("flowsweep.app.run", "search_job"), ("flowsweep.app.run", "job_dependence")],
     "final training": [("flowsweep.app.run", "train")],
     "evaluation": [("flowsweep.app.run", "evaluate_bpd")],

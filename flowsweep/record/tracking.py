@@ -182,9 +182,9 @@ def open_store(uri: str, experiment: str) -> tuple[MlflowClient, str]:
     """A client of the store at ``uri`` and the id of ``experiment`` (created if missing).
 
     Anything that keeps the store from taking runs is one :class:`ConfigError` naming
-    ``tracking.uri`` or ``tracking.experiment``.
+    ``tracking.uri`` or ``tracking.experiment``. Call :func:`check_reachable` first (a job's
+    plan does, once), so that a store that does not answer fails within seconds.
     """
-    check_reachable(uri)
     try:
         client = open_client(uri)
         return client, ensure_experiment(client, uri, experiment)
