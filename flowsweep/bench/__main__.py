@@ -2,6 +2,7 @@
 
     python -m flowsweep.bench                       # (a) vs (b) vs (c): magic, batch 380, depth 8, K = 20
     python -m flowsweep.bench compare --steps 50 --no-nflows
+    python -m flowsweep.bench spline                # K = 20 spline flows batched vs a per-model zuko loop
     python -m flowsweep.bench scaling               # wall time against K, d and depth
     python -m flowsweep.bench structure             # layouts and searches on the synthetic benchmarks
     python -m flowsweep.bench evaluation            # does a trial's value predict the final model?
@@ -21,7 +22,7 @@ import torch
 __all__ = ["main"]
 
 
-_COMMANDS = ("compare", "scaling", "job", "structure", "evaluation", "best-known")
+_COMMANDS = ("spline", "compare", "scaling", "job", "structure", "evaluation", "best-known")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,6 +43,13 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--steps", type=int, default=100, help="SGD steps per model")
     compare.add_argument("--repeats", type=int, default=5, help="(a) is timed this often; the best counts")
     compare.add_argument("--no-nflows", action="store_true", help="leave out (c)")
+    spline = sub.add_parser("spline", parents=[common],
+                            help="K spline flows batched vs a per-model zuko loop of the same architecture")
+    spline.add_argument("--dataset", default="magic")
+    spline.add_argument("--depth", type=int, default=8)
+    spline.add_argument("--models", type=int, default=20, help="K")
+    spline.add_argument("--steps", type=int, default=30)
+    spline.add_argument("--hidden", type=int, nargs="*", default=[64, 64], help="conditioner widths (none: one layer)")
     scaling = sub.add_parser("scaling", parents=[common], help="batched engine: wall time against K, d and depth")
     scaling.add_argument("--steps", type=int, default=100)
     scaling.add_argument("--repeats", type=int, default=3)
@@ -104,6 +112,16 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
               + ", ".join(f"{a[i] / a[0]:.1f}x over {name[:3]}" for i, name in enumerate(timing["engine"]) if i))
         print("\nSame models, same initial parameters and minibatches:")
         print(agreement.to_markdown(index=False))
+    elif command == "spline":
+        from flowsweep.bench.spline import spline_speed
+        from flowsweep.bench.workload import make_workload
+
+        work = make_workload(args.dataset, args.depth, args.models, data_dir=args.data_dir, threads=args.threads)
+        print(f"# {args.dataset} (d={work.data.d}), batch {work.batch_size}, depth {args.depth}, K={args.models}, "
+              f"{args.steps} Adam steps, spline couplings, 8 bins, hidden {args.hidden}; {load_note()}")
+        table = spline_speed(work, args.steps, tuple(args.hidden))
+        print(table.to_markdown(index=False))
+        print(f"\nspeed-up of (a) per model-step over zuko: {table['speed-up of (a)'].iloc[1]:.1f}x")
     elif command == "structure":
         from flowsweep.bench.structure import DATASETS, main_tables
 
