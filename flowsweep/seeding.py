@@ -1,4 +1,5 @@
-"""Seeds derived from the job seed, so every model and trial has its own random stream.
+"""Seeds derived from the job seed, so every model and trial has its own random stream, and
+every stream's key (fixed, so results never depend on code order).
 
 A model's stream depends only on the job seed and its own keys (instance, trial), never
 on how many other models share its batch: the reason batched runs equal runs alone.
@@ -6,10 +7,43 @@ on how many other models share its batch: the reason batched runs equal runs alo
 
 from __future__ import annotations
 
+from enum import IntEnum
+
 import numpy as np
 import torch
 
-__all__ = ["derive_seed", "torch_generator"]
+__all__ = ["InstanceStream", "JobStream", "SplitStream", "SyntheticStream", "derive_seed", "torch_generator"]
+
+
+class InstanceStream(IntEnum):
+    """Stream keys under a model instance's seed (``derive_seed(instance_seed, key)``)."""
+
+    #: The layout's draws (layout=random; the dependence layout's tie-breaks).
+    LAYOUT = 1
+    #: The instance's structure search.
+    SEARCH = 2
+
+
+class JobStream(IntEnum):
+    """Stream keys under the job's ``seed``."""
+
+    #: The rows the dependence estimate reads.
+    DEPENDENCE = 3
+
+
+class SplitStream(IntEnum):
+    """Stream keys under ``dataset.split_seed``."""
+
+    VALIDATION = 1
+    DEQUANTIZE = 2
+
+
+class SyntheticStream(IntEnum):
+    """Stream keys under ``dataset.synthetic.seed``."""
+
+    TRAIN = 0
+    TEST = 1
+    PLACEMENT = 2
 
 
 def derive_seed(*keys: int) -> int:

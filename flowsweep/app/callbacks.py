@@ -23,7 +23,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, NoReturn, Optional
 
@@ -33,6 +32,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from flowsweep.config import ConfigError
+from flowsweep.files import write_atomic
 from flowsweep.record.names import SWEEP_ID_ENV
 
 __all__ = ["LAUNCHER_PID_ENV", "fail", "TrackingCallback", "RECORDS", "SUMMARY_FILE", "SweepReport", "read_records",
@@ -56,15 +56,6 @@ def _error_text(job_return: JobReturn) -> Optional[str]:
     except Exception as error:  # any job error is reported, none is handled
         return f"{type(error).__name__}: {error}"
     return "failed without an exception"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    # A reader must never see half a record, whatever the file system.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
 
 
 def read_records(sweep_dir: str | Path) -> list[dict[str, Any]]:
@@ -175,4 +166,4 @@ class SweepReport(Callback):
             "output_dir": str(config.hydra.runtime.output_dir),
             "summary": take_last(),
         }
-        _write_atomic(Path(str(config.hydra.sweep.dir)) / RECORDS / f"{num}.json", json.dumps(record, indent=1))
+        write_atomic(Path(str(config.hydra.sweep.dir)) / RECORDS / f"{num}.json", json.dumps(record, indent=1))

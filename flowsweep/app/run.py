@@ -39,7 +39,8 @@ from flowsweep.layouts import LayoutJob
 from flowsweep.search.job import JobSearch, job_dependence, search_job
 from flowsweep.seeding import torch_generator
 from flowsweep.structure import Structure
-from flowsweep.record.tracking import SWEEP_ID_ENV, open_store
+from flowsweep.record.names import FINGERPRINT_TAG, SWEEP_ID_ENV, SWEEP_ID_TAG, objective as job_objective
+from flowsweep.record.tracking import open_store
 from flowsweep.training import Recipe, TrainResult, evaluate_bpd, train
 
 __all__ = ["run_job", "objective", "fingerprint"]
@@ -104,7 +105,7 @@ def run_job(job: Union[DictConfig, JobPlan], data: Optional[Dataset] = None) -> 
     runs = RunGroup(
         client, experiment_id, job=RunSpec(job_name, params),
         instances=[RunSpec(n, runinfo.instance_params(params, i, s)) for i, (n, s) in enumerate(zip(names, seeds))],
-        tags={"sweep_id": _sweep_id(cfg), "fingerprint": key, **runinfo.source_tags()}, start_time=started,
+        tags={SWEEP_ID_TAG: _sweep_id(cfg), FINGERPRINT_TAG: key, **runinfo.source_tags()}, start_time=started,
     )
     try:
         search, start = None, None
@@ -151,9 +152,9 @@ def run_job(job: Union[DictConfig, JobPlan], data: Optional[Dataset] = None) -> 
 
 
 def objective(result: dict) -> float:
-    """Mean ``val_bpd`` (else ``train_bpd``) of the converged instances; ``inf`` if none converged."""
-    values = result["val_bpd" if "val_bpd" in result else "train_bpd"][~result["diverged"]]
-    return float(values.mean()) if len(values) else math.inf
+    """The job's objective (:func:`flowsweep.record.names.objective`) of a result's per-instance bpd."""
+    bpd = {split: result[f"{split}_bpd"] for split in ("train", "val") if f"{split}_bpd" in result}
+    return job_objective(bpd, result["diverged"])
 
 
 def _train_final(cfg: DictConfig, spec: ModelSpec, data: Dataset, structures: list[Structure], seeds: list[int],

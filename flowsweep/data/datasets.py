@@ -31,6 +31,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ..config import DatasetConfig
+from ..seeding import SplitStream
 from .maps import Map, Standardize, Whiten
 from .sources import DataError, Located, expected_hash, locate, read_file, sha256_hex
 from .tables import read_table
@@ -38,7 +39,6 @@ from .tables import read_table
 __all__ = ["Dataset", "load_dataset", "preprocessed", "standardized", "whitened", "resolution"]
 
 #: Stream keys under ``split_seed`` (the test hold-out uses the seed itself).
-_VALIDATION_KEY, _DEQUANTIZE_KEY = 1, 2
 #: Most decimals :func:`resolution` looks for.
 _MAX_DECIMALS = 8
 
@@ -110,7 +110,7 @@ def load_dataset(cfg: Union[DictConfig, Mapping[str, Any], DatasetConfig], data_
     if spec["dequantize"]:
         width = resolution(np.concatenate(splits))
         widths = tuple(float(w) for w in width)
-        rng = np.random.default_rng([seed, _DEQUANTIZE_KEY])
+        rng = np.random.default_rng([seed, SplitStream.DEQUANTIZE])
         splits = [x + rng.uniform(0.0, 1.0, size=x.shape) * width for x in splits]
     train, valid, test = (torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)) for x in splits)
     return Dataset(name=name, columns=tuple(columns), train=train, valid=valid, test=test, log_det=0.0, graph=graph,
@@ -284,7 +284,7 @@ def _cut_validation(train: np.ndarray, fraction: float, seed: int, name: str,
         raise DataError(f"dataset.validation_fraction: {fraction} of the {n} training rows of {name} leaves none to train on.")
     if rows == "last":
         return train[: n - n_valid], train[n - n_valid:]
-    order = np.random.default_rng([seed, _VALIDATION_KEY]).permutation(n)
+    order = np.random.default_rng([seed, SplitStream.VALIDATION]).permutation(n)
     return train[np.sort(order[n_valid:])], train[np.sort(order[:n_valid])]
 
 

@@ -21,6 +21,8 @@ from typing import Any, Optional
 
 import pooch
 
+from flowsweep.files import write_atomic
+
 __all__ = ["DataError", "Located", "DOWNLOAD_TIMEOUT_S", "cache_dir", "locate", "read_file", "sha256_hex"]
 
 #: Seconds to wait for the server to connect or send data; a failing download should
@@ -178,7 +180,7 @@ def _fetch_archive(url: str, wanted: Mapping[str, Mapping[str, Any]], cache: Pat
             )
     cache.mkdir(parents=True, exist_ok=True)
     for fname, data in blobs.items():
-        _write_atomic(cache / fname, data)
+        write_atomic(cache / fname, data)
 
 
 def _read_member(zf: zipfile.ZipFile, members: list[str], url: str, fname: str, spec: Mapping[str, Any]) -> bytes:
@@ -188,18 +190,6 @@ def _read_member(zf: zipfile.ZipFile, members: list[str], url: str, fname: str, 
     if name is None:
         raise DataError(f"{fname}: the archive {url} holds no member {member!r} (it holds {members}).")
     return zf.read(name)
-
-
-def _write_atomic(target: Path, data: bytes) -> None:
-    # A crash mid-write must not leave a truncated file that later looks cached.
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _missing_message(dataset: str, names: list[str], url: str, reason: str, data_dir: Optional[str], cache: Path) -> str:

@@ -52,6 +52,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from flowsweep.seeding import SyntheticStream
 from flowsweep.structure.graph import Graph, oracle_structure
 from .sources import DataError
 
@@ -73,7 +74,6 @@ _SHAPES: dict[str, tuple[tuple[int, ...], tuple[tuple[int, int], ...]]] = {
     "distractor": ((0,), ()),
 }
 #: Stream keys under the seed (a feature's stream adds its position in the plan).
-_TRAIN_KEY, _TEST_KEY, _PLACEMENT_KEY = 0, 1, 2
 _KEYS = ("family", "d", "n_train", "n_test", "placement", "seed", "distractors", "noise", "gain", "amplitude", "dof")
 
 
@@ -155,7 +155,7 @@ def plan(synthetic: Mapping[str, Any]) -> Planted:
     spec = _spec(synthetic)
     d = int(spec["d"])
     kinds, classes = _components(spec)
-    rng = np.random.default_rng([int(spec["seed"]), _PLACEMENT_KEY])
+    rng = np.random.default_rng([int(spec["seed"]), SyntheticStream.PLACEMENT])
     # Seeded order within each parity, so that components are not neighbours by index.
     slots = [[int(i) for i in rng.permutation(range(0, d - d % 2, 2))],
              [int(i) for i in rng.permutation(range(1, d, 2))]]
@@ -215,8 +215,8 @@ def generate(synthetic: Mapping[str, Any]) -> tuple[list[str], np.ndarray, np.nd
     """
     planted = plan(synthetic)
     columns = [f"x{j}" for j in range(planted.d)]
-    train = _rows(planted, synthetic, int(synthetic["n_train"]), _TRAIN_KEY)
-    test = _rows(planted, synthetic, int(synthetic["n_test"]), _TEST_KEY)
+    train = _rows(planted, synthetic, int(synthetic["n_train"]), SyntheticStream.TRAIN)
+    test = _rows(planted, synthetic, int(synthetic["n_test"]), SyntheticStream.TEST)
     return columns, train, test, planted.graph
 
 

@@ -9,15 +9,12 @@ from omegaconf import DictConfig
 
 from flowsweep.config import ConfigError
 from flowsweep.layouts.base import Layout, LayoutJob
-from flowsweep.seeding import derive_seed
+from flowsweep.seeding import InstanceStream, derive_seed
 from flowsweep.structure import Structure, parity_structure, random_structure
 from flowsweep.structure.graph import oracle_structure
 
-__all__ = ["Parity", "Random", "FromDependence", "Oracle", "LAYOUT_STREAM"]
+__all__ = ["Parity", "Random", "FromDependence", "Oracle"]
 
-#: Stream key under an instance's seed for its layout's draws (fixed, so results never
-#: depend on code order; the search's are in flowsweep.search.job).
-LAYOUT_STREAM = 1
 
 
 @dataclass
@@ -33,7 +30,7 @@ class Random(Layout):
     """A random ``m``-subset per layer, drawn from each instance's own stream."""
 
     def structures(self, job: LayoutJob) -> list[Structure]:
-        return [random_structure(job.data.d, job.m, job.depth, np.random.default_rng(derive_seed(s, LAYOUT_STREAM)))
+        return [random_structure(job.data.d, job.m, job.depth, np.random.default_rng(derive_seed(s, InstanceStream.LAYOUT)))
                 for s in job.seeds]
 
 
@@ -46,7 +43,7 @@ class FromDependence(Layout):
 
     def structures(self, job: LayoutJob) -> list[Structure]:
         assert job.dependence is not None  # uses_dependence asked for it
-        return [job.dependence.structure(job.m, job.depth, seed=derive_seed(s, LAYOUT_STREAM) % 2**32)
+        return [job.dependence.structure(job.m, job.depth, seed=derive_seed(s, InstanceStream.LAYOUT) % 2**32)
                 for s in job.seeds]
 
 

@@ -38,7 +38,8 @@ from flowsweep.record.run_group import DIVERGED_TAG, JOB, RunGroup
 from flowsweep.search import StructureOptimizer
 from flowsweep.search.job import JobSearch
 from flowsweep.structure import MASKS_ARTIFACT, Structure
-from flowsweep.record.summary import SPLITS, JobSummary, job_lines
+from flowsweep.record.names import SPLITS
+from flowsweep.record.summary import JobSummary, job_lines
 from flowsweep.training import nats_to_bpd
 
 __all__ = ["LiveCurve", "best_metric", "search_steps", "log_search_metrics", "log_instances", "log_job"]

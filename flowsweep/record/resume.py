@@ -27,10 +27,11 @@ from typing import Optional
 from mlflow.entities import Run, RunStatus, ViewType
 from mlflow.tracking import MlflowClient
 
+from flowsweep.record.names import FINGERPRINT_TAG, objective
+
 __all__ = ["FINGERPRINT_TAG", "runs_of", "objective_of", "resume_job"]
 
 #: Tag that :mod:`flowsweep.app.run` puts on every run.
-FINGERPRINT_TAG = "fingerprint"
 
 _FINISHED = RunStatus.to_string(RunStatus.FINISHED)
 _RUNNING = RunStatus.to_string(RunStatus.RUNNING)
@@ -62,12 +63,10 @@ def _finished_by_instance(runs: list[Run]) -> dict[int, Run]:
 
 
 def objective_of(runs: list[Run]) -> float:
-    """The job's return value, as :func:`flowsweep.app.run.objective` computes it: the mean
-    ``val_bpd`` (else ``train_bpd``) over converged instances."""
-    key = "val_bpd" if all("val_bpd" in r.data.metrics for r in runs) else "train_bpd"
-    values = [r.data.metrics.get(key, math.inf) for r in runs if not r.data.metrics.get("diverged", 0.0)]
-    finite = [v for v in values if math.isfinite(v)]
-    return sum(finite) / len(finite) if finite else math.inf
+    """The job's return value (:func:`flowsweep.record.names.objective`) from its instance runs' metrics."""
+    bpd = {split: [r.data.metrics.get(f"{split}_bpd", math.inf) for r in runs] for split in ("train", "val")
+           if all(f"{split}_bpd" in r.data.metrics for r in runs)}
+    return objective(bpd, [bool(r.data.metrics.get("diverged", 0.0)) for r in runs])
 
 
 def resume_job(client: MlflowClient, experiment_id: str, fingerprint: str, instances: int,

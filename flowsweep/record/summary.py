@@ -27,11 +27,11 @@ import numpy as np
 from omegaconf import DictConfig
 
 from flowsweep.layouts import build_layout
+from flowsweep.record.names import SPLITS
 from flowsweep.record.tracking import masked
 
 __all__ = ["SPLITS", "JobSummary", "spread", "of_result", "of_runs", "job_lines", "report", "take_last", "sweep_table"]
 
-SPLITS = ("train", "val", "test")
 log = logging.getLogger("flowsweep")
 
 #: The summary of the last job this process reported, until the sweep's bookkeeping takes it.

@@ -21,19 +21,17 @@ from flowsweep.model import ModelSpec
 from flowsweep.search.base import StructureOptimizer
 from flowsweep.search.evaluation import Evaluation
 from flowsweep.search.runner import SearchOutcome, SearchSettings, run_searches
-from flowsweep.seeding import derive_seed
+from flowsweep.seeding import InstanceStream, JobStream, derive_seed
 from flowsweep.structure import Structure
 
-__all__ = ["SEARCH_KEY", "DEPENDENCE_KEY", "build_optimizers", "check_search", "job_dependence", "JobSearch",
+__all__ = ["build_optimizers", "check_search", "job_dependence", "JobSearch",
            "search_job"]
 
-#: Stream keys under the job's and the instances' seeds.
-SEARCH_KEY, DEPENDENCE_KEY = 2, 3
 
 
 def job_dependence(cfg: DictConfig, data: Dataset) -> Dependence:
     """The features' estimated dependence of a job, as the ``dependence`` node says."""
-    return Dependence.estimate(data.train.double().numpy(), cfg.dependence, derive_seed(cfg.seed, DEPENDENCE_KEY) % 2**32)
+    return Dependence.estimate(data.train.double().numpy(), cfg.dependence, derive_seed(cfg.seed, JobStream.DEPENDENCE) % 2**32)
 
 
 def _optimizer_node(cfg: DictConfig) -> dict:
@@ -47,7 +45,7 @@ def build_optimizers(cfg: DictConfig, d: int, m: int, seeds: list[int],
     """One optimizer per instance from the ``search`` group (``_target_`` + its keys)."""
     node = _optimizer_node(cfg)
     try:
-        optimizers = [instantiate(node, d=d, m=m, depth=cfg.depth.layers, seed=derive_seed(s, SEARCH_KEY),
+        optimizers = [instantiate(node, d=d, m=m, depth=cfg.depth.layers, seed=derive_seed(s, InstanceStream.SEARCH),
                                   _convert_="all") for s in seeds]
     except ConfigError:
         raise
