@@ -155,13 +155,12 @@ def structure_tables(datasets: Sequence[str] = DATASETS, depth: int = 4, instanc
                 seconds[label], cfg = _run(dataset, same, depth, instances, uri, extra, tag)
                 runs[label] = _runs(uri, tag, cfg.train)
             table = _table(runs, seconds, {e.label for e in rows_of if "layout=opt" in e.overrides})
-            if echo:
-                print(f"\n(at that total: train.steps={total}, the default search's mean model-steps per instance)")
             tables[dataset] = table
             shares[dataset] = table.set_index("layout / search")["share of best known"]
             if echo:
                 print(f"\n### {dataset}, depth {depth}, {instances} instances\n\n"
-                      f"{table.to_markdown(index=False, floatfmt='.3f')}", flush=True)
+                      f"{table.to_markdown(index=False, floatfmt='.3f')}\n\n(at that total: train.steps={total}, "
+                      "the default search's mean model-steps per instance)", flush=True)
     finally:
         if folder is not None:
             folder.cleanup()
