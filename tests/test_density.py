@@ -162,3 +162,32 @@ def test_model_logging_can_be_turned_off(tmp_path, data_dir, search_runs):
     names = [a.path for a in mlflow.MlflowClient().list_artifacts(instances.iloc[0]["run_id"])]
     assert "masks.json" in names and "model" not in names
     assert "tags.flowsweep.best_model" not in job or job["tags.flowsweep.best_model"].isna().all()
+
+
+def test_fit_equals_a_main_py_job_and_its_samples_keep_the_planted_dependence(tmp_path, data_dir, search_runs):
+    from flowsweep.config.compose import compose_config
+
+    data = load_dataset(compose_config(["dataset=synthetic_pairs"]).dataset)  # 6 planted pairs on 12 features
+    rows = pd.DataFrame(data.train.numpy().astype(np.float64), columns=data.columns)
+    settings = {"layout": "dependence", "depth": 2, "instances": 1, "train.steps": 150, "seed": 3}
+    fitted = flowsweep.FlowDensity(**settings, **{"tracking.uri": f"sqlite:///{tmp_path / 'fit.db'}"}).fit(rows)
+    # the same config and seed as a main.py job of dataset=csv on the same rows, in another store
+    rows.to_csv(tmp_path / "rows.csv", index=False)
+    cfg = compose_config([f"tracking.uri=sqlite:///{tmp_path / 'main.db'}", "dataset=csv", "progress=false",
+                          f"dataset.path={tmp_path / 'rows.csv'}", "layout=dependence", "depth='2'", "instances=1",
+                          "train.steps=150", "seed=3"])
+    run_job(cfg)
+    job = search_runs(cfg.tracking.uri, experiment_names=["flowsweep"])
+    job = job[job["tags.flowsweep.role"] == "job"].iloc[0]
+    by_main = flowsweep.load(job["tags.flowsweep.best_model"], cfg.tracking.uri)
+    test = pd.DataFrame(data.test.numpy(), columns=data.columns)
+    assert np.array_equal(fitted.score_samples(test), by_main.score_samples(test))
+    samples = fitted.sample(4000, random_state=0)
+    rank = samples.corr(method="spearman").abs().to_numpy()
+    planted = {frozenset(pair) for pair in data.graph}
+    for i in range(data.d):
+        for j in range(i):
+            if frozenset((i, j)) in planted:
+                assert rank[i, j] > 0.8  # 0.97 in the data
+            else:
+                assert rank[i, j] < 0.2  # 0.01 in the data

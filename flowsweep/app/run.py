@@ -129,7 +129,9 @@ def run_job(job: Union[DictConfig, JobPlan], data: Optional[Dataset] = None) -> 
         live.finish(result["curve"])
         title = runinfo.job_title(cfg)
         log_instances(runs, structures, result, data, title, search, dependence)
+        began = time.perf_counter()
         best_model = log_models(runs, result, data, model_source(cfg, key)) if cfg.tracking.log_models else None
+        runs.metric(JOB, "model_log_time_s", time.perf_counter() - began)  # its share of wall_time_s: the cost
         job = summary.of_result(cfg, result, objective(result), **where)
         runs.tag(JOB, PHASE_TAG, "done")
         log_job(runs, job, result, title, search)
