@@ -85,7 +85,11 @@ def test_one_finished_run_per_instance_nested_under_its_jobs_run(sweep):
         runs, job = sweep.of(layout), sweep.job(layout)
         assert set(runs["tags.mlflow.parentRunId"]) == {job["run_id"]}
         assert list(runs["params.instance"]) == [str(i) for i in range(INSTANCES)]
-        assert runs["params.instance_seed"].nunique() == INSTANCES
+        assert runs["tags.seed"].nunique() == INSTANCES and runs["tags.seed"].str.fullmatch("[0-9a-f]{1,16}").all()
+        assert set(runs["tags.mlflow.note.content"]) == {
+            f"instance {i} of yeast · {layout}{' (evolutionary)' if layout == 'opt' else ''} · depth 2: "
+            f"val {v:.3f}, test {t:.3f}, train {r:.3f} bpd"
+            for i, v, t, r in zip(range(INSTANCES), runs["metrics.val_bpd"], runs["metrics.test_bpd"], runs["metrics.train_bpd"])}
         assert set(runs["params.dataset"]) == {"yeast"} and set(runs["params.depth"]) == {"2"}
         assert set(runs["params.search"]) == {search}
         assert set(runs["params.train.steps"]) == {str(STEPS)}
@@ -98,14 +102,22 @@ def test_one_finished_run_per_instance_nested_under_its_jobs_run(sweep):
         assert list(runs["tags.mlflow.runName"]) == [f"yeast-{layout}-L2-i{i:02d}{search}-{fp}" for i in range(INSTANCES)]
     assert sweep.runs["tags.mlflow.runName"].nunique() == len(sweep.runs)
     # the same instance seeds for both layouts: instance i differs only in its structure
-    assert list(sweep.of("parity")["params.instance_seed"]) == list(sweep.of("opt")["params.instance_seed"])
+    assert list(sweep.of("parity")["tags.seed"]) == list(sweep.of("opt")["tags.seed"])
 
 
 def test_params_carry_the_config_without_noise(sweep):
     params = {c[len("params."):] for c in sweep.runs.columns if c.startswith("params.")}
-    assert {"train.max_lr", "model.m", "dataset.validation_fraction", "seed", "instances"} <= params
-    for noise in ("dataset.files", "dataset.names", "dataset.labels", "data_dir", "tracking.uri", "progress"):
+    assert {"train.max_lr", "dataset.validation_fraction", "seed", "instances"} <= params
+    for noise in ("dataset.files", "dataset.names", "dataset.labels", "data_dir", "tracking.uri", "progress",
+                  # one name per setting: dataset, layout, depth, search
+                  "dataset.name", "layout.name", "depth.layers", "search.name", "search._target_", "layout._target_",
+                  "instance_seed",  # a tag in hex
+                  # nothing under Adam with the cosine schedule and the tanh conditioner
+                  "train.momentum", "train.mode", "train.step_size_up", "model.hidden",
+                  "model.m", "train.clip_norm"):  # null: left to its default rule
         assert not any(p == noise or p.startswith(noise + ".") for p in params), noise
+    values = sweep.runs[[f"params.{p}" for p in params]]
+    assert not (values == "None").any().any()
     # search.* only where a search ran
     assert sweep.of("parity")["params.search.evaluation.warm_start"].isna().all()
     assert set(sweep.of("opt")["params.search.evaluation.warm_start"]) == {"fresh"}
@@ -139,13 +151,27 @@ def test_the_terminal_and_hydras_job_log_tell_how_each_job_went(sweep):
         assert f"diverged   0 of {INSTANCES}" in text
         assert f"run {job['tags.mlflow.runName']}, experiment 'flowsweep'" in text
         assert (f"mlflow ui --backend-store-uri {sweep.uri} --host 127.0.0.1, then http://127.0.0.1:5000/"
-                f"#/experiments/{job['experiment_id']}/runs?workflowType=machine_learning") in text
+                f"#/experiments/{job['experiment_id']}/runs?viewStateShareKey=flowsweep&workflowType=machine_learning") in text
         assert text.split("] - ", 1)[1] in sweep.stdout  # the same lines on the terminal
     # At the end of the multirun, the sweep's table, also kept in the sweep folder.
     table = (sweep.root / "multirun" / "summary.txt").read_text()
     assert table in sweep.stdout and "2 of 2 jobs completed" in table
     rows = [line.split() for line in table.splitlines()[3:]]
     assert [row[:3] for row in rows] == [["0", "layout=parity", "completed"], ["1", "layout=opt", "completed"]]
+
+
+def test_the_look_line_opens_a_shared_view_sorted_by_validation_bpd(sweep):
+    """MLflow 3.17's UI reads ``mlflow.sharedViewState.<key>`` for ``?viewStateShareKey=<key>``: the
+    search facets and UI state fields it picks (useSharedExperimentViewState) with canonical keys."""
+    experiment = sweep.client.get_experiment_by_name("flowsweep")
+    state = json.loads(experiment.tags["mlflow.sharedViewState.flowsweep"])
+    assert {"searchFilter", "orderByKey", "orderByAsc", "startTime", "lifecycleFilter", "modelVersionFilter",
+            "datasetsFilter", "selectedColumns", "runsExpanded", "groupBy", "runsHiddenMode"} <= set(state)
+    assert (state["orderByKey"], state["orderByAsc"]) == ("metrics.`val_bpd_mean`", True)
+    shown = {c.replace("`", "") for c in state["selectedColumns"]}
+    # every metric and param column it shows exists on the runs; the jobs' and the instances' bpd both
+    assert {c for c in shown if not c.startswith("attributes.")} <= set(sweep.runs.columns) | set(sweep.jobs.columns)
+    assert {"metrics.val_bpd_mean", "metrics.test_bpd_mean", "metrics.val_bpd", "params.layout"} <= shown
 
 
 def test_a_multirun_shares_one_sweep_id(sweep):

@@ -41,6 +41,7 @@ from flowsweep.seeding import torch_generator
 from flowsweep.structure import Structure
 from flowsweep.record.names import FINGERPRINT_TAG, SWEEP_ID_ENV, SWEEP_ID_TAG, objective as job_objective
 from flowsweep.record.tracking import open_store
+from flowsweep.record.view import write_view
 from flowsweep.training import Recipe, TrainResult, evaluate_bpd, train
 
 __all__ = ["run_job", "objective", "fingerprint"]
@@ -89,6 +90,7 @@ def run_job(job: Union[DictConfig, JobPlan], data: Optional[Dataset] = None) -> 
     key = fingerprint(cfg, fixed[0] if layout.given and fixed else None)
 
     client, experiment_id = open_store(uri, cfg.tracking.experiment)
+    write_view(client, experiment_id)  # what the job's look line opens
     job_name, names = runinfo.run_names(cfg, key)
     where = dict(uri=uri, run_name=job_name, sweep_id=_sweep_id(cfg), experiment_id=str(experiment_id))
     # In a sweep whose jobs run in this process (Hydra's basic launcher), a job does not
@@ -104,7 +106,8 @@ def run_job(job: Union[DictConfig, JobPlan], data: Optional[Dataset] = None) -> 
     params = runinfo.job_params(cfg)
     runs = RunGroup(
         client, experiment_id, job=RunSpec(job_name, params),
-        instances=[RunSpec(n, runinfo.instance_params(params, i, s)) for i, (n, s) in enumerate(zip(names, seeds))],
+        instances=[RunSpec(n, runinfo.instance_params(params, i), runinfo.instance_tags(s))
+                   for i, (n, s) in enumerate(zip(names, seeds))],
         tags={SWEEP_ID_TAG: _sweep_id(cfg), FINGERPRINT_TAG: key, **runinfo.source_tags()}, start_time=started,
     )
     try:

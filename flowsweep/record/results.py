@@ -5,17 +5,18 @@ Instance runs get ``batch_bpd`` (the minibatch bpd of every k-th SGD step, at mo
 ``tracking.curve_points`` points: MLflow writes each point in tens of microseconds, and
 the run's ``bpd_curve.png`` shows every step; :class:`LiveCurve` writes it while training
 goes on), ``train_bpd``/``val_bpd``/``test_bpd`` (``inf`` for a diverged instance),
-``diverged``, ``num_params``, wall times, ``final_model_steps`` (the final model's training) and
-``model_steps`` (every model-step of the instance, its search's included), ``pair_coverage``, the search metrics of
-``layout=opt`` (``search_best_bpd`` per iteration, or ``search_iteration_best_bpd`` where rungs differ in
-fidelity, counts and ``search_model_steps``; every trial
-is in ``search_trials.json``), ``dependency_recall`` on data with planted dependencies, the
-``val_bpd_curve`` of the validation evaluations, and the artifacts ``masks.json``, ``masks.png``,
-``bpd_curve.png`` (and ``search_trials.json``, ``search_trajectory.png``; ``dependence.json``
-where the features' estimated dependence built or started the structure). The parent run gets the mean and std of
-each bpd over the instances that did not diverge (``train_bpd_mean`` ...), how many did
-(``diverged_count``), the wall times, the summary as its description, and figures of all
-instances' curves.
+``diverged``, ``num_params``, a one-line description (``mlflow.note.content``), wall times,
+``final_model_steps`` (the final model's training) and ``model_steps`` (every model-step of
+the instance, its search's included), ``pair_coverage``, the search metrics of ``layout=opt``
+(``search_best_bpd`` per iteration, or ``search_iteration_best_bpd`` where rungs differ in
+fidelity, counts and ``search_model_steps``; every trial is in ``search_trials.json``),
+``dependency_recall`` on data with planted dependencies, the ``val_bpd_curve`` of the
+validation evaluations, and the artifacts ``masks.json``, ``masks.png``, ``bpd_curve.png``
+(and ``search_trials.json``, ``search_trajectory.png``; ``dependence.json`` where the
+features' estimated dependence built or started the structure). The parent run gets the
+mean and std of each bpd over the instances that did not diverge (``train_bpd_mean`` ...),
+how many did (``diverged_count``), the wall times, the summary as its description, and
+figures of all instances' curves.
 """
 
 from __future__ import annotations
@@ -120,6 +121,18 @@ def log_search_metrics(runs: RunGroup, search: JobSearch) -> None:
     runs.metric(JOB, "search_time_s", search_time)
 
 
+#: An instance's final bpd per split, in the order its description names them.
+SPLIT_KEYS = tuple(f"{split}_bpd" for split in ("val", "test", "train"))
+
+
+def _instance_line(i: int, title: str, diverged: bool, bpd: dict) -> str:
+    """The instance's one-line description (the runs table's Description column), e.g.
+    ``instance 3 of yeast · parity · depth 2: val -2.310, test -2.291, train -2.402 bpd``."""
+    if diverged:
+        return f"instance {i} of {title}: DIVERGED (non-finite loss or parameters)"
+    return f"instance {i} of {title}: " + ", ".join(f"{k[:-4]} {v:.3f}" for k, v in bpd.items()) + " bpd"
+
+
 def log_instances(runs: RunGroup, structures: Sequence[Structure], result: dict, data: Dataset,
                   title: str, search: Optional[JobSearch], dependence: Optional[Dependence]) -> None:
     """Metrics and artifacts of every instance run; ``title`` names the job in figure titles."""
@@ -129,6 +142,7 @@ def log_instances(runs: RunGroup, structures: Sequence[Structure], result: dict,
             if key in result:
                 runs.metric(i, key, math.inf if diverged else result[key][i])
         runs.metric(i, "diverged", float(diverged))
+        runs.tag(i, _DESCRIPTION, _instance_line(i, title, diverged, {k: result[k][i] for k in SPLIT_KEYS if k in result}))
         runs.metric(i, "num_params", result["num_params"])
         runs.metric(i, "wall_time_s", result["wall_time_s"])
         runs.metric(i, "train_time_s", result["train_time_s"])

@@ -8,11 +8,16 @@ Jobs that share dataset, layout, search and depth but differ in any other settin
 learning rate, a seed) differ in the fingerprint part; the same config has the same
 names, so a resumed or re-run job is recognisable.
 
-Params are the composed config, flattened (``train.max_lr``), less what does not describe
-the model or its training: the keys under ``tracking.omit_params`` (where data and runs
-live, how the raw files are described), and ``search.*`` for a layout that does not
-search. Every run also gets ``dataset``, ``layout``, ``depth`` and ``search`` (``none``
-without a search), the keys the analysis groups by.
+Params are the composed config, flattened (``train.max_lr``), one name per setting, as a
+person reads them: ``dataset``, ``layout``, ``depth`` and ``search`` (``none`` without a
+search; the keys the analysis groups by) stand for ``dataset.name``, ``layout.name``,
+``depth.layers`` and ``search.name``, which are not repeated; left out are the keys under
+``tracking.omit_params`` (where data and runs live, how the raw files are described),
+``search.*`` for a layout that does not search, ``_target_`` (the class a name builds),
+``null`` values (a setting left to its default rule, e.g. ``model.m``) and keys that do
+nothing in the run (:data:`UNUSED_WHEN`: ``train.momentum`` without SGD, the cyclic
+schedule's keys under another schedule, ``model.hidden`` without the mlp conditioner).
+An instance run adds ``instance``; its seed is the tag ``seed`` in hex.
 
 Tags name the code that made the numbers, with MLflow's own source tags: the script
 (``mlflow.source.name``), the user, and ``mlflow.source.git.commit`` where flowsweep runs
@@ -33,7 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from flowsweep.layouts import build_layout
 
-__all__ = ["job_title", "run_names", "job_params", "instance_params", "source_tags"]
+__all__ = ["UNUSED_WHEN", "job_title", "run_names", "job_params", "instance_params", "instance_tags", "source_tags"]
 
 #: Characters of the fingerprint in a run name: enough to tell apart the jobs of a sweep.
 _FINGERPRINT_CHARS = 6
@@ -73,20 +78,44 @@ def _omitted(name: str, prefixes: list[str]) -> bool:
     return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
+#: Keys that do nothing unless the setting on the left has one of the values on the right
+#: (conf/config.yaml says so beside each: "sgd only", "cyclic only", "mlp only").
+UNUSED_WHEN: dict[str, tuple[str, tuple[str, ...]]] = {
+    "train.momentum": ("train.optimizer", ("sgd",)),
+    "train.step_size_up": ("train.schedule", ("cyclic",)),
+    "train.mode": ("train.schedule", ("cyclic",)),
+    "train.base_lr": ("train.schedule", ("cyclic", "cosine")),
+    "model.hidden": ("model.conditioner", ("mlp",)),
+}
+#: Config keys shown under their short name (the first four params every run carries).
+_SHORT = {"dataset.name": "dataset", "layout.name": "layout", "depth.layers": "depth", "search.name": "search"}
+
+
 def job_params(cfg: DictConfig) -> dict[str, str]:
     """The params of a job's parent run (and of each instance run, with :func:`instance_params`)."""
     omit = [str(p) for p in cfg.tracking.omit_params]
     if not _searches(cfg):
         omit.append("search")
-    params = {k: v for k, v in _flatten(OmegaConf.to_container(cfg, resolve=True)).items() if not _omitted(k, omit)}
-    params.update(dataset=str(cfg.dataset.name), layout=str(cfg.layout.name), depth=str(cfg.depth.layers),
-                  search=str(cfg.search.name) if _searches(cfg) else "none")
+    flat = _flatten(OmegaConf.to_container(cfg, resolve=True))
+    params = {"dataset": str(cfg.dataset.name), "layout": str(cfg.layout.name), "depth": str(cfg.depth.layers),
+              "search": str(cfg.search.name) if _searches(cfg) else "none"}
+    for key, value in flat.items():
+        if key in _SHORT or _omitted(key, omit) or key.rsplit(".", 1)[-1] == "_target_" or value == "None":
+            continue
+        if key in UNUSED_WHEN and flat.get(UNUSED_WHEN[key][0]) not in UNUSED_WHEN[key][1]:
+            continue
+        params[key] = value
     return params
 
 
-def instance_params(job: Mapping[str, str], instance: int, seed: int) -> dict[str, str]:
-    """An instance run's params: the job's, its index and its seed."""
-    return {**job, "instance": str(instance), "instance_seed": str(seed)}
+def instance_params(job: Mapping[str, str], instance: int) -> dict[str, str]:
+    """An instance run's params: the job's and its index."""
+    return {**job, "instance": str(instance)}
+
+
+def instance_tags(seed: int) -> dict[str, str]:
+    """An instance run's own tags: its seed (64 bits, derived from ``seed`` and the index) in hex."""
+    return {"seed": f"{seed:x}"}
 
 
 @functools.lru_cache(maxsize=1)

@@ -8,7 +8,7 @@ Hydra's job log (``main.log`` in the job's output folder) keeps them. A job's li
       diverged   0 of 20
       MLflow     run yeast-opt-L2-evolutionary-3f9a1c, experiment 'flowsweep', sweep outputs/2026-12-01/19-40-02
       look       mlflow ui --backend-store-uri sqlite:////home/me/runs/mlflow.db --host 127.0.0.1, then
-                 http://127.0.0.1:5000/#/experiments/1/runs?workflowType=machine_learning
+                 http://127.0.0.1:5000/#/experiments/1/runs?viewStateShareKey=flowsweep&workflowType=machine_learning
 
 A job whose every instance diverged says so in its first line. At the end of a multirun,
 :func:`sweep_table` lays the jobs' summaries side by side (see :mod:`flowsweep.app.callbacks`).
@@ -29,6 +29,7 @@ from omegaconf import DictConfig
 from flowsweep.layouts import build_layout
 from flowsweep.record.names import SPLITS
 from flowsweep.record.tracking import masked
+from flowsweep.record.view import runs_page
 
 __all__ = ["SPLITS", "JobSummary", "spread", "of_result", "of_runs", "job_lines", "report", "take_last", "sweep_table"]
 
@@ -97,8 +98,8 @@ def of_runs(cfg: DictConfig, metrics: Sequence[Mapping[str, float]], objective: 
 
 
 def _look(uri: str, experiment_id: str) -> str:
-    # MLflow 3.17's UI opens in its GenAI view; this address opens the runs table.
-    page = f"#/experiments/{experiment_id}/runs?workflowType=machine_learning" if experiment_id else ""
+    # flowsweep's shared view of the runs table (best job first, the bpd columns), not MLflow's GenAI view.
+    page = runs_page(experiment_id) if experiment_id else ""
     if urlparse(uri).scheme in ("http", "https"):
         return f"open {masked(uri).rstrip('/')}/{page} in a browser"
     return f"mlflow ui --backend-store-uri {masked(uri)} --host 127.0.0.1, then http://127.0.0.1:5000/{page}"
