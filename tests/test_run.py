@@ -113,7 +113,7 @@ def test_params_carry_the_config_without_noise(sweep):
                   "dataset.name", "layout.name", "depth.layers", "search.name", "search._target_", "layout._target_",
                   "instance_seed",  # a tag in hex
                   # nothing under Adam with the cosine schedule and the tanh conditioner
-                  "train.momentum", "train.mode", "train.step_size_up", "model.hidden",
+                  "train.momentum", "train.mode", "train.step_size_up", "model.hidden", "model.bins",
                   "model.m", "train.clip_norm"):  # null: left to its default rule
         assert not any(p == noise or p.startswith(noise + ".") for p in params), noise
     values = sweep.runs[[f"params.{p}" for p in params]]

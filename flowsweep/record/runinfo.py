@@ -79,13 +79,16 @@ def _omitted(name: str, prefixes: list[str]) -> bool:
 
 
 #: Keys that do nothing unless the setting on the left has one of the values on the right
-#: (conf/config.yaml says so beside each: "sgd only", "cyclic only", "mlp only").
+#: (conf/config.yaml says so beside each: "sgd only", "cyclic only", "mlp only", "spline only").
 UNUSED_WHEN: dict[str, tuple[str, tuple[str, ...]]] = {
     "train.momentum": ("train.optimizer", ("sgd",)),
     "train.step_size_up": ("train.schedule", ("cyclic",)),
     "train.mode": ("train.schedule", ("cyclic",)),
     "train.base_lr": ("train.schedule", ("cyclic", "cosine")),
     "model.hidden": ("model.conditioner", ("mlp",)),
+    "model.activation": ("model.conditioner", ("mlp",)),
+    "model.bins": ("model.coupling", ("spline",)),
+    "model.tail_bound": ("model.coupling", ("spline",)),
 }
 #: Config keys shown under their short name (the first four params every run carries).
 _SHORT = {"dataset.name": "dataset", "layout.name": "layout", "depth.layers": "depth", "search.name": "search"}
