@@ -118,8 +118,13 @@ class TrackingCallback(Callback):
     """
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from flowsweep.config.sweep import check_sweep
         from flowsweep.record.tracking import check_reachable, masked, open_store, resolve_tracking_uri
 
+        try:  # every value the sweep will give, its ranges, trial and worker counts: before any job
+            check_sweep(config)
+        except ConfigError as error:
+            fail(error)
         os.environ[SWEEP_ID_ENV] = config.tracking.sweep_id or str(config.hydra.sweep.dir)
         os.environ[LAUNCHER_PID_ENV] = str(os.getpid())
         uri = resolve_tracking_uri(config.tracking.uri, os.getcwd())

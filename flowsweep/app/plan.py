@@ -15,7 +15,7 @@ from typing import Optional
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from flowsweep.config.checks import validate, validate_against_data
+from flowsweep.config.checks import validate, validate_against_data, validate_overrides
 from flowsweep.data import Dataset, load_dataset, preprocessed
 from flowsweep.layouts import Layout, build_layout
 from flowsweep.model import ModelSpec
@@ -55,8 +55,12 @@ def plan_job(cfg: DictConfig, data: Optional[Dataset] = None, validated: bool = 
     it; ``validated``: the caller ran :func:`~flowsweep.config.checks.validate` already."""
     if not validated:
         validate(cfg)
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    validate_overrides(overrides, cfg, searches=True)  # keys added with +, before a layout takes them
     layout = build_layout(cfg.layout)
     layout.check(cfg)
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN"
+    validate_overrides(overrides, cfg, layout.searches, multirun)  # and search.* keys where no search runs
     uri = resolve_tracking_uri(cfg.tracking.uri, _launch_dir())
     check_reachable(uri)  # within seconds, before the data and the training code
     if data is None:
@@ -66,7 +70,7 @@ def plan_job(cfg: DictConfig, data: Optional[Dataset] = None, validated: bool = 
     # ~1000 hPa; whitening starts the flow from a full-covariance Gaussian. The map's
     # log-determinant keeps every bpd in raw units.
     data = preprocessed(data, cfg.model.preprocess)
-    m = validate_against_data(cfg, data.d, data.train.shape[0])
+    m = validate_against_data(cfg, data.d, data.train.shape[0], 0 if data.valid is None else data.valid.shape[0])
     spec = ModelSpec.from_config(cfg.model, data.d, m, cfg.depth.layers)
     seeds = [derive_seed(cfg.seed, i) for i in range(cfg.instances)]
     return JobPlan(cfg, layout, uri, data, spec, seeds)

@@ -72,6 +72,11 @@ def run_task(cfg: DictConfig) -> float:
     except (ConfigError, DataError) as error:
         _bad_input(error)
     except Exception as error:
+        from flowsweep.record.mlflow_writer import MlflowWriteError
+
+        if isinstance(error, MlflowWriteError) and not _in_multirun():
+            # The writer process died (killed, out of memory): the job ended its runs itself.
+            fail(RuntimeError(f"{error}; the job's runs ended FAILED"), code=1)
         safe = _picklable(error) if _in_multirun() else error
         if safe is error:
             raise

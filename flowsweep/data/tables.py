@@ -96,6 +96,9 @@ def read_table(
         if not first.strip():
             raise DataError(f"{source}: line 1 should be a header row of column names but is empty. {hint}")
         file_columns = [c.strip() for c in _split(first, sep)]
+        if all(_is_number(c) for c in file_columns):  # the first data row taken for a header
+            raise DataError(f"{source}: line 1 ({first.strip()[:60]!r}) is a row of numbers, not a header of column "
+                            f"names; a headerless file needs dataset.names=[...]. {hint}")
     else:
         file_columns = [str(c) for c in names]
     duplicated = sorted({c for c in file_columns if file_columns.count(c) > 1})
@@ -135,8 +138,33 @@ def read_table(
         raise _diagnose(data, source, file_columns, columns, sep, has_header, hint, None)
     if last == 0:
         raise DataError(f"{source}: the file has no data rows. {hint}")
+    _check_float32(x, columns, source, has_header, hint)
+    if len(x) > 1 and (x == x[0]).all():
+        raise DataError(f"{source}: all {len(x)} data rows are the same, so no density fits them (the bpd would "
+                        f"measure dequantization noise only). {hint}")
     _check_distinct(x, columns, source, hint)
     return x, columns
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+#: The largest magnitude a float32 holds: flowsweep trains in float32.
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _check_float32(x: np.ndarray, columns: Sequence[str], source: str, has_header: bool, hint: str) -> None:
+    """A value beyond float32 becomes inf when the table is converted for training."""
+    beyond = np.abs(x) > _FLOAT32_MAX
+    if beyond.any():
+        row, col = map(int, np.argwhere(beyond)[0])
+        raise DataError(f"{source}: line {row + 1 + has_header}, column {columns[col]!r}: {x[row, col]:g} is beyond "
+                        f"the float32 range (|x| <= {_FLOAT32_MAX:.3g}) flowsweep trains in. {hint}")
 
 
 def _check_distinct(x: np.ndarray, columns: Sequence[str], source: str, hint: str) -> None:

@@ -219,6 +219,9 @@ def _serve(uri: str, requests: BinaryIO, replies: BinaryIO) -> None:
 def main(argv: Optional[list[str]] = None) -> None:
     # Also when signalled directly: the job ends its runs through us after an interrupt.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # And SIGTERM, which a scheduler may send to every process of a job: the job ends its
+    # runs KILLED through us, and we exit once its input ends.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     (uri,) = sys.argv[1:] if argv is None else argv
     # Replies get their own copy of stdout; anything a library prints goes to stderr instead.
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")

@@ -59,6 +59,8 @@ class RunGroup:
                  tags: Mapping[str, str], start_time: float):
         self.client = client
         self.name = job.name
+        self._experiment_id, self._fingerprint = experiment_id, tags.get("fingerprint")
+        self._start_ms = int(start_time * 1000)
         self._writer = writer_for(client.tracking_uri)
         self._group = self._writer.new_group()
         self._size = len(instances)
@@ -143,8 +145,26 @@ class RunGroup:
                 return
             self._run_ids, errors = self._writer.sync(self._group)
         except MlflowWriteError:
+            # The writer is gone (killed, crashed): end the runs from this process, so that
+            # none is left RUNNING; those of a job that meant to finish end FAILED.
+            self._terminate_here(FAILED if status == FINISHED else status, end_ms)
             if status == FINISHED:
                 raise
             return
         if errors and status == FINISHED:
             raise MlflowWriteError(errors[0])
+
+    def _terminate_here(self, status: str, end_ms: int) -> None:
+        """End this group's runs through the job's own client (the writer cannot)."""
+        try:
+            run_ids = self._run_ids
+            if run_ids is None:  # the writer may have created them without telling us their ids
+                query = f"attributes.status = 'RUNNING' and attributes.start_time >= {self._start_ms}"
+                if self._fingerprint:
+                    query += f" and tags.fingerprint = '{self._fingerprint}'"
+                run_ids = [r.info.run_id for r in self.client.search_runs([self._experiment_id], query,
+                                                                          max_results=self._size + 1)]
+            for run_id in run_ids:
+                self.client.set_terminated(run_id, status, end_time=end_ms)
+        except Exception:  # the store itself is gone as well: nothing left to end them with
+            pass

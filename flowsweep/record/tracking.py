@@ -14,12 +14,13 @@ from __future__ import annotations
 import os
 import re
 import socket
+import tempfile
 from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import urlparse
 
 import mlflow
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from mlflow.tracking import MlflowClient
 
 from flowsweep.config import ConfigError
@@ -81,8 +82,12 @@ def open_client(uri: str) -> MlflowClient:
     if path is None:
         return MlflowClient(uri)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(path + ".lock"):
-        return MlflowClient(uri)
+    try:
+        with FileLock(path + ".lock", timeout=5):
+            return MlflowClient(uri)
+    except Timeout:
+        raise ConfigError("tracking.uri", f"cannot use the MLflow store at {uri}: its lock file {path}.lock is "
+                                          f"held by another process for over 5 s") from None
 
 
 def _check_database(uri: str, timeout_s: float) -> None:
@@ -104,6 +109,57 @@ def _check_database(uri: str, timeout_s: float) -> None:
                                           f"{error.strerror or error}") from None
 
 
+#: The first bytes of every SQLite database file (the file format's header string).
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _fail_store(uri: str, why: str) -> ConfigError:
+    return ConfigError("tracking.uri", f"cannot use the MLflow store at {masked(uri)}: {why}")
+
+
+def _check_sqlite(uri: str, timeout_s: float) -> None:
+    """A sqlite store must be a file in a folder this process can write, MLflow's or empty, and not locked.
+
+    Checked here because MLflow and the file lock would otherwise retry (a path under
+    /proc, a held lock) or fail with pages of SQLAlchemy (another application's database).
+    """
+    path = _sqlite_path(uri)
+    if path is None:  # sqlite:// or sqlite:///:memory:
+        raise _fail_store(uri, "an in-memory database lives in one process only, and a job's runs are written "
+                               "by a helper process; give a file, e.g. sqlite:///mlflow.db")
+    folder = Path(path).parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()  # sqlite writes a journal beside the database
+    except OSError as error:
+        raise _fail_store(uri, f"cannot write in the folder {folder}: {error.strerror or error}") from None
+    if not Path(path).is_file() or Path(path).stat().st_size == 0:
+        return
+    with open(path, "rb") as handle:
+        if handle.read(len(_SQLITE_HEADER)) != _SQLITE_HEADER:
+            raise _fail_store(uri, f"{path} is not a SQLite database")
+    if not os.access(path, os.R_OK | os.W_OK):
+        raise _fail_store(uri, f"{path} is read-only (a job writes its runs there)")
+    import sqlite3
+
+    try:
+        connection = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=timeout_s)
+        try:
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if tables and "alembic_version" not in tables:
+                raise _fail_store(uri, f"{path} is a SQLite database of another application (tables "
+                                       f"{sorted(tables)[:4]}), not an MLflow store")
+            connection.execute("BEGIN IMMEDIATE")  # waits at most timeout_s for another writer
+            connection.rollback()
+        finally:
+            connection.close()
+    except sqlite3.OperationalError as error:
+        why = f"locked by another process for over {timeout_s:g} s" if "locked" in str(error) else str(error)
+        raise _fail_store(uri, f"{path}: {why}") from None
+    except sqlite3.DatabaseError as error:
+        raise _fail_store(uri, f"{path} is not a usable SQLite database: {error}") from None
+
+
 def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
     """Fail fast on a tracking server or database server that does not answer.
 
@@ -113,6 +169,9 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
     accept a TCP connection within ``timeout_s``.
     """
     scheme = urlparse(uri).scheme
+    if scheme == "sqlite":
+        _check_sqlite(uri, min(timeout_s, 3.0))
+        return
     if scheme.split("+")[0] in _DATABASE_PORTS:
         _check_database(uri, timeout_s)
         return
@@ -173,6 +232,19 @@ def ensure_experiment(client: MlflowClient, uri: str, name: str) -> str:
         return _active(existing, uri)
 
 
+def _check_artifacts(location: str, experiment: str) -> None:
+    """A local artifact folder must be writable before training, not when the job logs its figures."""
+    if urlparse(location).scheme not in ("", "file"):
+        return
+    folder = Path(urlparse(location).path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as error:
+        raise ConfigError("tracking.experiment", f"the artifact location {location} of experiment {experiment!r} "
+                                                 f"is not writable: {error.strerror or error}") from None
+
+
 def _first_sentences(text: str, count: int = 2) -> str:
     """MLflow's messages run to paragraphs; the user's line gets their start."""
     return " ".join(re.split(r"(?<=\.)\s+", text.strip().splitlines()[0] if text.strip() else "")[:count])
@@ -187,7 +259,9 @@ def open_store(uri: str, experiment: str) -> tuple[MlflowClient, str]:
     """
     try:
         client = open_client(uri)
-        return client, ensure_experiment(client, uri, experiment)
+        experiment_id = ensure_experiment(client, uri, experiment)
+        _check_artifacts(client.get_experiment(experiment_id).artifact_location, experiment)
+        return client, experiment_id
     except ConfigError:
         raise
     except (FileExistsError, NotADirectoryError) as error:  # a folder on the store's path is a file
