@@ -88,12 +88,14 @@ def unknown_key(key: str, override: str) -> None:
                                f"the keys are those of conf/config.yaml and its options (docs/configuration.md)")
 
 
-def validate_overrides(overrides: Sequence[str], cfg: Any, searches: bool) -> None:
+def validate_overrides(overrides: Sequence[str], cfg: Any, searches: bool, multirun: bool = False) -> None:
     """Check the command line's (and a sweeper's) overrides of a job against what it runs.
 
     A key added with ``+`` or ``++`` that no config group names is a key the schema does not
     know: a typo (``+instnaces=5``) would otherwise be logged as a param and change nothing.
-    ``search.*`` keys are refused where ``searches`` is false: the layout does not search.
+    ``search.*`` keys are refused where ``searches`` is false (the layout does not search) in a
+    single run; in a multirun they are shared by a sweep that crosses layouts
+    (``layout=parity,opt search.iterations=3``), and the fixed layouts' jobs ignore them.
     """
     for override in overrides:
         key, _, value = override.partition("=")
@@ -103,7 +105,7 @@ def validate_overrides(overrides: Sequence[str], cfg: Any, searches: bool) -> No
             continue
         if added:
             unknown_key(key, override)
-        if not searches and (key.startswith("search.") or key == "search"):
+        if not searches and not multirun and (key.startswith("search.") or key == "search"):
             if key == "search":
                 continue  # a sweep over layouts and searches crosses them; the group alone is harmless
             layout = OmegaConf.select(cfg, "layout.name", default="?")
