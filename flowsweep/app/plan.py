@@ -59,7 +59,7 @@ def plan_job(cfg: DictConfig, data: Optional[Dataset] = None, validated: bool = 
     validate_overrides(overrides, cfg, searches=True)  # keys added with +, before a layout takes them
     layout = build_layout(cfg.layout)
     layout.check(cfg)
-    multirun = HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN"
+    multirun = HydraConfig.initialized() and str(HydraConfig.get().mode) == "RunMode.MULTIRUN"
     validate_overrides(overrides, cfg, layout.searches, multirun)  # and search.* keys where no search runs
     uri = resolve_tracking_uri(cfg.tracking.uri, _launch_dir())
     check_reachable(uri)  # within seconds, before the data and the training code

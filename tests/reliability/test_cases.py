@@ -143,7 +143,6 @@ def _bounds() -> dict[str, Case]:
                                ("inf", "finite number, got inf"), ("2", "<= 1, got 2")],
         "train.clip_norm": [("0", "> 0, got 0"), ("-1", "> 0, got -1"), ("nan", "finite number"),
                             ("inf", "finite number")],
-        "model.hidden": [("0", ">= 1, got 0")],
         "model.m": [("0", ">= 1, got 0"), ("8", "must be in 1..d-1 = 1..7, got 8")],
         "dependence.rows": [("1", ">= 2, got 1")],
         "dependence.discount": [("-0.1", ">= 0"), ("1.5", "<= 1, got 1.5"), ("nan", "finite number")],
@@ -157,6 +156,10 @@ def _bounds() -> dict[str, Case]:
     }
     cases = {f"{key}={value}": _err(f"{key}={value}", message=f"{key}: {_full(expected)}")
              for key, values in rows.items() for value, expected in values}
+    cases["model.hidden=0"] = _err("model.hidden=0", message="model.hidden: must be a layer width in 1..65536")
+    cases["model.hidden=[8,0]"] = _err("model.hidden=[8,0]", message="model.hidden: must be a layer width in 1..65536")
+    cases["model.bins=0"] = _err("model.bins=0", message="model.bins: must be >= 1, got 0")
+    cases["model.tail_bound=0"] = _err("model.tail_bound=0", message="model.tail_bound: must be > 0, got 0")
     cases["depth=-3"] = _err("depth=-3", message="depth.layers: must be >= 1, got -3")
     cases["depth=100000"] = _err("depth=100000", message="depth.layers: must be <= 256, got 100000")
     cases["patience without validation"] = _err("dataset.validation_fraction=0", message="train.patience: early "
