@@ -171,3 +171,9 @@ if __name__ == "__main__":
         main()
     except (DataError, ConfigError, HydraException) as error:  # a missing file or a bad value: one line
         sys.exit(f"flowsweep.bench: error: {str(error).splitlines()[0]}")
+    except ModuleNotFoundError as error:
+        missing = (error.name or "").split(".")[0]
+        if missing not in ("nflows", "zuko"):  # the bench extra's libraries; anything else is a bug
+            raise
+        sys.exit(f"flowsweep.bench: error: this benchmark needs {missing}, in the bench extra: "
+                 f"pip install 'flowsweep[bench]'" + (" (or leave it out: --no-nflows)" if missing == "nflows" else ""))
