@@ -73,7 +73,7 @@ def test_evaluation_bench_scores_every_probe_against_the_final_models():
     assert np.isfinite(rhos).all() and (np.abs(rhos) <= 1).all()
 
 
-def test_a_benchmark_without_its_extra_names_the_pip_install(tmp_path):
+def test_a_benchmark_without_its_extra_names_the_pip_install(tmp_path, data_dir):
     """nflows hidden from a fresh interpreter, as where the bench extra is not installed: one line, no traceback."""
     import subprocess
     import sys
@@ -81,6 +81,7 @@ def test_a_benchmark_without_its_extra_names_the_pip_install(tmp_path):
     hide = "import sys, runpy; sys.modules['nflows'] = None; sys.argv = ['flowsweep.bench', 'compare', '--steps', '1']; " \
            "runpy.run_module('flowsweep.bench', run_name='__main__')"
     done = subprocess.run([sys.executable, "-c", hide], capture_output=True, text=True, timeout=120, cwd=tmp_path,
-                          env={**__import__("os").environ, "PYTHONPATH": str(__import__("pathlib").Path(__file__).parents[1])})
+                          env={**__import__("os").environ, "FLOWSWEEP_DATA_DIR": str(data_dir),
+                               "PYTHONPATH": str(__import__("pathlib").Path(__file__).parents[1])})
     assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
     assert "this benchmark needs nflows" in done.stderr and "pip install 'flowsweep[bench]'" in done.stderr
