@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 import sys
 from typing import Optional, Sequence
 
@@ -25,9 +26,22 @@ __all__ = ["main"]
 _COMMANDS = ("spline", "compare", "scaling", "job", "structure", "evaluation", "best-known")
 
 
+
+def _at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``low``; anything else is argparse's one-line error (exit 2)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+    return parse
+
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--threads", type=int, default=None,
+    common.add_argument("--threads", type=_at_least(1), default=None,
                         help="torch threads for every engine (default: train.threads of conf/config.yaml)")
     common.add_argument("--kernel", choices=("native", "torch"), default=None,
                         help="(a)'s training kernel (default: train.kernel of conf/config.yaml)")
@@ -38,44 +52,44 @@ def _parser() -> argparse.ArgumentParser:
     compare = sub.add_parser("compare", parents=[common],
                              help="(a) batched engine vs (b) usual way vs (c) nflows (the default)")
     compare.add_argument("--dataset", default="magic")
-    compare.add_argument("--depth", type=int, default=8)
-    compare.add_argument("--models", type=int, default=20, help="K")
-    compare.add_argument("--steps", type=int, default=100, help="SGD steps per model")
-    compare.add_argument("--repeats", type=int, default=5, help="(a) is timed this often; the best counts")
+    compare.add_argument("--depth", type=_at_least(1), default=8)
+    compare.add_argument("--models", type=_at_least(1), default=20, help="K")
+    compare.add_argument("--steps", type=_at_least(1), default=100, help="SGD steps per model")
+    compare.add_argument("--repeats", type=_at_least(1), default=5, help="(a) is timed this often; the best counts")
     compare.add_argument("--no-nflows", action="store_true", help="leave out (c)")
     spline = sub.add_parser("spline", parents=[common],
                             help="K spline flows batched vs a per-model zuko loop of the same architecture")
     spline.add_argument("--dataset", default="magic")
-    spline.add_argument("--depth", type=int, default=8)
-    spline.add_argument("--models", type=int, default=20, help="K")
-    spline.add_argument("--steps", type=int, default=30)
-    spline.add_argument("--hidden", type=int, nargs="*", default=[64, 64], help="conditioner widths (none: one layer)")
+    spline.add_argument("--depth", type=_at_least(1), default=8)
+    spline.add_argument("--models", type=_at_least(1), default=20, help="K")
+    spline.add_argument("--steps", type=_at_least(1), default=30)
+    spline.add_argument("--hidden", type=_at_least(1), nargs="*", default=[64, 64], help="conditioner widths (none: one layer)")
     scaling = sub.add_parser("scaling", parents=[common], help="batched engine: wall time against K, d and depth")
-    scaling.add_argument("--steps", type=int, default=100)
-    scaling.add_argument("--repeats", type=int, default=3)
+    scaling.add_argument("--steps", type=_at_least(1), default=100)
+    scaling.add_argument("--repeats", type=_at_least(1), default=3)
     structure = sub.add_parser("structure", parents=[common],
                                help="parity, random, oracle, dependence and every search on the synthetic benchmarks")
     structure.add_argument("--datasets", nargs="+", default=None, help="default: every synthetic_* benchmark")
-    structure.add_argument("--depth", type=int, default=4)
-    structure.add_argument("--instances", type=int, default=8)
+    structure.add_argument("--depth", type=_at_least(1), default=4)
+    structure.add_argument("--instances", type=_at_least(1), default=8)
     structure.add_argument("--uri", default=None, help="MLflow store to log into (default: a temporary one)")
     evaluation = sub.add_parser("evaluation", parents=[common],
                                 help="how well each search evaluation's trial value predicts the final test bpd")
     evaluation.add_argument("--datasets", nargs="+", default=None, help="default: synthetic_pairs, _hetero, _tree")
-    evaluation.add_argument("--structures", type=int, default=60, help="random structures per dataset")
-    evaluation.add_argument("--depth", type=int, default=4)
+    evaluation.add_argument("--structures", type=_at_least(1), default=60, help="random structures per dataset")
+    evaluation.add_argument("--depth", type=_at_least(1), default=4)
     structure.add_argument("overrides", nargs="*", help="further overrides for every job, e.g. train.threads=1")
     best = sub.add_parser("best-known", parents=[common],
                           help="the long search for a synthetic benchmark's best known structure (layout=best_known)")
     best.add_argument("--dataset", required=True)
-    best.add_argument("--depth", type=int, default=4)
-    best.add_argument("--screen", type=int, default=2, help="replicas per candidate in the screening rounds")
-    best.add_argument("--final", type=int, default=4, help="replicas per finalist in the long training")
-    best.add_argument("--finalists", type=int, default=6)
-    best.add_argument("--rounds", type=int, default=3, help="hill-climbing rounds of whole-layer moves")
-    best.add_argument("--long", type=int, default=3, help="the finalists train this many times train.steps and patience")
-    best.add_argument("--randoms", type=int, default=8, help="uniformly random candidates")
-    best.add_argument("--searched", type=int, default=4, help="instances of each layout=opt job that adds candidates")
+    best.add_argument("--depth", type=_at_least(1), default=4)
+    best.add_argument("--screen", type=_at_least(1), default=2, help="replicas per candidate in the screening rounds")
+    best.add_argument("--final", type=_at_least(1), default=4, help="replicas per finalist in the long training")
+    best.add_argument("--finalists", type=_at_least(1), default=6)
+    best.add_argument("--rounds", type=_at_least(0), default=3, help="hill-climbing rounds of whole-layer moves")
+    best.add_argument("--long", type=_at_least(1), default=3, help="the finalists train this many times train.steps and patience")
+    best.add_argument("--randoms", type=_at_least(0), default=8, help="uniformly random candidates")
+    best.add_argument("--searched", type=_at_least(0), default=4, help="instances of each layout=opt job that adds candidates")
     best.add_argument("--write", action="store_true", help="ship the winner as flowsweep/structure/best_known/*.json")
     job = sub.add_parser("job", parents=[common], help="time one whole main.py run by phase (Hydra overrides follow)")
     job.add_argument("--keep", default=None, help="run in this folder and keep it (default: a temporary one)")

@@ -1,0 +1,58 @@
+"""SIGTERM and a killed MLflow writer, with real signals to a real ``main.py``.
+
+SIGTERM (``kill``, a scheduler's time limit) ends the running job's runs KILLED and exits
+143 with one line; a writer process killed mid-job leaves no run RUNNING: the job ends
+them FAILED itself and exits 1 with one line.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+from .conftest import all_runs, tiny
+from .test_interrupt import _wait_for_a_growing_curve
+
+LONG = [*tiny("train.steps=400000", "train.patience=null"), "tracking.progress_interval_s=0.5"]
+
+
+def _writer_of(pid: int) -> int:
+    children = subprocess.run(["pgrep", "-P", str(pid), "-f", "flowsweep.record.mlflow_writer"],
+                              capture_output=True, text=True).stdout.split()
+    assert len(children) == 1, children
+    return int(children[0])
+
+
+def _run_and(app, action) -> tuple[int, str]:
+    log = app.cwd / "job.log"
+    process = app.popen(*LONG, log=log)
+    try:
+        _wait_for_a_growing_curve(process, app.default_uri)
+        action(process)
+        code = process.wait(60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    return code, log.read_text()
+
+
+def test_sigterm_ends_the_runs_killed_and_exits_143(flowsweep_with_store):
+    app = flowsweep_with_store
+    code, output = _run_and(app, lambda p: os.kill(p.pid, signal.SIGTERM))
+    assert code == 143, output
+    assert "flowsweep: terminated (SIGTERM); the running job's MLflow runs ended KILLED" in output
+    assert "Traceback" not in output
+    runs = all_runs(app.default_uri)
+    assert len(runs) == 3 and {r.info.status for r in runs} == {"KILLED"}
+
+
+def test_a_killed_writer_leaves_no_run_running(flowsweep_with_store):
+    app = flowsweep_with_store
+    code, output = _run_and(app, lambda p: (os.kill(_writer_of(p.pid), signal.SIGKILL), time.sleep(0.1)))
+    assert code == 1, output
+    assert "Traceback" not in output, output
+    assert output.count("flowsweep: error:") == 1 and "MLflow writer process" in output, output
+    runs = all_runs(app.default_uri)
+    assert len(runs) == 3 and {r.info.status for r in runs} == {"FAILED"}
