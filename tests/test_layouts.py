@@ -69,7 +69,10 @@ def test_layout_file_and_run_id_retrain_a_runs_masks_exactly(tmp_path):
     run_job(job(tmp_path, "layout=file", f"layout.run_id={source.info.run_id}", "seed=3"))
     retrained = runs_of(tmp_path, "file")
     assert len(retrained) == 4 and {r.info.status for r in retrained} == {"FINISHED"}
-    assert sorted(r.data.params["layout.path"] for r in retrained) == sorted(["None", "None", str(file), str(file)])
+    # A setting left unset is not logged (no "None" params): the run_id jobs have no layout.path.
+    assert sorted(r.data.params.get("layout.path", "-") for r in retrained) == sorted(["-", "-", str(file), str(file)])
+    assert sorted(r.data.params.get("layout.run_id", "-") for r in retrained) == sorted(
+        ["-", "-", source.info.run_id, source.info.run_id])
     for run in retrained:
         assert masks(tmp_path, run) == structure
         assert run.data.metrics["dependency_recall"] == source.data.metrics["dependency_recall"]
