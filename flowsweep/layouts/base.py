@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Optional
 
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from flowsweep.config import ConfigError
+from flowsweep.config.compose import build
 from flowsweep.data import Dataset
 from flowsweep.structure import Structure
 from flowsweep.structure.dependence import Dependence
@@ -71,15 +71,7 @@ class Layout:
 
 def build_layout(node: Any) -> Layout:
     """The layout of a job's ``layout`` node (``_target_`` and its keys)."""
-    try:
-        layout = instantiate(node, _convert_="all")
-    except ConfigError:
-        raise
-    except Exception as error:  # instantiate wraps unknown keys and bad targets
-        cause = error.__cause__ or error
-        if isinstance(cause, ConfigError):
-            raise cause from None
-        raise ConfigError("layout", f"cannot build the layout: {cause}") from None
+    layout = build(node, "layout", "layout")
     if not isinstance(layout, Layout):
         raise ConfigError("layout._target_", f"{type(layout).__name__} is not a flowsweep.layouts.Layout")
     return layout

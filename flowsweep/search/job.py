@@ -11,10 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from flowsweep.config import ConfigError
+from flowsweep.config.compose import build
 from flowsweep.data import Dataset
 from flowsweep.structure.dependence import Dependence
 from flowsweep.model import ModelSpec
@@ -44,16 +43,8 @@ def build_optimizers(cfg: DictConfig, d: int, m: int, seeds: list[int],
                      dependence: Optional[Dependence] = None) -> list[StructureOptimizer]:
     """One optimizer per instance from the ``search`` group (``_target_`` + its keys)."""
     node = _optimizer_node(cfg)
-    try:
-        optimizers = [instantiate(node, d=d, m=m, depth=cfg.depth.layers, seed=derive_seed(s, InstanceStream.SEARCH),
-                                  _convert_="all") for s in seeds]
-    except ConfigError:
-        raise
-    except Exception as error:  # instantiate wraps unknown keys and bad targets
-        cause = error.__cause__ or error
-        if isinstance(cause, ConfigError):
-            raise cause from None
-        raise ConfigError("search", f"cannot build the optimizer: {cause}") from None
+    optimizers = [build(node, "search", "optimizer", d=d, m=m, depth=cfg.depth.layers,
+                        seed=derive_seed(s, InstanceStream.SEARCH)) for s in seeds]
     for optimizer in optimizers:  # after instantiate, which would turn it into a dict
         optimizer.dependence = dependence
     return optimizers
