@@ -1,7 +1,8 @@
 """flowsweep: coupling flows whose conditioning structure is searched.
 
-``flowsweep.load(uri)`` and ``flowsweep.FlowDensity`` are the trained-density API
-(:mod:`flowsweep.density`); they are imported on first use, so ``import flowsweep.x`` stays light.
+``flowsweep.load(uri)`` (:mod:`flowsweep.density`) and ``flowsweep.FlowDensity``
+(:mod:`flowsweep.app.fit`) are the trained-density API; they are imported on first use, so
+``import flowsweep.x`` stays light.
 """
 
 from typing import Any
@@ -10,8 +11,12 @@ __all__ = ["load", "FlowDensity"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in __all__:
-        import flowsweep.density
+    if name == "load":
+        from flowsweep.density import load
 
-        return getattr(flowsweep.density, name)
+        return load
+    if name == "FlowDensity":
+        from flowsweep.app.fit import FlowDensity
+
+        return FlowDensity
     raise AttributeError(f"module 'flowsweep' has no attribute {name!r}")

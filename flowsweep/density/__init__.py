@@ -6,9 +6,9 @@ sampled and served in the table's raw units (docs/using-a-trained-model.md).
 >>> density.score_samples(df)  # log-density per row, nats  # doctest: +SKIP
 """
 
-from flowsweep.density.estimator import FlowDensity
+from flowsweep.density.estimator import TrainedDensity
 from flowsweep.density.format import VERSION, ModelFormatError
 from flowsweep.density.load import load
 from flowsweep.density.rows import RowsError
 
-__all__ = ["FlowDensity", "load", "ModelFormatError", "RowsError", "VERSION"]
+__all__ = ["TrainedDensity", "load", "ModelFormatError", "RowsError", "VERSION"]

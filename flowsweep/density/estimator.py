@@ -1,7 +1,9 @@
-"""A trained flow as a density estimator, in scikit-learn's conventions (``KernelDensity``,
-``GaussianMixture``): :meth:`FlowDensity.fit`, :meth:`~FlowDensity.score_samples`,
-:meth:`~FlowDensity.score`, :meth:`~FlowDensity.sample`, plus :meth:`~FlowDensity.bpd` and
-:meth:`~FlowDensity.transform`.
+"""A trained flow as a density, in scikit-learn's conventions for density estimators
+(``KernelDensity``, ``GaussianMixture``): :meth:`TrainedDensity.score_samples`,
+:meth:`~TrainedDensity.score`, :meth:`~TrainedDensity.sample`, plus :meth:`~TrainedDensity.bpd`
+and :meth:`~TrainedDensity.transform`. :func:`flowsweep.load` returns one; training one
+(``flowsweep.FlowDensity(...).fit(X)``, a subclass) runs a job, so it lives with the jobs in
+:mod:`flowsweep.app.fit`.
 
 Every number is in the raw units of the table: the model's fixed maps (``model.preprocess``)
 run first and their log-determinant is subtracted, so ``score_samples`` is
@@ -22,43 +24,22 @@ from flowsweep.density.format import SavedDensity
 from flowsweep.density.rows import as_rows
 from flowsweep.model import CouplingFlows
 
-__all__ = ["FlowDensity"]
+__all__ = ["TrainedDensity"]
 
 #: Rows scored at once: the chunk :func:`flowsweep.training.row_bpd` uses, so scores equal the run's.
 _CHUNK = 8192
 
 
-class FlowDensity:
-    """A coupling-flow density of a table's columns.
+class TrainedDensity:
+    """A trained coupling-flow density of a table's columns (one saved model, :class:`SavedDensity`)."""
 
-    ``FlowDensity(**overrides).fit(X)`` trains one through ``main.py``'s job code
-    (:mod:`flowsweep.density.fit`): keyword arguments are config keys, e.g.
-    ``FlowDensity(layout="opt", depth=4, seed=0, **{"train.steps": 500})``.
-    :func:`flowsweep.load` returns a fitted one.
-    """
-
-    def __init__(self, **overrides: Any):
-        self.overrides = overrides
-        self.saved_: Optional[SavedDensity] = None
-        self.run_id_: Optional[str] = None
+    def __init__(self, saved: Optional[SavedDensity] = None):
+        self.saved_ = saved
         self._flow: Optional[CouplingFlows] = None
 
-    # -- fitting -------------------------------------------------------------------------
-
-    def fit(self, X: Any, y: None = None) -> FlowDensity:
-        """Train on the rows of ``X`` (a DataFrame, or an array with ``columns`` unset) and keep the
-        best instance by validation bpd; the job is logged to ``tracking.uri`` as any other."""
-        from flowsweep.density.fit import fit_job
-
-        self.saved_, self.run_id_ = fit_job(X, self.overrides)
-        self._flow = None
-        return self
-
     @classmethod
-    def from_saved(cls, saved: SavedDensity) -> FlowDensity:
-        density = cls()
-        density.saved_ = saved
-        return density
+    def from_saved(cls, saved: SavedDensity) -> TrainedDensity:
+        return TrainedDensity(saved)
 
     # -- the fitted model ----------------------------------------------------------------
 
@@ -72,7 +53,7 @@ class FlowDensity:
 
     def _saved(self) -> SavedDensity:
         if self.saved_ is None:
-            raise ValueError("this FlowDensity is not fitted: call fit(X) or use flowsweep.load(...)")
+            raise ValueError(f"this {type(self).__name__} is not fitted: call fit(X) or use flowsweep.load(...)")
         return self.saved_
 
     def flow(self) -> CouplingFlows:
@@ -138,6 +119,6 @@ class FlowDensity:
 
     def __repr__(self) -> str:
         if self.saved_ is None:
-            return f"FlowDensity({', '.join(f'{k}={v!r}' for k, v in self.overrides.items())})"
+            return f"{type(self).__name__}()"
         s = self.saved_.spec
-        return f"FlowDensity(d={s.d}, m={s.m}, depth={s.depth}, columns={list(self.columns)})"
+        return f"{type(self).__name__}(d={s.d}, m={s.m}, depth={s.depth}, columns={list(self.columns)})"

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-from flowsweep.density.estimator import FlowDensity
+from flowsweep.density.estimator import TrainedDensity
 from flowsweep.density.format import SPEC_FILE, ModelFormatError, read
 from flowsweep.density.pyfunc import DATA_DIR
 
@@ -24,8 +24,8 @@ def default_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
-def load(uri: str, tracking_uri: Optional[str] = None) -> FlowDensity:
-    """The :class:`FlowDensity` saved at ``uri``; :class:`ModelFormatError` naming what is wrong.
+def load(uri: str, tracking_uri: Optional[str] = None) -> TrainedDensity:
+    """The :class:`TrainedDensity` saved at ``uri``; :class:`ModelFormatError` naming what is wrong.
 
     ``tracking_uri``: the MLflow store of a ``runs:/`` or ``models:/`` URI (default: MLflow's
     current one, else :func:`default_tracking_uri`)."""
@@ -50,8 +50,8 @@ def load(uri: str, tracking_uri: Optional[str] = None) -> FlowDensity:
     return _read_folder(path, uri)
 
 
-def _read_folder(path: Path, name: str) -> FlowDensity:
+def _read_folder(path: Path, name: str) -> TrainedDensity:
     for folder in (path / "data" / DATA_DIR, path):
         if (folder / SPEC_FILE).is_file():
-            return FlowDensity.from_saved(read(folder))
+            return TrainedDensity.from_saved(read(folder))
     raise ModelFormatError(f"{name}: holds no flowsweep density ({SPEC_FILE}); a run logs one under 'model/'")

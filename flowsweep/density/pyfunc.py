@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import pandas as pd
 
-from flowsweep.density.estimator import FlowDensity
+from flowsweep.density.estimator import TrainedDensity
 from flowsweep.density.format import SavedDensity, read, write
 
 __all__ = ["MODEL_ARTIFACT", "DATA_DIR", "save_pyfunc", "DensityPyfunc"]
@@ -29,7 +29,7 @@ DATA_DIR = "density"
 class DensityPyfunc:
     """What ``mlflow.pyfunc.load_model`` wraps: ``predict`` → ``log_density`` per row."""
 
-    def __init__(self, density: FlowDensity):
+    def __init__(self, density: TrainedDensity):
         self.density = density
 
     def predict(self, model_input: Any, params: Optional[dict[str, Any]] = None) -> pd.DataFrame:
@@ -38,7 +38,7 @@ class DensityPyfunc:
 
 def _load_pyfunc(data_path: str) -> DensityPyfunc:
     """MLflow's loader hook: ``data_path`` is the model folder's :data:`DATA_DIR`."""
-    return DensityPyfunc(FlowDensity.from_saved(read(Path(data_path))))
+    return DensityPyfunc(TrainedDensity.from_saved(read(Path(data_path))))
 
 
 def _requirements() -> list[str]:
