@@ -29,7 +29,7 @@ from flowsweep.model import CouplingFlows
 from flowsweep.native import NativeStep, covers, native_available
 
 __all__ = ["OPTIMIZERS", "SCHEDULES", "Recipe", "TrainResult", "make_optimizer", "train", "evaluate_bpd", "nats_to_bpd",
-           "minibatch_rows", "gather", "torch_threads", "row_bpd"]
+           "minibatch_rows", "gather", "torch_threads", "row_bpd", "mean_bpd"]
 
 OPTIMIZERS = CHOICES["train.optimizer"]
 #: ``cyclic``: PyTorch's ``CyclicLR`` between ``base_lr`` and ``max_lr`` (Smith 2017, the
@@ -262,5 +262,10 @@ def evaluate_bpd(flow: CouplingFlows, data: Tensor, log_det: float = 0.0, chunk:
                  threads: int = 1) -> Tensor:
     """Mean bpd (raw units) of each model on the whole of ``data`` ``[n, d]``: ``[K]`` float64,
     ``inf`` where not finite."""
-    bpd = row_bpd(flow, data, log_det, chunk, threads).mean(1)
+    return mean_bpd(row_bpd(flow, data, log_det, chunk, threads))
+
+
+def mean_bpd(rows: Tensor) -> Tensor:
+    """Each model's mean of :func:`row_bpd`'s ``[K, n]``: ``[K]``, ``inf`` where not finite."""
+    bpd = rows.mean(1)
     return torch.where(torch.isfinite(bpd), bpd, torch.full_like(bpd, math.inf))

@@ -99,6 +99,11 @@ def test_a_model_is_a_few_kb_and_needs_no_pickle(trained, search_runs):
     assert sum(p.stat().st_size for p in files) < 8_000
     assert not [p for p in files if p.suffix in (".pkl", ".pickle", ".pt")]
     assert "loader_module: flowsweep.density.pyfunc" in (folder / "MLmodel").read_text()
+    # the folder is written from a template: MLflow reads this model's own uuid, time and size
+    model = mlflow.models.Model.load(str(folder))
+    assert len(model.model_uuid) == 32 and int(model.model_uuid, 16) >= 0
+    assert model.model_size_bytes == sum(p.stat().st_size for p in (folder / "data" / "density").iterdir())
+    assert model.utc_time_created.startswith(str(pd.Timestamp.now(tz="UTC").year))
 
 
 def test_samples_and_latents_in_the_tables_units(trained, search_runs):
@@ -113,6 +118,11 @@ def test_samples_and_latents_in_the_tables_units(trained, search_runs):
     z = density.transform(test)
     assert z.shape == test.shape and abs(z.mean()) < 0.5
     assert density.score(test) == pytest.approx(density.score_samples(test).sum())
+    # the outlier flag's thresholds are quantiles of the training rows' raw-unit log-densities
+    data = load_dataset(cfg.dataset, cfg.data_dir)
+    scores = density.score_samples(pd.DataFrame(data.train.numpy(), columns=data.columns))
+    for q in (0.05, 0.5):
+        assert (scores < density.outlier_threshold(q)).mean() == pytest.approx(q, abs=2 / len(scores))
 
 
 def test_bad_rows_get_one_line_naming_the_column_or_row(trained, search_runs):

@@ -29,7 +29,7 @@ from flowsweep.app.plan import JobPlan, plan_job
 from flowsweep.config import DivergedError
 from flowsweep.app.interrupt import interrupted
 from flowsweep.data import Dataset
-from flowsweep.density.log import log_models, model_source, register
+from flowsweep.density.log import log_models, model_source, model_uri, register
 from flowsweep.record.mlflow_writer import MlflowWriteError, settle
 from flowsweep.model import CouplingFlows, ModelSpec
 from flowsweep.record.results import LiveCurve, log_instances, log_job, log_search_metrics
@@ -42,7 +42,7 @@ from flowsweep.structure import Structure
 from flowsweep.record.names import FINGERPRINT_TAG, SWEEP_ID_ENV, SWEEP_ID_TAG, objective as job_objective
 from flowsweep.record.tracking import open_store
 from flowsweep.record.view import write_view
-from flowsweep.training import Recipe, TrainResult, evaluate_bpd, train
+from flowsweep.training import Recipe, TrainResult, evaluate_bpd, mean_bpd, row_bpd, train
 
 __all__ = ["run_job", "objective", "fingerprint"]
 
@@ -149,8 +149,8 @@ def run_job(job: Union[DictConfig, JobPlan], data: Optional[Dataset] = None) -> 
             summary.report(job)
         raise
     runs.close(wait=not pipelined or bool(cfg.tracking.register))  # a model is registered once written
-    if cfg.tracking.register and best_model:
-        register(uri, best_model, str(cfg.tracking.register))
+    if cfg.tracking.register and best_model is not None:
+        register(uri, model_uri(runs.run_ids[best_model]), str(cfg.tracking.register))
     job.wall_time_s = time.perf_counter() - clock  # the whole job, its logging included
     summary.report(job)
     return objective(result)
@@ -192,12 +192,16 @@ def _searched_final(spec: ModelSpec, data: Dataset, search: JobSearch) -> dict:
 
 def _final_result(flow: CouplingFlows, data: Dataset, trained: TrainResult, train_time: float) -> dict:
     """The splits' bpd of the trained ``flow`` and its training's curves, flags and model-steps."""
-    splits = {"train": data.train, "val": data.valid, "test": data.test}
-    result = {f"{name}_bpd": evaluate_bpd(flow, rows, data.log_det).numpy() for name, rows in splits.items() if len(rows)}
+    # The training rows' bpd row by row: their mean is train_bpd, their quantiles go with the
+    # saved models (the outlier flag), so the largest split is scored once.
+    train_rows = row_bpd(flow, data.train, data.log_det)
+    result = {"train_bpd": mean_bpd(train_rows).numpy()}
+    splits = {"val": data.valid, "test": data.test}
+    result |= {f"{name}_bpd": evaluate_bpd(flow, rows, data.log_det).numpy() for name, rows in splits.items() if len(rows)}
     diverged = trained.diverged.numpy() | ~flow.finite_models().numpy()
     for values in result.values():
         diverged = diverged | ~np.isfinite(values)
     return {**result, "curve": trained.curve.numpy(), "val_curve": trained.val_curve.numpy(),
             "val_steps": trained.val_steps, "diverged": diverged, "num_params": flow.num_parameters(),
             "train_time_s": train_time, "model_steps": trained.steps.numpy(),
-            "flow": flow}
+            "flow": flow, "train_row_bpd": train_rows.numpy()}

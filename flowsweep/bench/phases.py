@@ -50,6 +50,7 @@ PHASES: dict[str, list[tuple[str, str]]] = {
         ("flowsweep.record.run_group", "RunGroup.close"),
         ("flowsweep.app.task", "finish"),  # a sweep's last MLflow writes, waited for at its end
     ],
+    "mlflow: models": [("flowsweep.app.run", "log_models"), ("flowsweep.app.run", "register")],
     "figures": [
         ("flowsweep.record.plots", "save_mask_heatmap"),
         ("flowsweep.record.plots", "save_bpd_curve"),
@@ -59,10 +60,10 @@ PHASES: dict[str, list[tuple[str, str]]] = {
     "data loading": [("flowsweep.app.plan", "load_dataset"), ("flowsweep.app.plan", "preprocessed")],
     "structure search": [("flowsweep.app.run", "search_job"), ("flowsweep.app.run", "job_dependence")],
     "final training": [("flowsweep.app.run", "train")],
-    "evaluation": [("flowsweep.app.run", "evaluate_bpd")],
+    "evaluation": [("flowsweep.app.run", "evaluate_bpd"), ("flowsweep.app.run", "row_bpd")],
 }
 #: The phases that make up logging.
-LOGGING = ("mlflow: store and runs", "mlflow: metrics and artifacts", "figures")
+LOGGING = ("mlflow: store and runs", "mlflow: metrics and artifacts", "mlflow: models", "figures")
 
 _MAIN = Path(__file__).resolve().parents[2] / "main.py"
 

@@ -2,8 +2,9 @@
 on the parent run the name of the best one by validation bpd.
 
 The hook of :func:`flowsweep.app.run.run_job`; ``tracking.log_models=false`` turns it off.
-Each model folder is a few KB (:mod:`flowsweep.density.format`) and goes to the run through
-the job's MLflow writer, like its other artifacts.
+Each model folder is a few KB (:mod:`flowsweep.density.format`), written in about a
+millisecond (:func:`flowsweep.density.pyfunc.save_pyfunc`), and goes to the run through the
+job's MLflow writer, like its other artifacts.
 """
 
 from __future__ import annotations
@@ -21,9 +22,8 @@ from flowsweep.density.format import QUANTILES, SavedDensity
 from flowsweep.density.pyfunc import MODEL_ARTIFACT, save_pyfunc
 from flowsweep.model import CouplingFlows
 from flowsweep.record.run_group import JOB, RunGroup
-from flowsweep.training import row_bpd
 
-__all__ = ["BEST_INSTANCE_TAG", "BEST_MODEL_TAG", "best_instance", "log_models"]
+__all__ = ["BEST_INSTANCE_TAG", "BEST_MODEL_TAG", "best_instance", "log_models", "model_uri", "model_source", "register"]
 
 #: Tags on a job's parent run: the instance with the lowest validation bpd and its model's URI.
 BEST_INSTANCE_TAG, BEST_MODEL_TAG = "flowsweep.best_instance", "flowsweep.best_model"
@@ -35,33 +35,40 @@ def best_instance(result: dict) -> Optional[int]:
     return int(np.argmin(values)) if np.isfinite(values).any() else None
 
 
-def log_models(runs: RunGroup, result: dict, data: Dataset, source: dict[str, Any]) -> Optional[str]:
+def log_models(runs: RunGroup, result: dict, data: Dataset, source: dict[str, Any]) -> Optional[int]:
     """Log every converged instance's model (of ``result["flow"]``, the job's trained
-    :class:`~flowsweep.model.CouplingFlows`) as ``runs:/<id>/model``; returns the best one's URI."""
+    :class:`~flowsweep.model.CouplingFlows`) as ``runs:/<id>/model`` and tag the parent run with
+    the best one; returns the best instance (``None`` if every instance diverged).
+
+    Nothing here waits for the writer: each model folder is handed to it as it is, and the
+    best model's run id is filled into its tag by the writer."""
     flow: CouplingFlows = result["flow"]
-    # The training rows' log-densities (nats, raw units) for the outlier flag: one pass for all K.
-    logp = -row_bpd(flow, data.train).numpy() * data.d * math.log(2.0)
+    # The training rows' log-densities (nats, raw units) for the outlier flag, from the
+    # per-row bpd the job's evaluation kept (the largest split is not scored twice).
+    logp = -np.asarray(result["train_row_bpd"]) * data.d * math.log(2.0)
     theta = flow.theta.detach().numpy()
     for i, structure in enumerate(flow.structures):
         if result["diverged"][i] or not np.isfinite(logp[i]).all():
             continue
         saved = SavedDensity(
             columns=data.columns, spec=flow.spec, structure=structure, theta=theta[i].copy(), maps=data.maps,
-            widths=data.widths, quantiles={q: float(np.quantile(logp[i], q)) for q in QUANTILES},
-            source={**source, "instance": i, "run_id": runs.run_ids[i],
+            widths=data.widths, quantiles=dict(zip(QUANTILES, np.quantile(logp[i], QUANTILES).tolist())),
+            source={**source, "instance": i,
                     **{k: float(result[k][i]) for k in ("train_bpd", "val_bpd", "test_bpd") if k in result}},
         )
-        with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # MLflow asks for an input example; the signature says it all
-            save_pyfunc(Path(tmp) / "out" / MODEL_ARTIFACT, saved, Path(tmp))
-            runs.artifacts(i, str(Path(tmp) / "out"))
+        folder = Path(tempfile.mkdtemp(prefix="flowsweep-model-"))
+        save_pyfunc(folder / MODEL_ARTIFACT, saved)
+        runs.artifacts(i, str(folder), move=True)
     best = best_instance(result)
-    if best is None:
-        return None
-    uri = f"runs:/{runs.run_ids[best]}/{MODEL_ARTIFACT}"
-    runs.tag(JOB, BEST_INSTANCE_TAG, str(best))
-    runs.tag(JOB, BEST_MODEL_TAG, uri)
-    return uri
+    if best is not None:
+        runs.tag(JOB, BEST_INSTANCE_TAG, str(best))
+        runs.tag_artifact_uri(JOB, BEST_MODEL_TAG, best, MODEL_ARTIFACT)
+    return best
+
+
+def model_uri(run_id: str) -> str:
+    """The URI of the model a run logged: ``runs:/<run id>/model``."""
+    return f"runs:/{run_id}/{MODEL_ARTIFACT}"
 
 
 def model_source(cfg: Any, fingerprint: str) -> dict[str, Any]:

@@ -204,6 +204,9 @@ def _serve(uri: str, requests: BinaryIO, replies: BinaryIO) -> None:
                     client.log_artifacts(runs[group][run], folder)
                 finally:
                     shutil.rmtree(folder, ignore_errors=True)
+            elif op == "tag_artifact_uri":
+                run, key, of_run, path = args
+                client.set_tag(runs[group][run], key, f"runs:/{runs[group][of_run]}/{path}")
             elif op == "terminate":
                 status, end_ms = args
                 if status == "FINISHED" and errors[group]:

@@ -106,15 +106,24 @@ class RunGroup:
     def tag(self, run: int, key: str, value: str) -> None:
         self._tags[self._position(run)].append((key, value))
 
-    def artifacts(self, run: int, directory: str) -> None:
-        """Log the files of ``directory`` (copied first: the caller may delete it right away).
+    def artifacts(self, run: int, directory: str, move: bool = False) -> None:
+        """Log the files of ``directory``: copied first (the caller may delete it right away), or
+        with ``move`` handed over as it is (the writer deletes it once logged).
 
         The run's buffered metrics go first, so they are written while the job goes on.
         """
         self.send(run)
-        staged = tempfile.mkdtemp(prefix="flowsweep-artifacts-")
-        shutil.copytree(directory, staged, dirs_exist_ok=True)
+        staged = directory
+        if not move:
+            staged = tempfile.mkdtemp(prefix="flowsweep-artifacts-")
+            shutil.copytree(directory, staged, dirs_exist_ok=True)
         self._writer.send("artifacts", self._group, self._position(run), staged)
+
+    def tag_artifact_uri(self, run: int, key: str, of_run: int, path: str) -> None:
+        """Tag ``run`` with the URI of ``of_run``'s artifact ``path``, ``runs:/<its run id>/<path>``:
+        the writer fills in the id, so the job does not wait for the runs to exist."""
+        self.send(run)
+        self._writer.send("tag_artifact_uri", self._group, self._position(run), key, self._position(of_run), path)
 
     def send(self, run: int) -> None:
         """Hand the buffered metrics and tags of ``run`` to the writer now."""
