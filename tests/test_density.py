@@ -7,6 +7,7 @@ a real sqlite MLflow store in a temp folder, MLflow's own loaders.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -106,6 +107,23 @@ def test_a_model_is_a_few_kb_and_needs_no_pickle(trained, search_runs):
     assert model.utc_time_created.startswith(str(pd.Timestamp.now(tz="UTC").year))
 
 
+def test_every_run_logs_its_dataset_as_an_mlflow_input(trained):
+    from mlflow import MlflowClient
+
+    cfg, _ = trained
+    client = MlflowClient(cfg.tracking.uri)
+    runs = client.search_runs([client.get_experiment_by_name(cfg.tracking.experiment).experiment_id])
+    assert len(runs) == 3  # the job and its 2 instances
+    inputs = [run.inputs.dataset_inputs for run in runs]
+    assert all(len(i) == 1 for i in inputs) and len({i[0].dataset.digest for i in inputs}) == 1
+    dataset, tags = inputs[0][0].dataset, inputs[0][0].tags
+    assert (dataset.name, dataset.source_type) == ("yeast", "http") and len(dataset.digest) == 8
+    assert json.loads(dataset.source)["url"].endswith("yeast.data")
+    assert [c["name"] for c in json.loads(dataset.schema)["mlflow_colspec"]] == list(raw_test_rows(cfg).columns)
+    assert json.loads(dataset.profile)["num_rows"] == 1484
+    assert [(t.key, t.value) for t in tags] == [("mlflow.data.context", "training")]
+
+
 def test_samples_and_latents_in_the_tables_units(trained, search_runs):
     cfg, _ = trained
     density = flowsweep.load(best_uri(cfg, search_runs), cfg.tracking.uri)
@@ -190,6 +208,11 @@ def test_fit_equals_a_main_py_job_and_its_samples_keep_the_planted_dependence(tm
     job = search_runs(cfg.tracking.uri, experiment_names=["flowsweep"])
     job = job[job["tags.flowsweep.role"] == "job"].iloc[0]
     by_main = flowsweep.load(job["tags.flowsweep.best_model"], cfg.tracking.uri)
+    # a CSV file's dataset input names the file, and its digest is the same for the same rows
+    from mlflow import MlflowClient
+
+    (given,) = MlflowClient(cfg.tracking.uri).get_run(job["run_id"]).inputs.dataset_inputs
+    assert (given.dataset.source_type, json.loads(given.dataset.source)) == ("local", {"uri": str(tmp_path / "rows.csv")})
     test = pd.DataFrame(data.test.numpy(), columns=data.columns)
     assert np.array_equal(fitted.score_samples(test), by_main.score_samples(test))
     samples = fitted.sample(4000, random_state=0)

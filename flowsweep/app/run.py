@@ -40,6 +40,7 @@ from flowsweep.search.job import JobSearch, job_dependence, search_job
 from flowsweep.seeding import torch_generator
 from flowsweep.structure import Structure
 from flowsweep.record.names import FINGERPRINT_TAG, SWEEP_ID_ENV, SWEEP_ID_TAG, objective as job_objective
+from flowsweep.record.inputs import CONTEXT, CONTEXT_TAG, dataset_input
 from flowsweep.record.tracking import open_store
 from flowsweep.record.view import write_view
 from flowsweep.training import Recipe, TrainResult, evaluate_bpd, mean_bpd, row_bpd, train
@@ -110,6 +111,8 @@ def run_job(job: Union[DictConfig, JobPlan], data: Optional[Dataset] = None) -> 
                    for i, (n, s) in enumerate(zip(names, seeds))],
         tags={SWEEP_ID_TAG: _sweep_id(cfg), FINGERPRINT_TAG: key, **runinfo.source_tags()}, start_time=started,
     )
+    runs.inputs(dataset_input(cfg.dataset, data.columns, {"train": len(data.train), "val": len(data.valid),
+                                                          "test": len(data.test)}), {CONTEXT_TAG: CONTEXT})
     try:
         search, start = None, None
         if fixed is None:  # the layout searches

@@ -164,7 +164,7 @@ def _serve(uri: str, requests: BinaryIO, replies: BinaryIO) -> None:
     """The child: perform requests in order until the input ends."""
     import shutil
 
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
@@ -207,6 +207,11 @@ def _serve(uri: str, requests: BinaryIO, replies: BinaryIO) -> None:
             elif op == "tag_artifact_uri":
                 run, key, of_run, path = args
                 client.set_tag(runs[group][run], key, f"runs:/{runs[group][of_run]}/{path}")
+            elif op == "inputs":
+                fields, tags = args
+                inputs = [DatasetInput(Dataset(**fields), [InputTag(k, v) for k, v in tags.items()])]
+                for run_id in runs[group]:
+                    client.log_inputs(run_id, datasets=inputs)
             elif op == "terminate":
                 status, end_ms = args
                 if status == "FINISHED" and errors[group]:

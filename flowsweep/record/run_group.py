@@ -125,6 +125,11 @@ class RunGroup:
         self.send(run)
         self._writer.send("tag_artifact_uri", self._group, self._position(run), key, self._position(of_run), path)
 
+    def inputs(self, dataset: Mapping[str, str], tags: Mapping[str, str]) -> None:
+        """Log ``dataset`` (the fields of an :class:`mlflow.entities.Dataset`) with input ``tags``
+        as an input of every run of the group (``mlflow.log_input``)."""
+        self._writer.send("inputs", self._group, dict(dataset), dict(tags))
+
     def send(self, run: int) -> None:
         """Hand the buffered metrics and tags of ``run`` to the writer now."""
         position = self._position(run)
