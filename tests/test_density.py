@@ -124,6 +124,23 @@ def test_every_run_logs_its_dataset_as_an_mlflow_input(trained):
     assert [(t.key, t.value) for t in tags] == [("mlflow.data.context", "training")]
 
 
+def test_the_job_draws_its_best_models_samples_against_held_out_rows(trained, search_runs):
+    from mlflow import MlflowClient
+
+    from flowsweep.config.compose import compose_config
+    from flowsweep.density.figure import most_dependent_pairs
+
+    cfg, tmp_path = trained
+    _, job = instance_runs(cfg, search_runs)
+    client = MlflowClient(cfg.tracking.uri)
+    png = Path(client.download_artifacts(job.iloc[0]["run_id"], "samples.png", str(tmp_path)))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+    # the pairs shown are the most dependent ones: on a planted table, planted pairs
+    data = load_dataset(compose_config(["dataset=synthetic_pairs"]).dataset)
+    planted = {frozenset(pair) for pair in data.graph}
+    assert all(frozenset(pair) in planted for pair in most_dependent_pairs(data.test.numpy(), 3))
+
+
 def test_samples_and_latents_in_the_tables_units(trained, search_runs):
     cfg, _ = trained
     density = flowsweep.load(best_uri(cfg, search_runs), cfg.tracking.uri)

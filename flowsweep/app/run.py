@@ -29,6 +29,7 @@ from flowsweep.app.plan import JobPlan, plan_job
 from flowsweep.config import DivergedError
 from flowsweep.app.interrupt import interrupted
 from flowsweep.data import Dataset
+from flowsweep.density.figure import log_samples_figure
 from flowsweep.density.log import log_models, model_source, model_uri, register
 from flowsweep.record.mlflow_writer import MlflowWriteError, settle
 from flowsweep.model import CouplingFlows, ModelSpec
@@ -138,6 +139,7 @@ def run_job(job: Union[DictConfig, JobPlan], data: Optional[Dataset] = None) -> 
         began = time.perf_counter()
         best_model = log_models(runs, result, data, model_source(cfg, key)) if cfg.tracking.log_models else None
         runs.metric(JOB, "model_log_time_s", time.perf_counter() - began)  # its share of wall_time_s: the cost
+        log_samples_figure(runs, result, data, title, seeds)
         job = summary.of_result(cfg, result, objective(result), **where)
         runs.tag(JOB, PHASE_TAG, "done")
         log_job(runs, job, result, title, search)

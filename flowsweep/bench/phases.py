@@ -56,6 +56,7 @@ PHASES: dict[str, list[tuple[str, str]]] = {
         ("flowsweep.record.plots", "save_bpd_curve"),
         ("flowsweep.record.plots", "save_search_trajectory"),
         ("flowsweep.record.plots", "save_curves"),
+        ("flowsweep.density.figure", "log_samples_figure"),
     ],
     "data loading": [("flowsweep.app.plan", "load_dataset"), ("flowsweep.app.plan", "preprocessed")],
     "structure search": [("flowsweep.app.run", "search_job"), ("flowsweep.app.run", "job_dependence")],
