@@ -50,9 +50,9 @@ def raw_test_rows(cfg) -> pd.DataFrame:
 @pytest.mark.parametrize("overrides", [
     ("model.preprocess=standardize",),
     ("model.preprocess=whiten",),
-    ("model.preprocess=none", "train.max_lr=1e-3"),
+    ("model.preprocess=none", "dataset.dequantize=false", "train.max_lr=1e-3"),
     ("model.preprocess=standardize", "layout=opt", "search.candidates=4", "search.rungs=[10,20]"),
-], ids=["standardize", "whiten", "none", "opt"])
+], ids=["standardize", "whiten", "none-not-dequantized", "opt"])
 def test_a_loaded_model_gives_back_the_runs_test_bpd(overrides, tmp_path, data_dir, search_runs):
     cfg = job_cfg(tmp_path, data_dir, *overrides)
     run_job(cfg)
