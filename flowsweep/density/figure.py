@@ -26,6 +26,7 @@ from flowsweep.density.format import SavedDensity
 from flowsweep.density.log import best_instance
 from flowsweep.model import CouplingFlows
 from flowsweep.record.run_group import JOB, RunGroup
+from flowsweep.training import torch_threads
 
 __all__ = ["FIGURE", "PAIRS", "ROWS", "most_dependent_pairs", "figure_data", "draw_samples", "log_samples_figure"]
 
@@ -65,7 +66,8 @@ def figure_data(flow: CouplingFlows, instance: int, data: Dataset, title: str, s
     held_out = _raw(data, data.test[pick])
     saved = SavedDensity(columns=data.columns, spec=flow.spec, structure=flow.structures[instance],
                          theta=flow.theta[instance].detach().numpy().copy(), maps=data.maps)
-    samples = TrainedDensity(saved).sample(len(held_out), random_state=seed).to_numpy()
+    with torch_threads(1):  # a thousand rows: a second thread only adds its start-up
+        samples = TrainedDensity(saved).sample(len(held_out), random_state=seed).to_numpy()
     samples = samples[np.isfinite(samples).all(1)]
     pairs = most_dependent_pairs(held_out)
     features = sorted({f for pair in pairs for f in pair})
