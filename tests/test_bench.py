@@ -33,6 +33,9 @@ def test_command_line_prints_both_tables(data_dir, capsys):
     main(["--data-dir", str(data_dir), "--models", "2", "--steps", "2", "--repeats", "1", "--depth", "2", "--no-nflows"])
     out = capsys.readouterr().out
     assert "(a) flowsweep batched engine" in out and "(b) usual way" in out and "speed-up of (a)" in out
+    peak = next(line for line in out.splitlines() if "GEMM peak" in line)  # (a)'s share of a matmul's GFLOP/s
+    achieved, share = float(peak.split(" GFLOP/s")[0].split()[-1]), float(peak.split(" % of")[0].split()[-1])
+    assert achieved > 0 and 0 < share < 100
 
 
 def test_phase_clock_counts_nested_time_once():

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from flowsweep.model import CouplingFlows, ModelSpec
-from flowsweep.native import NativeStep, covers, native_available
+from flowsweep.native import NativeStep, covers, lanes, native_available
 from flowsweep.structure import random_structure
 from flowsweep.training import train
 
@@ -41,6 +41,17 @@ def native(flow: CouplingFlows, x: torch.Tensor, threads: int = 1) -> tuple[torc
     rows = order.view(k, n)
     nll, grad = NativeStep(flow.spec, flow.k, threads)(data, rows, flow.theta, flow.perm)
     return nll.clone(), grad.clone()
+
+
+def test_the_kernel_is_as_wide_as_the_machine():
+    flags = next((line for line in open("/proc/cpuinfo") if line.startswith("flags")), "") if os.path.exists(
+        "/proc/cpuinfo") else ""
+    if " avx512f" in flags:
+        assert lanes() == 16
+    elif " avx2" in flags:
+        assert lanes() == 8
+    else:
+        assert lanes() in (8, 16)
 
 
 def test_the_kernel_covers_exactly_the_paper_layer():

@@ -16,9 +16,12 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 import sys
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import torch
+
+if TYPE_CHECKING:
+    from flowsweep.bench.workload import Workload
 
 __all__ = ["main"]
 
@@ -97,6 +100,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _peak_line(work: Workload, ms_per_model_step: float) -> str:
+    """(a)'s achieved GFLOP/s of multiply-adds and its share of a GEMM's, measured now at the same threads."""
+    from flowsweep.bench.peak import gemm_peak_gflops, model_step_flops
+    from flowsweep.native import covers, lanes, native_available
+
+    achieved = model_step_flops(work.spec, work.batch_size) / (ms_per_model_step * 1e-3) / 1e9
+    peak = gemm_peak_gflops(work.threads)
+    native = work.cfg.train.kernel == "native" and covers(work.spec) and native_available()
+    kernel = f"native kernel, {lanes()} lanes" if native else "torch kernel"
+    return (f"(a), {kernel}: {achieved:.1f} GFLOP/s of multiply-adds, {100 * achieved / peak:.1f} % of this "
+            f"machine's GEMM peak ({peak:.0f} GFLOP/s: torch.matmul 2048 x 2048, {work.threads} thread(s), measured now)")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in _COMMANDS and argv[0] not in ("-h", "--help"):
@@ -124,6 +140,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         a = timing["ms / model-step"]
         print("\nspeed-up of (a) per model-step: "
               + ", ".join(f"{a[i] / a[0]:.1f}x over {name[:3]}" for i, name in enumerate(timing["engine"]) if i))
+        print(_peak_line(work, float(a[0])))
         print("\nSame models, same initial parameters and minibatches:")
         print(agreement.to_markdown(index=False))
     elif command == "spline":

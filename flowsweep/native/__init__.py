@@ -1,8 +1,9 @@
 """The native training step: ``coupling_step.c`` compiled on first use, called through ctypes.
 
 One call runs the forward and backward pass of K coupling flows on a minibatch, each
-model's samples in blocks of eight (one AVX register per feature) with every
-intermediate kept in cache; see the C file for the shapes. It computes the model of
+model's samples in blocks of :func:`lanes` (one vector register per feature: 16 where
+the compiler targets AVX-512, else 8) with every intermediate kept in cache; see the C
+file for the shapes. It computes the model of
 :class:`flowsweep.model.CouplingFlows` for the variants :func:`covers` accepts, with the
 parameter offsets of the spec's :class:`~flowsweep.model.ParamLayout`; the reference
 model, differentiated by autograd, is what the tests hold it to and the fallback where
@@ -35,7 +36,7 @@ from torch import Tensor
 
 from flowsweep.model.spec import ModelSpec
 
-__all__ = ["NativeStep", "native_available", "load_library", "NativeBuildError", "covers"]
+__all__ = ["NativeStep", "native_available", "load_library", "lanes", "NativeBuildError", "covers"]
 
 _SOURCE = Path(__file__).with_name("coupling_step.c")
 _FLAGS = ["-O3", "-funroll-loops", "-march=native", "-fPIC", "-shared", "-fno-math-errno", "-std=gnu11"]
@@ -90,7 +91,14 @@ def load_library() -> ctypes.CDLL:
         raise NativeBuildError(f"cannot load {target}: {error}") from None
     library.coupling_step.restype = ctypes.c_int
     library.coupling_step.argtypes = [ctypes.c_int] * 12 + [ctypes.c_void_p] * 6
+    library.coupling_lanes.restype = ctypes.c_int
+    library.coupling_lanes.argtypes = []
     return library
+
+
+def lanes() -> int:
+    """Floats per vector in the kernel built here (16 with AVX-512, else 8), decided at build time."""
+    return int(load_library().coupling_lanes())
 
 
 @lru_cache(maxsize=1)

@@ -4,11 +4,18 @@
  * the variants it covers: each layer the affine constant transform, then the coupling with
  * the single-layer tanh conditioner, data to latent; the constant transform as
  * x * exp(a) + c or, with `linear`, s * x + c. Where each parameter block lives in a
- * model's row comes from the caller (ParamLayout), never from here. Per model and per block of 8 samples (one AVX register per
- * feature) it runs the forward pass through all layers, keeps each layer's activations
- * in cache, and runs the backward pass straight away, so every intermediate is used while
- * it is still in registers or L1. No libm call in the sample loop: exp and tanh are
- * written with GCC vector extensions (exp only ever sees arguments <= 1, see below).
+ * model's row comes from the caller (ParamLayout), never from here.
+ *
+ * The vectors are as wide as the machine the file is compiled for (the build passes
+ * -march=native): LANES is 16 floats where the compiler targets AVX-512, else 8 (AVX2).
+ * Per model and per block of LANES samples (one register per feature) it runs the
+ * forward pass through all layers, keeps each layer's activations in cache, and runs the
+ * backward pass straight away. The weight gradient, the largest block, is not
+ * accumulated per block: each block's conditioner inputs and output gradients are kept
+ * for a chunk of CHUNK blocks and multiplied out once per chunk in register tiles, so the
+ * accumulators are read and written once per chunk instead of once per block. No libm
+ * call in the sample loop: exp and tanh are written with GCC vector extensions (exp only
+ * ever sees arguments <= 1, see below).
  *
  * Shapes (all C-contiguous, float32 unless noted):
  *   data   [n, d]      the training rows
@@ -19,55 +26,90 @@
  *   nll    [K]         out: mean negative log-likelihood over the N samples (nats)
  *   grad   [K, P]      out: its gradient
  * Models are independent: the result of model k does not depend on K or on the others.
+ * Numbers depend on LANES only through the order of float32 sums (and tanh's reciprocal).
  */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__AVX512F__) || defined(__AVX__)
+#include <immintrin.h>
+#endif
 
-typedef float v8f __attribute__((vector_size(32)));
-typedef int32_t v8i __attribute__((vector_size(32)));
-
+#if defined(__AVX512F__)
+#define LANES 16
+#else
 #define LANES 8
+#endif
+#define CHUNK 8 /* blocks whose weight-gradient terms are multiplied out together */
+#define TILE 4  /* register tile of the weight gradient and the conditioner: TILE x TILE */
 
-static inline v8f splat(float a) { return (v8f){a, a, a, a, a, a, a, a}; }
+typedef float vf __attribute__((vector_size(4 * LANES)));
+typedef int32_t vi __attribute__((vector_size(4 * LANES)));
+typedef float v4f __attribute__((vector_size(16)));
 
-static inline float hsum(v8f a) {
-    /* A fixed order, so results are bitwise reproducible. */
-    return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+/* Exported so the caller can report the width it was built with. */
+int coupling_lanes(void) { return LANES; }
+
+static inline vf splat(float a) { return (vf){} + a; }
+
+static inline float hsum(vf a) {
+    /* A fixed order (halves added, down to four lanes), so results are bitwise reproducible. */
+#if LANES == 16
+    typedef float v8f __attribute__((vector_size(32)));
+    v8f h = __builtin_shufflevector(a, a, 0, 1, 2, 3, 4, 5, 6, 7) +
+            __builtin_shufflevector(a, a, 8, 9, 10, 11, 12, 13, 14, 15);
+#else
+    vf h = a;
+#endif
+    v4f q = __builtin_shufflevector(h, h, 0, 1, 2, 3) + __builtin_shufflevector(h, h, 4, 5, 6, 7);
+    return (q[0] + q[2]) + (q[1] + q[3]);
+}
+
+/* 1 / x to ~1 ulp: the hardware estimate and one Newton step (a division where there is none). */
+static inline vf vrecip(vf x) {
+#if LANES == 16
+    vf r = (vf)_mm512_rcp14_ps((__m512)x);
+#elif defined(__AVX__)
+    vf r = (vf)_mm256_rcp_ps((__m256)x);
+    r = r * (splat(2.0f) - x * r);
+#else
+    return splat(1.0f) / x;
+#endif
+    return r * (splat(2.0f) - x * r);
 }
 
 /* exp(x) for x <= 88 (Cephes' single-precision polynomial, ~1 ulp). NaN stays NaN:
  * the clamp below compares false for NaN and keeps x. Callers pass tanh outputs
  * (in [-1, 1]) or -2|h| (<= 0) only, so there is no overflow branch. */
-static inline v8f vexp(v8f x) {
-    const v8f lo = splat(-87.3f);
-    v8i below = x < lo;
-    x = (v8f)(((v8i)x & ~below) | ((v8i)lo & below));
-    const v8f magic = splat(12582912.0f); /* 1.5 * 2^23: adding it rounds to an integer */
-    v8f t = x * splat(1.44269504088896341f) + magic;
-    v8i n = (v8i)t - (v8i)magic;
-    v8f fn = t - magic;
-    v8f r = x - fn * splat(0.693359375f) - fn * splat(-2.12194440e-4f);
-    v8f p = splat(1.9875691500e-4f);
+static inline vf vexp(vf x) {
+    const vf lo = splat(-87.3f);
+    vi below = x < lo;
+    x = (vf)(((vi)x & ~below) | ((vi)lo & below));
+    const vf magic = splat(12582912.0f); /* 1.5 * 2^23: adding it rounds to an integer */
+    vf t = x * splat(1.44269504088896341f) + magic;
+    vi n = (vi)t - (vi)magic;
+    vf fn = t - magic;
+    vf r = x - fn * splat(0.693359375f) - fn * splat(-2.12194440e-4f);
+    vf p = splat(1.9875691500e-4f);
     p = p * r + splat(1.3981999507e-3f);
     p = p * r + splat(8.3334519073e-3f);
     p = p * r + splat(4.1665795894e-2f);
     p = p * r + splat(1.6666665459e-1f);
     p = p * r + splat(5.0000001201e-1f);
     p = p * r * r + r + splat(1.0f);
-    v8i scale = (n + 127) << 23;
-    return p * (v8f)scale;
+    vi scale = (n + 127) << 23;
+    return p * (vf)scale;
 }
 
 /* tanh(h) = sign(h) (1 - e) / (1 + e), e = exp(-2|h|). */
-static inline v8f vtanh(v8f h) {
-    const v8i sign_bit = {INT32_MIN, INT32_MIN, INT32_MIN, INT32_MIN, INT32_MIN, INT32_MIN, INT32_MIN, INT32_MIN};
-    v8i bits = (v8i)h;
-    v8f a = (v8f)(bits & ~sign_bit);
-    v8f e = vexp(splat(-2.0f) * a);
-    v8f t = (splat(1.0f) - e) / (splat(1.0f) + e);
-    return (v8f)((v8i)t | (bits & sign_bit));
+static inline vf vtanh(vf h) {
+    const vi sign_bit = (vi){} + INT32_MIN;
+    vi bits = (vi)h;
+    vf a = (vf)(bits & ~sign_bit);
+    vf e = vexp(splat(-2.0f) * a);
+    vf t = (splat(1.0f) - e) * vrecip(splat(1.0f) + e);
+    return (vf)((vi)t | (bits & sign_bit));
 }
 
 typedef struct {
@@ -75,6 +117,73 @@ typedef struct {
     int off_scale, off_shift, off_weight, off_bias; /* block offsets within a row */
     int linear;                                     /* constant transform s * x + c instead of x * exp(a) + c */
 } Dims;
+
+/* out[r] = b[r] + sum_q w[r m + q] in[q], r < rows: TILE rows at a time in registers. */
+static inline void affine_rows(int rows, int m, const float *w, const float *b, const vf *in, vf *restrict out) {
+    int r = 0;
+    for (; r + TILE <= rows; r += TILE) {
+        vf a[TILE];
+        for (int i = 0; i < TILE; i++) a[i] = splat(b[r + i]);
+        for (int q = 0; q < m; q++) {
+            const vf x = in[q];
+            for (int i = 0; i < TILE; i++) a[i] += splat(w[(r + i) * m + q]) * x;
+        }
+        for (int i = 0; i < TILE; i++) out[r + i] = a[i];
+    }
+    for (; r < rows; r++) {
+        vf a = splat(b[r]);
+        for (int q = 0; q < m; q++) a += splat(w[r * m + q]) * in[q];
+        out[r] = a;
+    }
+}
+
+/* out[q] = base[q] + sum_r w[r m + q] g[r], q < m: the conditioner's input gradient, TILE at a time. */
+static inline void transposed_rows(int h2, int m, const float *w, const vf *g, vf *restrict out) {
+    int q = 0;
+    for (; q + TILE <= m; q += TILE) {
+        vf a[TILE];
+        for (int j = 0; j < TILE; j++) a[j] = out[q + j];
+        for (int r = 0; r < h2; r++) {
+            const vf x = g[r];
+            for (int j = 0; j < TILE; j++) a[j] += splat(w[r * m + q + j]) * x;
+        }
+        for (int j = 0; j < TILE; j++) out[q + j] = a[j];
+    }
+    for (; q < m; q++) {
+        vf a = out[q];
+        for (int r = 0; r < h2; r++) a += splat(w[r * m + q]) * g[r];
+        out[q] = a;
+    }
+}
+
+/* acc[r m + q] += sum_c gh[c][r] vc[c][q] over the chunk's blocks (strides in vectors). */
+static void outer_chunk(int blocks, int h2, int m, const vf *gh, const vf *vc, size_t stride, vf *restrict acc) {
+    for (int r0 = 0; r0 < h2; r0 += TILE) {
+        const int nr = h2 - r0 < TILE ? h2 - r0 : TILE;
+        for (int q0 = 0; q0 < m; q0 += TILE) {
+            const int nq = m - q0 < TILE ? m - q0 : TILE;
+            if (nr == TILE && nq == TILE) {
+                vf a[TILE][TILE];
+                for (int i = 0; i < TILE; i++)
+                    for (int j = 0; j < TILE; j++) a[i][j] = acc[(r0 + i) * m + q0 + j];
+                for (int c = 0; c < blocks; c++) {
+                    const vf *g = gh + c * stride + r0, *v = vc + c * stride + q0;
+                    for (int i = 0; i < TILE; i++)
+                        for (int j = 0; j < TILE; j++) a[i][j] += g[i] * v[j];
+                }
+                for (int i = 0; i < TILE; i++)
+                    for (int j = 0; j < TILE; j++) acc[(r0 + i) * m + q0 + j] = a[i][j];
+            } else {
+                for (int i = 0; i < nr; i++)
+                    for (int j = 0; j < nq; j++) {
+                        vf a = acc[(r0 + i) * m + q0 + j];
+                        for (int c = 0; c < blocks; c++) a += gh[c * stride + r0 + i] * vc[c * stride + q0 + j];
+                        acc[(r0 + i) * m + q0 + j] = a;
+                    }
+            }
+        }
+    }
+}
 
 /* One model: forward and backward over all N samples. Returns 0, or -1 without memory. */
 static int one_model(const Dims *D, int N, const float *data, const int64_t *rows, const float *theta,
@@ -84,23 +193,27 @@ static int one_model(const Dims *D, int N, const float *data, const int64_t *row
     const float *weight = theta + D->off_weight, *bias = theta + D->off_bias;
 
     /* Activations of one block: v (after the constant transform) per layer, tanh outputs
-     * per layer, exp(s) per layer; the running y and its gradient. Then per-lane
-     * accumulators of the gradient, summed over lanes once at the end. */
-    size_t n_state = (size_t)L * d + (size_t)L * m + (size_t)L * h2 + (size_t)L * dm + 3 * (size_t)d + h2 + m;
+     * per layer, exp(s) per layer; the running y and its gradient; the block's rows,
+     * transposed. Per chunk block and layer: the conditioning inputs and the conditioner's
+     * output gradient (`stride` vectors apart). Then per-lane accumulators of the gradient,
+     * summed over lanes once at the end. */
+    const size_t stride = (size_t)L * (h2 + m); /* one block's [L][m] inputs, then [L][h2] gradients */
+    size_t n_state = (size_t)L * d + (size_t)L * h2 + (size_t)L * dm + 3 * (size_t)d + m + (size_t)d;
+    size_t n_chunk = CHUNK * stride;
     size_t n_acc = (size_t)L * (2 * d + h2 * m + h2);
-    v8f *buf = aligned_alloc(32, sizeof(v8f) * (n_state + n_acc + 1));
+    vf *buf = aligned_alloc(sizeof(vf), sizeof(vf) * (n_state + n_chunk + n_acc + 1));
     float *e = malloc(sizeof(float) * (size_t)L * d);
     if (!buf || !e) {
         free(buf);
         free(e);
         return -1;
     }
-    v8f *V = buf, *VC = V + (size_t)L * d, *T = VC + (size_t)L * m, *EX = T + (size_t)L * h2;
-    v8f *y = EX + (size_t)L * dm, *gy = y + d, *gv = gy + d, *gh = gv + d;
-    v8f *restrict gvc = gh + h2, *acc = gvc + m;
-    v8f *acc_le = acc, *acc_c = acc_le + (size_t)L * d, *acc_w = acc_c + (size_t)L * d;
-    v8f *acc_b = acc_w + (size_t)L * h2 * m, *acc_logp = acc_b + (size_t)L * h2;
-    memset(acc, 0, sizeof(v8f) * (n_acc + 1));
+    vf *V = buf, *T = V + (size_t)L * d, *EX = T + (size_t)L * h2;
+    vf *y = EX + (size_t)L * dm, *gy = y + d, *gv = gy + d, *restrict gvc = gv + d, *xt = gvc + m;
+    vf *chunk = xt + d, *acc = chunk + n_chunk;
+    vf *acc_le = acc, *acc_c = acc_le + (size_t)L * d, *acc_w = acc_c + (size_t)L * d;
+    vf *acc_b = acc_w + (size_t)L * h2 * m, *acc_logp = acc_b + (size_t)L * h2;
+    memset(acc, 0, sizeof(vf) * (n_acc + 1));
 
     float constant = -0.5f * (float)d * 1.8378770664093453f; /* -d/2 log(2 pi) */
     for (int i = 0; i < L * d; i++) {
@@ -108,30 +221,31 @@ static int one_model(const Dims *D, int N, const float *data, const int64_t *row
         constant += D->linear ? logf(fabsf(scale[i])) : scale[i];
     }
     const float inv_n = 1.0f / (float)N;
+    const int blocks = (N + LANES - 1) / LANES;
 
-    for (int n0 = 0; n0 < N; n0 += LANES) {
-        v8f valid;
-        for (int s = 0; s < LANES; s++) valid[s] = n0 + s < N ? 1.0f : 0.0f;
-        for (int i = 0; i < d; i++) {
-            v8f xi = splat(0.0f);
-            for (int s = 0; s < LANES && n0 + s < N; s++) xi[s] = data[(size_t)rows[n0 + s] * d + i];
-            y[i] = xi;
+    for (int b = 0; b < blocks; b++) {
+        const int n0 = b * LANES, c = b % CHUNK;
+        vf *VC = chunk + c * stride, *GH = VC + (size_t)L * m; /* this block's slots in the chunk */
+        vf valid;
+        /* The block's rows, transposed through memory: one scalar store per value and one
+         * vector load per feature (padding lanes read zeros). */
+        float *xs = (float *)xt;
+        for (int s = 0; s < LANES; s++) {
+            const float *row = n0 + s < N ? data + (size_t)rows[n0 + s] * d : NULL;
+            valid[s] = row ? 1.0f : 0.0f;
+            for (int i = 0; i < d; i++) xs[i * LANES + s] = row ? row[i] : 0.0f;
         }
-        v8f logdet = splat(0.0f);
+        for (int i = 0; i < d; i++) y[i] = xt[i];
+        vf logdet = splat(0.0f);
         for (int l = 0; l < L; l++) {
             const int64_t *cond = perm + (size_t)l * d, *trans = cond + m;
             const float *el = e + l * d, *cl = shift + l * d;
             const float *wl = weight + (size_t)l * h2 * m, *bl = bias + l * h2;
-            v8f *restrict Vl = V + (size_t)l * d, *restrict Tl = T + (size_t)l * h2, *restrict El = EX + (size_t)l * dm;
-            v8f *restrict VCl = VC + (size_t)l * m; /* the conditioning rows, contiguous */
+            vf *restrict Vl = V + (size_t)l * d, *restrict Tl = T + (size_t)l * h2, *restrict El = EX + (size_t)l * dm;
+            vf *restrict VCl = VC + (size_t)l * m; /* the conditioning rows, contiguous */
             for (int i = 0; i < d; i++) Vl[i] = splat(el[i]) * y[i] + splat(cl[i]);
             for (int q = 0; q < m; q++) VCl[q] = y[cond[q]] = Vl[cond[q]];
-            /* Column by column of W: h2 independent sums, then h2 independent tanh. */
-            for (int r = 0; r < h2; r++) Tl[r] = splat(bl[r]);
-            for (int q = 0; q < m; q++) {
-                const v8f vq = VCl[q];
-                for (int r = 0; r < h2; r++) Tl[r] += splat(wl[r * m + q]) * vq;
-            }
+            affine_rows(h2, m, wl, bl, VCl, Tl);
             for (int r = 0; r < h2; r++) Tl[r] = vtanh(Tl[r]);
             for (int j = 0; j < dm; j++) {
                 El[j] = vexp(Tl[j]);
@@ -139,45 +253,42 @@ static int one_model(const Dims *D, int N, const float *data, const int64_t *row
                 logdet += Tl[j];
             }
         }
-        v8f sq = splat(0.0f);
+        vf sq = splat(0.0f);
         for (int i = 0; i < d; i++) sq += y[i] * y[i];
         *acc_logp += valid * (splat(constant) + logdet - splat(0.5f) * sq);
 
         /* Backward: g = d(nll)/d(log p) per sample, zero on padding lanes. */
-        const v8f g = valid * splat(-inv_n);
+        const vf g = valid * splat(-inv_n);
         for (int i = 0; i < d; i++) gy[i] = -g * y[i];
         for (int l = L - 1; l >= 0; l--) {
             const int64_t *cond = perm + (size_t)l * d, *trans = cond + m;
             const float *el = e + l * d, *cl = shift + l * d, *wl = weight + (size_t)l * h2 * m;
-            const v8f *restrict Vl = V + (size_t)l * d, *restrict Tl = T + (size_t)l * h2;
-            const v8f *restrict El = EX + (size_t)l * dm, *restrict VCl = VC + (size_t)l * m;
+            const vf *restrict Vl = V + (size_t)l * d, *restrict Tl = T + (size_t)l * h2;
+            const vf *restrict El = EX + (size_t)l * dm;
+            vf *restrict gh = GH + (size_t)l * h2;
             for (int j = 0; j < dm; j++) {
                 int64_t a = trans[j];
-                v8f s = Tl[j], t = Tl[dm + j];
+                vf s = Tl[j], t = Tl[dm + j];
                 gv[a] = gy[a] * El[j];
                 gh[j] = (gv[a] * Vl[a] + g) * (splat(1.0f) - s * s);
                 gh[dm + j] = gy[a] * (splat(1.0f) - t * t);
             }
-            /* Row by row of W: m independent sums (no long dependency chain), and the
-             * weight gradient from the same pass over W. */
+            vf *restrict ab = acc_b + (size_t)l * h2;
+            for (int r = 0; r < h2; r++) ab[r] += gh[r];
             for (int q = 0; q < m; q++) gvc[q] = gy[cond[q]];
-            v8f *restrict aw = acc_w + (size_t)l * h2 * m, *restrict ab = acc_b + (size_t)l * h2;
-            for (int r = 0; r < h2; r++) {
-                const v8f ghr = gh[r];
-                ab[r] += ghr;
-                for (int q = 0; q < m; q++) {
-                    gvc[q] += splat(wl[r * m + q]) * ghr;
-                    aw[r * m + q] += ghr * VCl[q];
-                }
-            }
+            transposed_rows(h2, m, wl, gh, gvc);
             for (int q = 0; q < m; q++) gv[cond[q]] = gvc[q];
-            v8f *restrict ac = acc_c + (size_t)l * d, *restrict ale = acc_le + (size_t)l * d;
+            vf *restrict ac = acc_c + (size_t)l * d, *restrict ale = acc_le + (size_t)l * d;
             for (int i = 0; i < d; i++) {
                 ac[i] += gv[i];
                 ale[i] += gv[i] * (Vl[i] - splat(cl[i])) + g; /* + g: the constant transform's log-det */
                 gy[i] = gv[i] * splat(el[i]);
             }
         }
+        if (c == CHUNK - 1 || b == blocks - 1) /* the chunk's weight gradient, layer by layer */
+            for (int l = 0; l < L; l++)
+                outer_chunk(c + 1, h2, m, chunk + (size_t)L * m + (size_t)l * h2, chunk + (size_t)l * m, stride,
+                            acc_w + (size_t)l * h2 * m);
     }
 
     /* grad has theta's layout. acc_le holds d/d(log e); s itself gets it divided by s. */
