@@ -142,7 +142,7 @@ def run_job(job: Union[DictConfig, JobPlan], data: Optional[Dataset] = None) -> 
         log_samples_figure(runs, result, data, title, seeds)
         job = summary.of_result(cfg, result, objective(result), **where)
         runs.tag(JOB, PHASE_TAG, "done")
-        log_job(runs, job, result, title, search)
+        log_job(runs, job, result, title, search, structures, data.columns, runinfo.optimizer_label(cfg))
         if job.all_diverged:
             raise DivergedError.of(cfg.instances, cfg.train.max_lr, cfg.depth.layers)
     except KeyboardInterrupt:

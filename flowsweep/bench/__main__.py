@@ -184,12 +184,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         print(f"# batched engine, {args.steps} SGD steps, best of {args.repeats}; {load_note()}")
         print(scaling_table(args.steps, args.repeats, args.data_dir, args.threads, args.kernel).to_markdown(index=False))
     else:
-        from flowsweep.bench.job import time_job
+        from flowsweep.bench.job import TRAINING, non_training_share, time_job
 
         print(f"# python main.py {' '.join(args.overrides)}; {load_note()}", flush=True)
         table, wall = time_job(args.overrides, args.keep)
         print(table.to_markdown(index=False))
-        print(f"\nwall {wall:.1f} s; {load_note()}")
+        print(f"\nwall {wall:.1f} s; not training ({' and '.join(TRAINING)} excluded): "
+              f"{100 * non_training_share(table, wall):.1f} %; {load_note()}")
 
 
 if __name__ == "__main__":

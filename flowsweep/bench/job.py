@@ -21,7 +21,10 @@ import pandas as pd
 
 from flowsweep.bench.phases import LOGGING, PHASES, TIMINGS_ENV, WRITER_CPU
 
-__all__ = ["time_job"]
+__all__ = ["TRAINING", "time_job", "non_training_share"]
+
+#: The phases that train models; everything else of the wall is overhead a user waits for.
+TRAINING = ("structure search", "final training")
 
 
 def time_job(overrides: Sequence[str], keep: Optional[str] = None) -> tuple[pd.DataFrame, float]:
@@ -52,3 +55,8 @@ def time_job(overrides: Sequence[str], keep: Optional[str] = None) -> tuple[pd.D
     table.loc[table["phase"] == WRITER_CPU, "share"] = ""  # CPU time beside the job, not a share of its wall
     table["wall s"] = table["wall s"].round(2)
     return table, wall
+
+
+def non_training_share(table: pd.DataFrame, wall: float) -> float:
+    """The share of ``wall`` not spent in :data:`TRAINING` (start-up, data, evaluation, logging, figures)."""
+    return 1 - float(table.loc[table["phase"].isin(TRAINING), "wall s"].sum()) / wall

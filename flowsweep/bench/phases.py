@@ -51,20 +51,16 @@ PHASES: dict[str, list[tuple[str, str]]] = {
         ("flowsweep.app.task", "finish"),  # a sweep's last MLflow writes, waited for at its end
     ],
     "mlflow: models": [("flowsweep.app.run", "log_models"), ("flowsweep.app.run", "register")],
-    "figures": [
-        ("flowsweep.record.plots", "save_mask_heatmap"),
-        ("flowsweep.record.plots", "save_bpd_curve"),
-        ("flowsweep.record.plots", "save_search_trajectory"),
-        ("flowsweep.record.plots", "save_curves"),
-        ("flowsweep.density.figure", "log_samples_figure"),
-    ],
+    # The job only hands a figure's data to the writer process, which draws it beside the job.
+    "figures (handed to the writer)": [("flowsweep.record.run_group", "RunGroup.figure"),
+                                       ("flowsweep.density.figure", "log_samples_figure")],
     "data loading": [("flowsweep.app.plan", "load_dataset"), ("flowsweep.app.plan", "preprocessed")],
     "structure search": [("flowsweep.app.run", "search_job"), ("flowsweep.app.run", "job_dependence")],
     "final training": [("flowsweep.app.run", "train")],
     "evaluation": [("flowsweep.app.run", "evaluate_bpd"), ("flowsweep.app.run", "row_bpd")],
 }
 #: The phases that make up logging.
-LOGGING = ("mlflow: store and runs", "mlflow: metrics and artifacts", "mlflow: models", "figures")
+LOGGING = ("mlflow: store and runs", "mlflow: metrics and artifacts", "mlflow: models", "figures (handed to the writer)")
 
 _MAIN = Path(__file__).resolve().parents[2] / "main.py"
 

@@ -6,13 +6,13 @@ The best instance by validation bpd draws as many rows as the test split holds (
 rows) as scatter plots, below each of their features' marginal as two histograms. A model that
 learned the table's dependence puts its samples where the held-out rows lie.
 
-The job hands over plain values (:func:`figure_data`); :func:`draw_samples` draws them, as
-:mod:`flowsweep.record.plots` draws its figures: each shape of figure is built once per thread.
+The job hands over plain values (:func:`figure_data`); :func:`draw_samples` draws them in the
+job's MLflow writer process (:mod:`flowsweep.record.figures`), beside the job: each shape of
+figure is built once there.
 """
 
 from __future__ import annotations
 
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -25,6 +25,7 @@ from flowsweep.density.estimator import TrainedDensity
 from flowsweep.density.format import SavedDensity
 from flowsweep.density.log import best_instance
 from flowsweep.model import CouplingFlows
+from flowsweep.record.figures import figure
 from flowsweep.record.run_group import JOB, RunGroup
 from flowsweep.training import torch_threads
 
@@ -112,6 +113,7 @@ def _template(n_pairs: int, n_features: int) -> dict[str, Any]:
     return cache[key]
 
 
+@figure
 def draw_samples(path: Path, columns: Sequence[str], pairs: Sequence[Sequence[int]], features: Sequence[int],
                  held_out: list, samples: list, title: str) -> None:
     """Draw the figure of :func:`figure_data`'s values into ``path``."""
@@ -150,6 +152,4 @@ def log_samples_figure(runs: RunGroup, result: dict, data: Dataset, title: str, 
     values = None if best is None else figure_data(result["flow"], best, data, title, seeds[best])
     if values is None:
         return
-    folder = Path(tempfile.mkdtemp(prefix="flowsweep-figure-"))
-    draw_samples(folder / FIGURE, **values)
-    runs.artifacts(JOB, str(folder), move=True)
+    runs.figure(JOB, FIGURE, draw_samples, **values)  # drawn by the writer process, beside the job

@@ -4,7 +4,8 @@ Writing to MLflow is pure Python (tens of microseconds per metric point through
 ``log_batch``), and a job logs tens of thousands of points. A :class:`MlflowWriter`
 hands the calls to a child process, ``python -m flowsweep.record.mlflow_writer <uri>``, which
 performs them in order on its own :class:`~mlflow.tracking.MlflowClient` while the job
-goes on using the other core; :meth:`MlflowWriter.sync` waits until everything sent so
+goes on using the other core, and draws the job's figures there too
+(:mod:`flowsweep.record.figures`); :meth:`MlflowWriter.sync` waits until everything sent so
 far is written and returns what went wrong. Only MLflow's public client API is used.
 
 Requests travel as JSON lines over the child's stdin, replies over its stdout (JSON, not
@@ -163,9 +164,13 @@ def _chunks(items: list, size: int) -> list[list]:
 def _serve(uri: str, requests: BinaryIO, replies: BinaryIO) -> None:
     """The child: perform requests in order until the input ends."""
     import shutil
+    import tempfile
+    from pathlib import Path
 
     from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
+
+    from flowsweep.record.figures import draw
 
     client = MlflowClient(uri)
     runs: dict[int, list[str]] = {}
@@ -212,6 +217,14 @@ def _serve(uri: str, requests: BinaryIO, replies: BinaryIO) -> None:
                 inputs = [DatasetInput(Dataset(**fields), [InputTag(k, v) for k, v in tags.items()])]
                 for run_id in runs[group]:
                     client.log_inputs(run_id, datasets=inputs)
+            elif op == "figure":
+                run, filename, name, data = args
+                folder = tempfile.mkdtemp(prefix="flowsweep-figure-")
+                try:
+                    draw(name, Path(folder) / filename, data)
+                    client.log_artifact(runs[group][run], str(Path(folder) / filename))
+                finally:
+                    shutil.rmtree(folder, ignore_errors=True)
             elif op == "terminate":
                 status, end_ms = args
                 if status == "FINISHED" and errors[group]:

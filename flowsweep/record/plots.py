@@ -1,221 +1,184 @@
-"""PNG figures logged with every run: masks, bpd curves, search trajectories, and the
-overlays of a job's instances on its parent run.
+"""The figures of a job's parent run: its instances' training and validation curves, their
+masks, and their searches. One figure of each per job, not per instance: the instance runs
+hold the same numbers as metrics (MLflow charts them) and ``masks.json``.
 
-Figures are built on ``matplotlib.figure.Figure`` directly (no pyplot state) and must
-read at a glance in the MLflow UI's artifact view: titles name dataset, layout, depth
-and instance, axes carry integer ticks (features with their names), and legends are set
-in the same size as tick labels. They are cheap on purpose, since a job draws up to
-three per model instance: each kind of figure is built once per thread (axes, ticks and
-labels cost more than drawing) and then only gets new data and a new title (a mask
-shared by several instances is drawn once, and only the title on top of it), margins are
-fixed in inches instead of computed by ``tight_layout`` (which draws the figure once
-more), and matplotlib is imported with the first figure, not with the job. The cache is
-per thread, so jobs in threads never share a figure.
+They are drawn by the MLflow writer process (:mod:`flowsweep.record.figures`), beside the
+job, from plain values: every function here takes the file to write and lists. They must
+read at a glance in the MLflow UI's artifact view: titles name dataset, layout, depth and
+how many instances are shown, axes carry integer ticks, step axes name the optimizer,
+overlapping series differ in colour and style. matplotlib is imported with the first
+figure, through ``matplotlib.figure.Figure`` (no pyplot state, the Agg canvas).
 """
 
 from __future__ import annotations
 
-import threading
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
 
-from flowsweep.structure import Structure
+from flowsweep.record.figures import figure
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
-    from matplotlib.figure import Figure
 
-__all__ = ["save_mask_heatmap", "save_bpd_curve", "save_search_trajectory", "save_curves"]
+__all__ = ["smoothed", "job_curves", "job_masks", "job_search"]
 
-_DPI = 100
-#: Margins in inches: left (y label and ticks), right, bottom (x label and ticks), top (title).
-_MARGINS = (0.75, 0.2, 0.6, 0.45)
+_DPI = 110
 #: Font sizes (points): title, axis labels, ticks and legends.
 _TITLE, _LABEL, _SMALL = 10, 9, 8
 #: Share of the data range added above and below curves (matplotlib's default margin).
 _PAD = 0.05
-#: Inches per feature column and per layer row of a mask heatmap, and per character of
-#: a feature name written under it (rotated).
-_CELL_W, _CELL_H, _CHAR = 0.2, 0.32, 0.065
-#: Inches of a mask heatmap's layer rows at most.
-_MAX_ROWS = 8.0
-
 #: Fast PNG compression: a figure's file grows by about a third, its encoding is ~4x cheaper.
 _PNG = {"compress_level": 1}
+#: Inches per mask column (one layer of one instance) and per feature row.
+_COLUMN, _ROW = 0.07, 0.2
 
-_templates = threading.local()
+
+def smoothed(curve: np.ndarray, window: int) -> np.ndarray:
+    """Trailing moving mean of each column of ``curve`` ``[steps, K]`` over ``window`` steps
+    (fewer at the start), so that a minibatch curve's trend shows through its noise."""
+    total = np.cumsum(curve, axis=0)
+    shifted = np.vstack([np.zeros((window, curve.shape[1])), total[:-window]]) if window < len(curve) else 0.0
+    counts = np.minimum(np.arange(1, len(curve) + 1), window)[:, None]
+    return (total - shifted) / counts
 
 
-def _integer_ticks() -> Any:
-    """Ticks at whole numbers only: steps and search iterations have no halves."""
+def _save(fig: Any, path: Path) -> None:
+    kwargs = {"pil_kwargs": _PNG} if path.suffix == ".png" else {}
+    fig.savefig(path, **kwargs)
+
+
+def _integer_steps(ax: Axes) -> None:
     from matplotlib.ticker import MaxNLocator
 
-    return MaxNLocator(integer=True)
-
-
-def _axes(width: float, height: float, margins: Sequence[float] = _MARGINS) -> tuple[Figure, Axes]:
-    """A ``width`` x ``height`` inch figure with one axes inside fixed margins."""
-    from matplotlib.figure import Figure
-
-    left, right, bottom, top = margins
-    fig = Figure(figsize=(width, height), dpi=_DPI)
-    fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height, top=1 - top / height)
-    ax = fig.add_subplot()
-    ax.locator_params(nbins=5)  # tick labels are most of a small figure's drawing time
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=6))
     ax.tick_params(labelsize=_SMALL)
-    return fig, ax
 
 
-def _template(key: tuple, build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """This thread's figure for ``key``, built on first use."""
-    cache = _templates.__dict__.setdefault("cache", {})
-    if key not in cache:
-        cache[key] = build()
-    return cache[key]
-
-
-def _limits(*arrays: np.ndarray) -> tuple[float, float]:
-    """Padded range of the finite values (``(0, 1)`` if there are none)."""
-    finite = np.concatenate([np.ravel(a)[np.isfinite(np.ravel(a))] for a in arrays])
-    if not len(finite):
-        return 0.0, 1.0
-    low, high = float(finite.min()), float(finite.max())
-    pad = _PAD * (high - low) if high > low else 0.5
-    return low - pad, high + pad
-
-
-def save_mask_heatmap(structure: Structure, path: Path, features: Optional[Sequence[str]] = None,
-                      title: str = "") -> None:
-    """Layers × features image: a dark cell is a feature that conditions the layer's coupling
-    (an input of its network, passed through unchanged), a light one is transformed by it.
-
-    ``features`` names the columns (x ticks read ``<index> <name>``); ``title`` names the run.
-    """
-    d, m, depth = structure.d, structure.m, structure.depth
-    names = [f"{j} {n}" for j, n in enumerate(features)] if features is not None else [str(j) for j in range(d)]
-
-    def build() -> dict[str, Any]:
-        from matplotlib.patches import Patch
-
-        bottom = 0.45 + _CHAR * max(len(n) for n in names)  # names stand upright under the cells
-        margins = (0.75, 0.2, bottom, 0.95)  # the top holds the title and the legend
-        rows = min(_CELL_H * depth, _MAX_ROWS)  # a 100-layer flow still fits a screen
-        fig, ax = _axes(max(5.5, _CELL_W * d + 1.0), max(2.6, rows + bottom + 0.95), margins)
-        image = ax.imshow(np.zeros((depth, d)), cmap="Greys", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
-        ax.set_xticks(range(d), names, rotation=90, fontsize=_SMALL if d <= 20 else _SMALL - 2)
-        ax.set_yticks(range(depth), [str(l + 1) for l in range(depth)], fontsize=_SMALL if depth <= 25 else 4)
-        ax.set_xlabel("feature", fontsize=_LABEL)
-        ax.set_ylabel("layer", fontsize=_LABEL)
-        legend = [Patch(facecolor="black", edgecolor="grey", label=f"conditions the coupling ({m} per layer)"),
-                  Patch(facecolor="white", edgecolor="grey", label=f"transformed ({d - m} per layer)")]
-        fig.legend(handles=legend, loc="upper center", bbox_to_anchor=(0.5, 1 - 0.4 / fig.get_figheight()),
-                   ncol=2, fontsize=_SMALL, frameon=False)
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-        title = fig.suptitle("", fontsize=_TITLE, y=1 - 0.06 / fig.get_figheight(), va="top")
-        return {"fig": fig, "canvas": FigureCanvasAgg(fig), "image": image, "title": title}
-
-    figure = _template(("mask", d, m, depth, tuple(names)), build)
-    mask = structure.mask()
-    key = mask.tobytes()
-    fig, canvas = figure["fig"], figure["canvas"]
-    if figure.get("drawn") != key:
-        # Drawn in full once per structure (without a title); the instances that share it
-        # (parity: all of them) only get their title drawn on a copy of those pixels.
-        figure["image"].set_data(mask)
-        figure["title"].set_text("")
-        canvas.draw()
-        figure["background"], figure["drawn"] = canvas.copy_from_bbox(fig.bbox), key
-    canvas.restore_region(figure["background"])
-    figure["title"].set_text(title or f"conditioning features (m={m} of d={d})")
-    fig.draw_artist(figure["title"])
-    _write_png(canvas, path)
-
-
-def _write_png(canvas: Any, path: Path) -> None:
-    """The canvas's pixels as they are (no new draw) into a PNG file."""
-    from PIL import Image  # matplotlib's own PNG writer
-
-    Image.fromarray(np.asarray(canvas.buffer_rgba())).save(path, format="png", **_PNG)
-
-
-def save_bpd_curve(curve: np.ndarray, path: Path, title: str = "") -> None:
-    """Minibatch bpd against SGD step (non-finite points are left out)."""
-
-    def build() -> dict[str, Any]:
-        fig, ax = _axes(5.5, 3.6)
-        (line,) = ax.plot([], [], lw=0.9)
-        ax.set_xlabel("SGD step", fontsize=_LABEL)
-        ax.set_ylabel("minibatch bpd", fontsize=_LABEL)
-        return {"fig": fig, "ax": ax, "line": line, "title": ax.set_title("", fontsize=_TITLE)}
-
-    figure = _template(("curve",), build)
-    steps = np.arange(1, len(curve) + 1)
-    finite = np.isfinite(curve)
-    figure["line"].set_data(steps[finite], curve[finite])
-    figure["ax"].set_xlim(*_limits(steps.astype(float)))
-    figure["ax"].set_ylim(*_limits(curve))
-    figure["title"].set_text(title)
-    figure["fig"].savefig(path, pil_kwargs=_PNG)
-
-
-def save_search_trajectory(iterations: np.ndarray, values: np.ndarray, best: np.ndarray, path: Path,
-                           title: str = "", label: str = "best so far") -> None:
-    """Trial values (dots at their iteration, non-finite ones left out) and the search's best per
-    iteration (line, named ``label``: a best so far, or each rung's best where rungs differ in fidelity)."""
-
-    def build() -> dict[str, Any]:
-        fig, ax = _axes(5.5, 3.6)
-        dots = ax.scatter([], [], s=6, alpha=0.5, label="trial")
-        (line,) = ax.step([], [], where="post", color="C3", lw=1.4, label=label)
-        ax.set_xlabel("search iteration", fontsize=_LABEL)
-        ax.xaxis.set_major_locator(_integer_ticks())
-        ax.set_ylabel("trial bpd", fontsize=_LABEL)
-        ax.legend(fontsize=_SMALL, markerscale=2.5, loc="upper right")
-        return {"fig": fig, "ax": ax, "dots": dots, "line": line, "title": ax.set_title("", fontsize=_TITLE)}
-
-    figure = _template(("trajectory", label), build)
-    finite = np.isfinite(values)
-    figure["dots"].set_offsets(np.column_stack([iterations[finite], values[finite]]))
-    t = np.arange(len(best))
-    figure["line"].set_data(t, best)
-    figure["ax"].set_xlim(*_limits(iterations.astype(float), t.astype(float)))
-    figure["ax"].set_ylim(*_limits(values, best))
-    figure["title"].set_text(title)
-    figure["fig"].savefig(path, pil_kwargs=_PNG)
-
-
-def save_curves(curves: np.ndarray, path: Path, title: str, xlabel: str, ylabel: str, first_step: int = 0,
-                note: str = "") -> None:
-    """One line per column of ``curves`` ``[steps, K]`` (a job's instances; all-non-finite
-    columns left out), the median in black; ``note`` is set in the upper right corner."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6.0, 4.0), dpi=_DPI)  # once per job: no template needed
-    ax = fig.add_subplot()
-    steps = np.arange(first_step, first_step + len(curves))
-    shown = [k for k in range(curves.shape[1]) if np.isfinite(curves[:, k]).any()]
-    for k in shown:
-        ax.plot(steps, curves[:, k], lw=0.7, alpha=0.6, color=f"C{k % 10}")
-    if shown:
-        with warnings.catch_warnings():  # a step where no instance is finite has no median: NaN, no gap
-            warnings.simplefilter("ignore", RuntimeWarning)
-            median = np.nanmedian(np.where(np.isfinite(curves[:, shown]), curves[:, shown], np.nan), axis=1)
-        ax.plot(steps, median, lw=1.6, color="black", label=f"median of {len(shown)} instances")
-        ax.legend(fontsize=_SMALL, loc="upper right")
-        finite = curves[:, shown][np.isfinite(curves[:, shown])]
-        low, high = np.quantile(finite, [0.0, 0.98])  # the first steps' bpd would flatten the rest
+def _limits(ax: Axes, values: np.ndarray, top: float = 0.98) -> None:
+    """y limits from the finite values up to their ``top`` quantile: the first steps' bpd
+    would flatten the rest."""
+    finite = values[np.isfinite(values)]
+    if len(finite):
+        low, high = np.quantile(finite, [0.0, top])
         if high > low:
             ax.set_ylim(low - _PAD * (high - low), high + _PAD * (high - low))
+
+
+@figure
+def job_curves(path: Path, steps: list, raw: list, smooth: list, window: int, optimizer: str, title: str,
+               val_steps: Optional[list] = None, val: Optional[list] = None, note: str = "") -> None:
+    """Each instance's minibatch bpd (``raw`` faint, its moving mean over ``window`` steps
+    ``smooth`` drawn over it, both ``[len(steps), n]``) and, beside it, its validation bpd
+    (``val`` ``[len(val_steps), n]``) where the job has a validation split."""
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    x, y, trend = np.asarray(steps), np.asarray(raw, dtype=float), np.asarray(smooth, dtype=float)
+    n = y.shape[1] if y.ndim == 2 else 0
+    panels = 2 if val_steps else 1
+    fig = Figure(figsize=(5.2 * panels + 0.6, 4.0), dpi=_DPI, layout="constrained")
+    axes = fig.subplots(1, panels, squeeze=False)[0]
+    ax = axes[0]
+    for k in range(n):
+        ax.plot(x, y[:, k], lw=0.5, alpha=0.15, color=f"C{k % 10}")
+        ax.plot(x, trend[:, k], lw=1.0, alpha=0.85, color=f"C{k % 10}", ls=("-", "--", ":")[k // 10 % 3])
+    _limits(ax, trend if n else y)
+    ax.legend(handles=[Line2D([], [], color="grey", lw=0.5, alpha=0.4, label="minibatch (raw)"),
+                       Line2D([], [], color="grey", lw=1.0, label=f"moving mean of {window} steps")],
+              fontsize=_SMALL, loc="upper right", title=f"n = {n} instances", title_fontsize=_SMALL)
+    ax.set_xlabel(f"training step ({optimizer})", fontsize=_LABEL)
+    ax.set_ylabel("train bpd (minibatch)", fontsize=_LABEL)
+    ax.set_title("training", fontsize=_LABEL)
+    _integer_steps(ax)
     if note:
         ax.text(0.01, 0.98, note, transform=ax.transAxes, va="top", fontsize=_SMALL)
-    ax.set_xlabel(xlabel, fontsize=_LABEL)
-    ax.xaxis.set_major_locator(_integer_ticks())
-    ax.set_ylabel(ylabel, fontsize=_LABEL)
-    ax.tick_params(labelsize=_SMALL)
-    ax.set_title(title, fontsize=_TITLE)
-    fig.tight_layout()
-    fig.savefig(path, pil_kwargs=_PNG)
+    if val_steps:
+        ax = axes[1]
+        v = np.asarray(val, dtype=float)
+        for k in range(v.shape[1]):
+            ax.plot(val_steps, v[:, k], lw=1.0, marker=".", ms=3, alpha=0.85, color=f"C{k % 10}",
+                    ls=("-", "--", ":")[k // 10 % 3])
+        _limits(ax, v, top=1.0)
+        ax.set_xlabel(f"training step ({optimizer})", fontsize=_LABEL)
+        ax.set_ylabel("validation bpd (whole split)", fontsize=_LABEL)
+        ax.set_title(f"validation (n = {v.shape[1]}; lower is better)", fontsize=_LABEL)
+        _integer_steps(ax)
+    fig.suptitle(title, fontsize=_TITLE)
+    _save(fig, path)
+
+
+def _label(instances: Sequence[int]) -> str:
+    """``0``, ``0–19`` (a run of consecutive instances) or ``3,7``."""
+    if len(instances) > 1 and list(instances) == list(range(instances[0], instances[-1] + 1)):
+        return f"{instances[0]}–{instances[-1]}"
+    return ",".join(map(str, instances))
+
+
+@figure
+def job_masks(path: Path, masks: list, groups: list, features: list, m: int, title: str) -> None:
+    """Every distinct structure of the job (``masks[g]`` ``[depth, d]``, 1 where a feature
+    conditions the layer's coupling) with the instances that have it (``groups[g]``): features
+    down (named, so a wide table stays readable), one column per layer, structures side by side."""
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    blocks = [np.asarray(mask, dtype=float).T for mask in masks]  # [d, depth] each
+    d, depth = blocks[0].shape
+    gap = np.full((d, 1), np.nan)
+    image = np.hstack([part for block in blocks for part in (block, gap)][:-1])
+    names = [f"{j} {name}" for j, name in enumerate(features)]
+    left = 0.5 + 0.06 * max(len(name) for name in names)
+    width = max(6.0, left + 0.4 + _COLUMN * image.shape[1] * max(1.0, 8 / depth))
+    fig = Figure(figsize=(width, 1.9 + _ROW * d), dpi=_DPI, layout="constrained")
+    ax = fig.add_subplot()
+    cmap = _greys()
+    ax.imshow(np.ma.masked_invalid(image), cmap=cmap, vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+    ax.set_yticks(range(d), names, fontsize=_SMALL if d <= 30 else _SMALL - 2)
+    centres = [g * (depth + 1) + (depth - 1) / 2 for g in range(len(blocks))]
+    ax.set_xticks(centres, [_label(group) for group in groups], fontsize=_SMALL,
+                  rotation=90 if len(blocks) > 12 else 0)
+    ax.tick_params(axis="x", length=0)
+    ax.set_xlabel(f"instance (each block: layers 1–{depth}, left to right)", fontsize=_LABEL)
+    ax.set_ylabel("feature", fontsize=_LABEL)
+    n = sum(len(group) for group in groups)
+    ax.set_title(f"{title}: {len(blocks)} distinct structure(s) of {n} instances", fontsize=_TITLE)
+    fig.legend(handles=[Patch(facecolor="black", edgecolor="grey", label=f"conditions the coupling ({m} per layer)"),
+                        Patch(facecolor="white", edgecolor="grey", label=f"transformed ({d - m} per layer)")],
+               loc="outside lower center", ncol=2, fontsize=_SMALL, frameon=False)
+    _save(fig, path)
+
+
+def _greys() -> Any:
+    from matplotlib import colormaps
+
+    return colormaps["Greys"].with_extremes(bad="#f3e9d2")  # bad: the gap between two structures
+
+
+@figure
+def job_search(path: Path, best: list, label: str, title: str, note: str = "") -> None:
+    """Each instance's search: ``best`` ``[iterations, n]`` is what :func:`flowsweep.record.results.best_metric`
+    names ``label`` (a best so far, or each rung's best), in trial bpd; the median in black."""
+    from matplotlib.figure import Figure
+
+    values = np.asarray(best, dtype=float)
+    fig = Figure(figsize=(6.0, 4.0), dpi=_DPI, layout="constrained")
+    ax = fig.add_subplot()
+    steps = np.arange(len(values))
+    for k in range(values.shape[1]):
+        ax.plot(steps, values[:, k], lw=0.8, alpha=0.6, color=f"C{k % 10}", ls=("-", "--", ":")[k // 10 % 3])
+    with warnings.catch_warnings():  # an iteration where no instance is finite has no median
+        warnings.simplefilter("ignore", RuntimeWarning)
+        median = np.nanmedian(np.where(np.isfinite(values), values, np.nan), axis=1)
+    ax.plot(steps, median, lw=1.8, color="black", label=f"median of n = {values.shape[1]} instances")
+    ax.legend(fontsize=_SMALL, loc="upper right")
+    _limits(ax, values)
+    if note:
+        ax.text(0.01, 0.98, note, transform=ax.transAxes, va="top", fontsize=_SMALL)
+    ax.set_xlabel("search iteration", fontsize=_LABEL)
+    ax.set_ylabel(f"{label} (trial bpd, lower is better)", fontsize=_LABEL)
+    ax.set_title(f"{title}: search, {label}", fontsize=_TITLE)
+    _integer_steps(ax)
+    _save(fig, path)

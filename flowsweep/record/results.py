@@ -3,7 +3,7 @@ and figures, and the job's aggregates on its parent run.
 
 Instance runs get ``batch_bpd`` (the minibatch bpd of every k-th SGD step, at most
 ``tracking.curve_points`` points: MLflow writes each point in tens of microseconds, and
-the run's ``bpd_curve.png`` shows every step; :class:`LiveCurve` writes it while training
+the job's ``bpd_curves.png`` smooths every step; :class:`LiveCurve` writes it while training
 goes on), ``train_bpd``/``val_bpd``/``test_bpd`` (``inf`` for a diverged instance),
 ``diverged``, ``num_params``, a one-line description (``mlflow.note.content``), wall times,
 ``final_model_steps`` (the final model's training) and ``model_steps`` (every model-step of
@@ -11,12 +11,14 @@ the instance, its search's included), ``pair_coverage``, the search metrics of `
 (``search_best_bpd`` per iteration, or ``search_iteration_best_bpd`` where rungs differ in
 fidelity, counts and ``search_model_steps``; every trial is in ``search_trials.json``),
 ``dependency_recall`` on data with planted dependencies, the ``val_bpd_curve`` of the
-validation evaluations, and the artifacts ``masks.json``, ``masks.png``, ``bpd_curve.png``
-(and ``search_trials.json``, ``search_trajectory.png``; ``dependence.json`` where the
-features' estimated dependence built or started the structure). The parent run gets the
-mean and std of each bpd over the instances that did not diverge (``train_bpd_mean`` ...),
-how many did (``diverged_count``), the wall times, the summary as its description, and
-figures of all instances' curves.
+validation evaluations, and the artifacts ``masks.json`` (and ``search_trials.json``;
+``dependence.json`` where the features' estimated dependence built or started the
+structure). The parent run gets the mean and std of each bpd over the instances that did
+not diverge (``train_bpd_mean`` ...), how many did (``diverged_count``), the wall times,
+the summary as its description and ``summary.txt``, and one figure of each kind for all
+its instances (:mod:`flowsweep.record.plots`, drawn by the writer process beside the job):
+``bpd_curves.png`` (training, and validation beside it), ``masks.png`` (every distinct
+structure) and, for a search, ``search_best.png``.
 """
 
 from __future__ import annotations
@@ -135,7 +137,7 @@ def _instance_line(i: int, title: str, diverged: bool, bpd: dict) -> str:
 
 def log_instances(runs: RunGroup, structures: Sequence[Structure], result: dict, data: Dataset,
                   title: str, search: Optional[JobSearch], dependence: Optional[Dependence]) -> None:
-    """Metrics and artifacts of every instance run; ``title`` names the job in figure titles."""
+    """Metrics and artifacts of every instance run; ``title`` names the job in descriptions."""
     for i, structure in enumerate(structures):
         diverged = bool(result["diverged"][i])
         for key in ("train_bpd", "val_bpd", "test_bpd"):
@@ -159,28 +161,62 @@ def log_instances(runs: RunGroup, structures: Sequence[Structure], result: dict,
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
             (folder / MASKS_ARTIFACT).write_text(json.dumps(structure.to_dict(), indent=1))
-            plots.save_mask_heatmap(structure, folder / "masks.png", data.columns, f"{title} · instance {i}")
-            plots.save_bpd_curve(result["curve"][:, i], folder / "bpd_curve.png", title=f"{title} · instance {i}")
             if dependence is not None:  # what the data-driven layout or search started from
                 (folder / "dependence.json").write_text(json.dumps(np.round(dependence.weight, 5).tolist()))
-            if search is not None:
-                _search_artifacts(search.optimizers[i], folder, f"{title} · instance {i}")
+            if search is not None:  # every trial (diverged ones too)
+                trials = search.optimizers[i].history
+                (folder / "search_trials.json").write_text(json.dumps([t.to_dict() for t in trials]))
             runs.artifacts(i, tmp)
 
 
-def _search_artifacts(optimizer: StructureOptimizer, folder: Path, title: str) -> None:
-    """Every trial (diverged ones too) in ``search_trials.json``, and the search's figure."""
-    trials = optimizer.history
-    (folder / "search_trials.json").write_text(json.dumps([t.to_dict() for t in trials]))
-    plots.save_search_trajectory(
-        np.array([t.iteration for t in trials]), np.array([t.value for t in trials]),
-        np.array(optimizer.best_trace), folder / "search_trajectory.png", title=title,
-        label=best_metric(optimizer)[1],
-    )
+#: Points per instance of the job's training curves figure at most (the moving mean is
+#: taken over every step first): a figure's data is encoded and sent to the writer process.
+_FIGURE_POINTS = 600
 
 
-def log_job(runs: RunGroup, summary: JobSummary, result: dict, title: str, search: Optional[JobSearch]) -> None:
-    """The parent run's aggregates, description and figures."""
+def _job_figures(runs: RunGroup, structures: Sequence[Structure], result: dict, features: Sequence[str],
+                 title: str, optimizer: str, search: Optional[JobSearch], note: str) -> None:
+    """The parent run's figures (:mod:`flowsweep.record.plots`), drawn by the writer process."""
+    converged = ~result["diverged"]
+    curve = result["curve"][:, converged]
+    n = int(converged.sum())
+    if n:
+        window = max(1, len(curve) // 50)
+        stride = max(1, -(-len(curve) // _FIGURE_POINTS))
+        index = np.arange(0, len(curve), stride)
+        val = {}
+        if len(result["val_steps"]):
+            val = {"val_steps": [int(s) for s in result["val_steps"]],
+                   "val": _rounded(result["val_curve"][:, converged])}
+        runs.figure(JOB, "bpd_curves.png", plots.job_curves, steps=(index + 1).tolist(),
+                    raw=_rounded(curve[index]), smooth=_rounded(plots.smoothed(curve, window)[index]),
+                    window=window, optimizer=optimizer, title=f"{title}: bpd", note=note, **val)
+    groups: dict[bytes, list[int]] = {}
+    masks: dict[bytes, list] = {}
+    for i, structure in enumerate(structures):
+        mask = structure.mask()
+        groups.setdefault(mask.tobytes(), []).append(i)
+        masks.setdefault(mask.tobytes(), mask.astype(int).tolist())
+    runs.figure(JOB, "masks.png", plots.job_masks, masks=list(masks.values()), groups=list(groups.values()),
+                features=list(features), m=structures[0].m, title=title)
+    if search is not None and n:
+        traces = [np.asarray(o.best_trace, dtype=float) for o in search.optimizers]
+        best = np.full((max(map(len, traces)), len(traces)), np.nan)  # a search may stop early (patience)
+        for k, trace in enumerate(traces):
+            best[:len(trace), k] = trace
+        runs.figure(JOB, "search_best.png", plots.job_search, best=_rounded(best[:, converged]),
+                    label=best_metric(search.optimizers[0])[1], title=title, note=note)  # one class per job
+
+
+def _rounded(values: np.ndarray) -> list:
+    """Values for a figure: 4 decimals of a bpd are more than a figure shows (and encode faster)."""
+    return np.round(values.astype(float), 4).tolist()
+
+
+def log_job(runs: RunGroup, summary: JobSummary, result: dict, title: str, search: Optional[JobSearch],
+            structures: Sequence[Structure], features: Sequence[str], optimizer: str) -> None:
+    """The parent run's aggregates, description and figures; ``optimizer`` names the training
+    steps on the figures' axes (``Adam, cosine rate``)."""
     for split in SPLITS:
         if split in summary.bpd:
             mean, std = summary.bpd[split]
@@ -195,19 +231,8 @@ def log_job(runs: RunGroup, summary: JobSummary, result: dict, title: str, searc
     if summary.all_diverged:  # the job fails, but the analysis still counts these instances as diverged
         for run in (JOB, *range(summary.instances)):
             runs.tag(run, DIVERGED_TAG, "true")
-    converged = ~result["diverged"]
     note = f"{summary.diverged} diverged instance(s) left out" if summary.diverged else ""
+    _job_figures(runs, structures, result, features, title, optimizer, search, note)
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        (folder / "summary.txt").write_text("\n".join(job_lines(summary)) + "\n")
-        plots.save_curves(result["curve"][:, converged], folder / "bpd_curves.png", f"{title}: minibatch bpd",
-                          "SGD step", "minibatch bpd", first_step=1, note=note)
-        if search is not None:
-            traces = [np.asarray(o.best_trace, dtype=float) for o in search.optimizers]
-            best = np.full((max(map(len, traces)), len(traces)), np.nan)  # a search may stop early (patience)
-            for k, trace in enumerate(traces):
-                best[:len(trace), k] = trace
-            what = best_metric(search.optimizers[0])[1]  # one optimizer class per job
-            plots.save_curves(best[:, converged], folder / "search_best.png", f"{title}: {what} (trial bpd)",
-                              "search iteration", f"{what}, trial bpd", note=note)
+        (Path(tmp) / "summary.txt").write_text("\n".join(job_lines(summary)) + "\n")
         runs.artifacts(JOB, tmp)

@@ -13,11 +13,12 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
+from flowsweep.record.figures import figure_name
 from flowsweep.record.mlflow_writer import MlflowWriteError, writer_for
 
 __all__ = ["ROLE_TAG", "DIVERGED_TAG", "PHASE_TAG", "JOB", "FINISHED", "FAILED", "KILLED", "RunSpec", "RunGroup"]
@@ -50,7 +51,7 @@ class RunGroup:
     gets to them), so their Duration is the job's; :meth:`close` ends them FINISHED,
     FAILED or KILLED at the time it is called. Every call goes, in order, to this
     process's :class:`~flowsweep.record.mlflow_writer.MlflowWriter`: runs are created while the
-    job trains, a run's metrics are written while the job draws the next run's figures.
+    job trains, a run's metrics and figures (:meth:`figure`) while the job goes on.
     :meth:`close` waits until all of it is written and, for FINISHED runs, raises
     :class:`~flowsweep.record.mlflow_writer.MlflowWriteError` if any of it failed.
     """
@@ -129,6 +130,13 @@ class RunGroup:
         """Log ``dataset`` (the fields of an :class:`mlflow.entities.Dataset`) with input ``tags``
         as an input of every run of the group (``mlflow.log_input``)."""
         self._writer.send("inputs", self._group, dict(dataset), dict(tags))
+
+    def figure(self, run: int, filename: str, draw: Callable[..., None], **data: Any) -> None:
+        """Have the writer draw ``draw(path, **data)`` (a :func:`~flowsweep.record.figures.figure`)
+        into ``filename`` and log it in ``run``, while the job goes on. ``data`` holds plain
+        values (numbers, strings, lists: ``array.tolist()``); the run's buffered metrics go first."""
+        self.send(run)
+        self._writer.send("figure", self._group, self._position(run), filename, figure_name(draw), data)
 
     def send(self, run: int) -> None:
         """Hand the buffered metrics and tags of ``run`` to the writer now."""

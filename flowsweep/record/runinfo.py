@@ -38,7 +38,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from flowsweep.layouts import build_layout
 
-__all__ = ["UNUSED_WHEN", "job_title", "run_names", "job_params", "instance_params", "instance_tags", "source_tags"]
+__all__ = ["UNUSED_WHEN", "job_title", "optimizer_label", "run_names", "job_params", "instance_params", "instance_tags",
+           "source_tags"]
 
 #: Characters of the fingerprint in a run name: enough to tell apart the jobs of a sweep.
 _FINGERPRINT_CHARS = 6
@@ -52,6 +53,17 @@ def job_title(cfg: DictConfig) -> str:
     """``yeast · opt (random) · depth 2``: the job as figure titles name it."""
     layout = f"{cfg.layout.name} ({cfg.search.name})" if _searches(cfg) else str(cfg.layout.name)
     return f"{cfg.dataset.name} · {layout} · depth {cfg.depth.layers}"
+
+
+#: How figures name each optimizer (train.optimizer) and learning-rate schedule (train.schedule).
+_OPTIMIZERS = {"sgd": "SGD", "adam": "Adam"}
+_SCHEDULES = {"cyclic": "cyclic rate", "cosine": "cosine rate", "constant": "constant rate"}
+
+
+def optimizer_label(cfg: DictConfig) -> str:
+    """``Adam, cosine rate``: what a training step is, as figure axes name it."""
+    optimizer, schedule = str(cfg.train.optimizer), str(cfg.train.schedule)
+    return f"{_OPTIMIZERS.get(optimizer, optimizer)}, {_SCHEDULES.get(schedule, schedule)}"
 
 
 def run_names(cfg: DictConfig, fingerprint: str) -> tuple[str, list[str]]:
