@@ -6,7 +6,9 @@
   row value (depth), one line per column (layout); diverged instances left out.
 * ``search_<table>.png``: best-so-far search value against iteration, mean over the
   instances that searched (``search_best_bpd``), one line per row value (depth) and
-  column (search settings).
+  column (search settings). ``search_rungs_<table>.png``: the same of halving's
+  ``search_iteration_best_bpd`` (the default search), each rung's best: rungs train for
+  different lengths, so the line is no best so far.
 
 Figures are ``matplotlib.figure.Figure`` objects (no pyplot state).
 """
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -128,6 +130,14 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
+#: The search figures: file name, metric, what its y axis says. ``search_best_bpd`` is a best
+#: so far (trials of one fidelity); halving's ``search_iteration_best_bpd`` is each rung's best.
+_SEARCH_FIGURES = (
+    ("search", "search_best_bpd", "best-so-far trial bpd (mean)"),
+    ("search_rungs", "search_iteration_best_bpd", "best trial bpd of each rung (mean; rungs differ in length)"),
+)
+
+
 def write_figures(client: MlflowClient, runs: pd.DataFrame, tables: Sequence[Table], group_by: Sequence[str],
                   out: Path) -> list[Path]:
     """All three figures for every table into ``out``; returns the files written.
@@ -137,17 +147,20 @@ def write_figures(client: MlflowClient, runs: pd.DataFrame, tables: Sequence[Tab
     """
     table_key, row_key, _ = split_keys(group_by)
     groups = group_frame(runs, group_by).set_index(runs["run_id"])
-    searched = runs.get("metrics.search_best_bpd", pd.Series(np.nan, index=runs.index)).notna()
     batch = _mean_curves(client, runs.loc[~runs["diverged"], "run_id"], "batch_bpd", groups)
-    search = _mean_curves(client, runs.loc[searched, "run_id"], "search_best_bpd", groups)
+    searches: list[tuple[str, pd.DataFrame, dict[str, Any]]] = []  # per search metric logged
+    for name, key, ylabel in _SEARCH_FIGURES:
+        searched = runs.get(f"metrics.{key}", pd.Series(np.nan, index=runs.index)).notna()
+        if searched.any():
+            searches.append((name, _mean_curves(client, runs.loc[searched, "run_id"], key, groups),
+                             dict(xlabel="search iteration", ylabel=ylabel)))
     written = []
     for table in tables:
         written.append(_save(bpd_figure(table), out / f"bpd_{table.slug}.png"))
-        for name, curves, kwargs in (
+        figures: list[tuple[str, pd.DataFrame, dict[str, Any]]] = [
             ("batch_bpd", batch, dict(xlabel="SGD step", ylabel="minibatch bpd (mean)", panel_level=row_key,
-                                      top_quantile=_TOP_QUANTILE)),
-            ("search", search, dict(xlabel="search iteration", ylabel="best-so-far bpd (mean)")),
-        ):
+                                      top_quantile=_TOP_QUANTILE)), *searches]
+        for name, curves, kwargs in figures:
             part = _table_part(curves, table_key, table)
             if part is not None:
                 written.append(_save(curves_figure(part, table.title, **kwargs), out / f"{name}_{table.slug}.png"))

@@ -344,13 +344,18 @@ def test_a_new_optimizer_is_one_class_plus_one_yaml(tmp_path, planted):
 
 
 @pytest.fixture(scope="module")
-def planted_jobs(tmp_path_factory) -> dict[str, "pd.DataFrame"]:
+def planted_uri(tmp_path_factory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('planted') / 'm.db'}"
+
+
+@pytest.fixture(scope="module")
+def planted_jobs(planted_uri: str) -> dict[str, "pd.DataFrame"]:
     """Parity, oracle and the default search on synthetic_pairs (depth 2, the default training
     settings), the search's trials 8 x 30 model-steps per instance, then its final rung of 3."""
     from flowsweep.app.run import run_job
     from tests.conftest import _search_runs
 
-    uri = f"sqlite:///{tmp_path_factory.mktemp('planted') / 'm.db'}"
+    uri = planted_uri
     found = {}
     for layout, extra in (("parity", []), ("oracle", []), ("opt", ["search.candidates=8", "search.rungs=[30]"])):
         cfg = job_config("dataset=synthetic_pairs", "depth.layers=2", "instances=3", f"layout={layout}",
@@ -377,6 +382,14 @@ def test_the_default_search_finds_a_strong_planted_structure(planted_jobs):
     # Its rungs differ in fidelity: each rung's best is logged under its own name, no "best so far".
     assert opt["metrics.search_iteration_best_bpd"].notna().all()
     assert "metrics.search_best_bpd" not in opt or opt["metrics.search_best_bpd"].isna().all()
+
+
+def test_the_analysis_draws_the_default_searchs_rungs(planted_jobs, planted_uri, tmp_path):
+    from multirun_analysis.cli import main
+
+    assert main(["--tracking-uri", planted_uri, "--sweep", "opt", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "search_rungs_synthetic_pairs.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (tmp_path / "search_synthetic_pairs.png").exists()  # halving logs no best so far
 
 
 def test_halving_keeps_a_kept_finalist_unless_a_challenger_is_clearly_better():
