@@ -1,5 +1,6 @@
 """Checks of a multirun before its first job: every value a sweep will give a key, the
-ranges of an Optuna search space, the trial count and the launcher's worker count.
+ranges of an Optuna search space, the trial count, the study's storage and the launcher's
+worker count.
 
 A sweep such as ``train.max_lr=0.01,-1`` would otherwise run its good jobs and end with
 Hydra's traceback for the bad one; ``range(5,2)`` or ``n_trials=0`` would end in an
@@ -74,6 +75,12 @@ def check_sweep(config: DictConfig) -> None:
     n_trials = OmegaConf.select(config, "hydra.sweeper.n_trials")
     if n_trials is not None:
         Rule(int, 1, 10**9).check("hydra.sweeper.n_trials", n_trials)
+    storage = OmegaConf.select(config, "hydra.sweeper.storage")
+    if isinstance(storage, str) and "optuna" in str(OmegaConf.select(config, "hydra.sweeper._target_") or ""):
+        # optuna 2.10 (what the sweeper admits) builds its own engine for a plain URL, and its
+        # schema set-up is never committed under SQLAlchemy 2: a bare AssertionError later.
+        raise ConfigError("hydra.sweeper.storage", f"give the study's database as hydra.sweeper.storage.url={storage} "
+                                                   "(the preset's storage keeps the autocommit engine optuna 2.10 needs)")
     n_jobs = OmegaConf.select(config, "hydra.launcher.n_jobs")
     if n_jobs is not None and (isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs == 0):
         raise ConfigError("hydra.launcher.n_jobs", f"must be >= 1 (or -1: every core), got {n_jobs!r}")

@@ -102,3 +102,12 @@ def test_the_default_preset_tunes_the_defaults_adam_recipe(flowsweep_with_store)
     tuned = {(float(r.data.params["train.max_lr"]), float(r.data.params["train.weight_decay"])) for r in jobs}
     assert tuned == {(t.params["train.max_lr"], t.params["train.weight_decay"]) for t in trials}
     assert {r.data.params["train.optimizer"] for r in jobs} == {"adam"}
+
+
+def test_a_plain_storage_url_is_one_line_naming_the_form_that_works(flowsweep):
+    done = flowsweep("hparams_search=optuna", *tiny(), "hydra.sweeper.storage=sqlite:///my.db")
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "flowsweep: error: hydra.sweeper.storage: give the study's database as "
+        "hydra.sweeper.storage.url=sqlite:///my.db (the preset's storage keeps the autocommit engine optuna 2.10 needs)")
+    assert not (flowsweep.cwd / "my.db").exists() and not (flowsweep.cwd / "mlflow.db").exists()
