@@ -208,7 +208,8 @@ def train(flow: CouplingFlows, data: Tensor, batch_size: int, recipe: Recipe, ge
                 moving &= finite
                 resting[newly_dead] = theta.detach()[newly_dead]
                 all_moving = False
-            grad = torch.where(moving.unsqueeze(1), grad, 0.0)
+            if not all_moving:  # every model moving: the mask would be a copy
+                grad = torch.where(moving.unsqueeze(1), grad, 0.0)
             if recipe.clip_norm is not None:
                 norm = grad.norm(dim=1, keepdim=True)
                 grad = grad * (recipe.clip_norm / norm).clamp(max=1.0).nan_to_num(1.0)
