@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from flowsweep.config import register_schema
 from flowsweep.app.interrupt import exit_code, install, interrupted, terminated
+from flowsweep.app.joblines import dropping_hydra_job_lines
 from flowsweep.config.overrides import quote_depth
 from flowsweep.app.task import finish, run_task  # torch and MLflow load once a job runs
 
@@ -35,7 +36,8 @@ def cli(args: list[str]) -> int:
     sys.argv = [sys.argv[0], *quote_depth(args)]
     code = 0
     try:
-        main()
+        with dropping_hydra_job_lines():  # the sweep report names each failed job once
+            main()
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (flowsweep.app.interrupt.Terminated)
         code = exit_code()
     except SystemExit as stop:  # Hydra's and flowsweep's own error exits

@@ -26,7 +26,7 @@ from mlflow.tracking import MlflowClient
 
 from flowsweep.config import ConfigError
 from flowsweep.record.run_group import DIVERGED_TAG, ROLE_TAG
-from flowsweep.record.tracking import check_reachable, resolve_tracking_uri
+from flowsweep.record.tracking import check_mlflow_sqlite, check_reachable, resolve_tracking_uri
 
 __all__ = ["AnalysisError", "SweepRuns", "SUMMARY_TAG", "DIVERGED_ABOVE", "LATEST", "resolve_uri", "load_runs"]
 
@@ -67,7 +67,8 @@ def resolve_uri(uri: Optional[str]) -> str:
 
 
 def _check_store(uri: str) -> None:
-    """A local store must exist (MLflow would silently create an empty one); a server must answer."""
+    """A local store must exist and be MLflow's (MLflow would silently create an empty one, or
+    add its tables to another application's database); a server must answer."""
     parsed = urlparse(uri)
     if uri.startswith("sqlite:///"):
         path = unquote(uri[len("sqlite:///"):])
@@ -81,6 +82,14 @@ def _check_store(uri: str) -> None:
         return
     if path != ":memory:" and not Path(path).exists():
         raise AnalysisError(f"no MLflow store at {path} (tracking URI {uri}); pass --tracking-uri")
+    if uri.startswith("sqlite:///") and path != ":memory:":
+        try:  # MLflow would fail with pages of SQLAlchemy, or add its tables to another app's file
+            holds_mlflow = check_mlflow_sqlite(uri)
+        except ConfigError as error:
+            raise AnalysisError(str(error).removeprefix(f"{error.key}: ") + " (pass --tracking-uri)") from None
+        if not holds_mlflow:
+            raise AnalysisError(f"no MLflow store at {path}: the database is empty (tracking URI {uri}); "
+                                f"pass --tracking-uri")
 
 
 @contextmanager

@@ -262,6 +262,43 @@ def test_missing_store_exits_non_zero_from_the_command_line(tmp_path: Path) -> N
     assert not (tmp_path / "x.db").exists()
 
 
+def _not_a_database(path: Path) -> None:
+    path.write_text("hello\n" * 100)
+
+
+def _another_apps_database(path: Path) -> None:
+    import sqlite3
+
+    with sqlite3.connect(path) as connection:
+        connection.execute("CREATE TABLE notes (body TEXT)")
+
+
+def _an_empty_database(path: Path) -> None:
+    import sqlite3
+
+    with sqlite3.connect(path) as connection:  # a SQLite file with no table left
+        connection.execute("CREATE TABLE t (x)")
+        connection.execute("DROP TABLE t")
+
+
+@pytest.mark.parametrize("make, message", [
+    (_not_a_database, "{path} is not a SQLite database"),
+    (_another_apps_database, "{path} is a SQLite database of another application (tables ['notes']), not an "
+                             "MLflow store"),
+    (_an_empty_database, "no MLflow store at {path}: the database is empty"),
+])
+def test_a_file_that_is_not_an_mlflow_store_is_one_line_and_left_as_it_was(make, message, tmp_path: Path,
+                                                                            capsys: pytest.CaptureFixture) -> None:
+    path = tmp_path / "x.db"
+    make(path)
+    before = path.read_bytes()
+    code, out, err = _cli(capsys, "--tracking-uri", f"sqlite:///{path}")
+    assert code == 2 and out == "", err
+    assert err.strip().splitlines() == [err.strip().splitlines()[0]] and "Traceback" not in err, err
+    assert err.startswith("multirun_analysis: error: ") and message.format(path=path) in err, err
+    assert path.read_bytes() == before, "the analysis changed the file (MLflow added its tables)"
+
+
 # --- figures, summary run ----------------------------------------------------------------
 
 def test_histories_match_mlflow_api(store: Store) -> None:

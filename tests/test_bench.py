@@ -88,3 +88,31 @@ def test_a_benchmark_without_its_extra_names_the_pip_install(tmp_path, data_dir)
                                "PYTHONPATH": str(__import__("pathlib").Path(__file__).parents[1])})
     assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
     assert "this benchmark needs nflows" in done.stderr and "pip install 'flowsweep[bench]'" in done.stderr
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--threads", "0"], "argument --threads: must be >= 1, got 0"),
+    (["--threads", "-1"], "argument --threads: must be >= 1, got -1"),
+    (["--models", "0"], "argument --models: must be >= 1, got 0"),
+    (["--steps", "-1"], "argument --steps: must be >= 1, got -1"),
+    (["--depth", "-1"], "argument --depth: must be >= 1, got -1"),
+    (["--repeats", "0"], "argument --repeats: must be >= 1, got 0"),
+    (["--models", "abc"], "argument --models: must be an integer, got 'abc'"),
+    (["evaluation", "--structures", "0"], "argument --structures: must be >= 1, got 0"),
+    (["structure", "--instances", "0"], "argument --instances: must be >= 1, got 0"),
+    (["best-known", "--rounds", "-1"], "argument --rounds: must be >= 0, got -1"),
+    (["spline", "--hidden", "0"], "argument --hidden: must be >= 1, got 0"),
+])
+def test_a_bad_count_is_argparses_one_line_and_exit_2(argv, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(argv)  # argparse stops before anything is built or trained
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(f"error: {message}")
+
+
+def test_bench_job_with_bad_input_is_the_jobs_one_line_and_its_exit(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "flowsweep.bench", "job", "--keep", str(tmp_path), "train.steps=0"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "flowsweep: error: train.steps: must be >= 1, got 0", done.stderr
+    assert "Traceback" not in done.stderr

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, NoReturn, Optional
 
 from hydra.core.utils import JobReturn, JobStatus
+from hydra.errors import CompactHydraException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
@@ -35,7 +36,7 @@ from flowsweep.config import ConfigError
 from flowsweep.files import write_atomic
 from flowsweep.record.names import SWEEP_ID_ENV
 
-__all__ = ["LAUNCHER_PID_ENV", "fail", "TrackingCallback", "RECORDS", "SUMMARY_FILE", "SweepReport", "read_records",
+__all__ = ["LAUNCHER_PID_ENV", "JobFailed", "fail", "TrackingCallback", "RECORDS", "SUMMARY_FILE", "SweepReport", "read_records",
            "format_report"]
 
 #: The launching process's pid, set by :class:`TrackingCallback`: a job that runs in that
@@ -48,11 +49,40 @@ RECORDS = Path(".flowsweep") / "jobs"
 SUMMARY_FILE = "summary.txt"
 
 
+class JobFailed(CompactHydraException):
+    """A multirun job's error; Hydra reports it in one line instead of a traceback.
+
+    A sweeper raises the first failed job's error once the batch is done: for any other
+    exception Hydra prints a traceback, for a :class:`~hydra.errors.CompactHydraException`
+    just its text. The sweep report then lists every failed job. ``error_text`` is
+    ``<type>: <message>`` of the job's own error (the only argument: it pickles).
+    """
+
+    #: How Hydra's line of it opens (:mod:`flowsweep.app.joblines` knows it by this).
+    PREFIX = "flowsweep: error: a job failed: "
+
+    def __init__(self, error_text: str) -> None:
+        super().__init__(error_text)
+        self.error_text = error_text
+
+    def __str__(self) -> str:
+        return self.PREFIX + self.error_text
+
+    @classmethod
+    def of(cls, error: BaseException) -> JobFailed:
+        return cls(f"{type(error).__name__}: {error}")
+
+
 def _error_text(job_return: JobReturn) -> Optional[str]:
     if job_return.status != JobStatus.FAILED:
         return None
-    try:
-        _ = job_return.return_value  # re-raises the job's exception: Hydra's public way to get it
+    from flowsweep.app.joblines import dropping_hydra_job_lines
+
+    try:  # in this process too (a joblib or submitit worker's is not main.py's)
+        with dropping_hydra_job_lines():
+            _ = job_return.return_value  # re-raises the job's exception: Hydra's public way to get it
+    except JobFailed as error:
+        return error.error_text
     except Exception as error:  # any job error is reported, none is handled
         return f"{type(error).__name__}: {error}"
     return "failed without an exception"

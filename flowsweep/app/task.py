@@ -5,11 +5,13 @@ load, so bad input is reported within a second or two and creates nothing. In a
 single run, a :class:`~flowsweep.config.ConfigError` or
 :class:`~flowsweep.data.DataError` is the user's to fix, not a bug: it prints
 ``flowsweep: error: <key or file>: <what is wrong>`` and exits 2, without a traceback.
-In a multirun the error goes back to Hydra, so the other jobs still run and
-:class:`~flowsweep.app.callbacks.SweepReport` lists it at the end. Launchers that run
-jobs in other processes (joblib, submitit) pickle the error on its way back; one that
-cannot be pickled would break the whole sweep, so it is replaced by a
-:class:`RuntimeError` carrying its text.
+In a multirun such an error (and a dead MLflow writer) goes back to Hydra as a
+:class:`~flowsweep.app.callbacks.JobFailed` carrying its one line (Hydra prints that
+line instead of a traceback), so the other jobs still run and
+:class:`~flowsweep.app.callbacks.SweepReport` lists each failed job at the end. Launchers
+that run jobs in other processes (joblib, submitit) pickle the error on its way back; any
+other exception (a bug: its traceback stays) that cannot be pickled would break the
+whole sweep, so it is replaced by a :class:`RuntimeError` carrying its text.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from flowsweep.app.callbacks import fail
+from flowsweep.app.callbacks import JobFailed, fail
 from flowsweep.config.checks import validate
 from flowsweep.config import ConfigError
 from flowsweep.app.interrupt import interrupted
@@ -44,7 +46,7 @@ def _picklable(error: Exception) -> Exception:
 
 def _bad_input(error: Exception) -> NoReturn:
     if _in_multirun():
-        raise error
+        raise JobFailed.of(error) from error
     fail(error)
 
 
@@ -77,6 +79,9 @@ def run_task(cfg: DictConfig) -> float:
         if isinstance(error, MlflowWriteError) and not _in_multirun():
             # The writer process died (killed, out of memory): the job ended its runs itself.
             fail(RuntimeError(f"{error}; the job's runs ended FAILED"), code=1)
+        if isinstance(error, MlflowWriteError):
+            raise JobFailed.of(error) from error
+        # Anything else is a bug: its traceback stays (made picklable for launchers of other processes).
         safe = _picklable(error) if _in_multirun() else error
         if safe is error:
             raise

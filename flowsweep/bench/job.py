@@ -30,6 +30,8 @@ TRAINING = ("structure search", "final training")
 def time_job(overrides: Sequence[str], keep: Optional[str] = None) -> tuple[pd.DataFrame, float]:
     """Run ``main.py`` with ``overrides``; returns the phase table and the wall seconds.
 
+    A job that fails exits this process with its exit status (SystemExit), after its own message.
+
     Arguments:
         keep: Folder to run in and keep (default: a temporary folder, removed afterwards).
     """
@@ -40,7 +42,9 @@ def time_job(overrides: Sequence[str], keep: Optional[str] = None) -> tuple[pd.D
     env.pop("MLFLOW_TRACKING_URI", None)  # the job's store is <folder>/mlflow.db
     try:
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "flowsweep.bench.phases", *overrides], cwd=folder, env=env, check=True)
+        done = subprocess.run([sys.executable, "-m", "flowsweep.bench.phases", *overrides], cwd=folder, env=env)
+        if done.returncode:  # bad input: the job printed its one line (stderr is shared); nothing to time
+            raise SystemExit(done.returncode)
         wall = time.perf_counter() - start
         seconds = json.loads(timings.read_text())
     finally:

@@ -28,6 +28,7 @@ from flowsweep.record.names import SWEEP_ID_ENV
 
 __all__ = [
     "SWEEP_ID_ENV",
+    "check_mlflow_sqlite",
     "resolve_tracking_uri",
     "masked",
     "open_client",
@@ -117,6 +118,39 @@ def _fail_store(uri: str, why: str) -> ConfigError:
     return ConfigError("tracking.uri", f"cannot use the MLflow store at {masked(uri)}: {why}")
 
 
+def check_mlflow_sqlite(uri: str, timeout_s: float = 3.0) -> bool:
+    """The file of a sqlite store, if there is one, must be a SQLite database and MLflow's.
+
+    Returns whether it holds MLflow's schema (False: no file, an empty one, or no tables,
+    which MLflow fills with its schema). Raises a :class:`ConfigError` of ``tracking.uri``
+    for any other file: MLflow would fail with pages of SQLAlchemy, or add its tables to
+    another application's database.
+    """
+    path = _sqlite_path(uri)
+    if path is None or not Path(path).is_file() or Path(path).stat().st_size == 0:
+        return False
+    with open(path, "rb") as handle:
+        if handle.read(len(_SQLITE_HEADER)) != _SQLITE_HEADER:
+            raise _fail_store(uri, f"{path} is not a SQLite database")
+    import sqlite3
+
+    try:
+        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=timeout_s)
+        try:
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        finally:
+            connection.close()
+    except sqlite3.OperationalError as error:
+        why = f"locked by another process for over {timeout_s:g} s" if "locked" in str(error) else str(error)
+        raise _fail_store(uri, f"{path}: {why}") from None
+    except sqlite3.DatabaseError as error:
+        raise _fail_store(uri, f"{path} is not a usable SQLite database: {error}") from None
+    if tables and "alembic_version" not in tables:
+        raise _fail_store(uri, f"{path} is a SQLite database of another application (tables "
+                               f"{sorted(tables)[:4]}), not an MLflow store")
+    return bool(tables)
+
+
 def _check_sqlite(uri: str, timeout_s: float) -> None:
     """A sqlite store must be a file in a folder this process can write, MLflow's or empty, and not locked.
 
@@ -135,9 +169,7 @@ def _check_sqlite(uri: str, timeout_s: float) -> None:
         raise _fail_store(uri, f"cannot write in the folder {folder}: {error.strerror or error}") from None
     if not Path(path).is_file() or Path(path).stat().st_size == 0:
         return
-    with open(path, "rb") as handle:
-        if handle.read(len(_SQLITE_HEADER)) != _SQLITE_HEADER:
-            raise _fail_store(uri, f"{path} is not a SQLite database")
+    check_mlflow_sqlite(uri, timeout_s)
     if not os.access(path, os.R_OK | os.W_OK):
         raise _fail_store(uri, f"{path} is read-only (a job writes its runs there)")
     import sqlite3
@@ -145,10 +177,6 @@ def _check_sqlite(uri: str, timeout_s: float) -> None:
     try:
         connection = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=timeout_s)
         try:
-            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            if tables and "alembic_version" not in tables:
-                raise _fail_store(uri, f"{path} is a SQLite database of another application (tables "
-                                       f"{sorted(tables)[:4]}), not an MLflow store")
             connection.execute("BEGIN IMMEDIATE")  # waits at most timeout_s for another writer
             connection.rollback()
         finally:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -32,7 +34,8 @@ class Case:
     args: tuple[str, ...]
     message: str
     code: int = 2
-    setup: Optional[Callable[[Path, Path], None]] = None
+    #: Prepares the case folder; a process it returns (one holding a lock) is killed after the case.
+    setup: Optional[Callable[[Path, Path], Optional[subprocess.Popen]]] = None
     within_s: float = 10.0
 
 
@@ -98,6 +101,17 @@ def _store(root: Path) -> MlflowClient:
         MlflowClient(f"sqlite:///{_TEMPLATE[0]}").search_experiments()
     shutil.copy(_TEMPLATE[0], root / "mlflow.db")
     return MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+
+
+def _locked_by_another_process(root: Path, data_dir: Path) -> subprocess.Popen:
+    """A real second process holding sqlite's exclusive lock on an MLflow store (until it is killed)."""
+    _store(root)
+    holder = subprocess.Popen([sys.executable, "-c", "import sqlite3, sys, time\n"
+                               "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+                               "c.execute('BEGIN EXCLUSIVE'); print('held', flush=True); time.sleep(120)",
+                               str(root / "mlflow.db")], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    return holder
 
 
 def _deleted_experiment(root: Path, data_dir: Path) -> None:
@@ -304,6 +318,9 @@ CASES: dict[str, Case] = {
     "unreachable PostgreSQL": _err(f"tracking.uri=postgresql://u:secret@127.0.0.1:{CLOSED_PORT}/mlflow",
                                    message=f"tracking.uri: cannot reach the database server 127.0.0.1:{CLOSED_PORT} of "
                                            f"postgresql://u:***@127.0.0.1:{CLOSED_PORT}/mlflow", within_s=8),
+    "store locked by another process": _err(setup=_locked_by_another_process, message="tracking.uri: cannot use the "
+                                            "MLflow store at sqlite:///{root}/mlflow.db: {root}/mlflow.db: locked by "
+                                            "another process for over 3 s", within_s=5),
     "deleted experiment": _err("tracking.experiment=gone", setup=_deleted_experiment,
                                message="tracking.experiment: experiment 'gone' is deleted in"),
     "artifact location not writable": _err(setup=_artifacts_unwritable, message="tracking.experiment: the artifact "
@@ -361,10 +378,14 @@ def _args(case: Case, root: Path) -> list[str]:
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_gives_one_line_and_leaves_no_run_finished_or_running(name, tmp_path, closed_proxy_env, data_dir):
     case = CASES[name]
-    if case.setup:
-        case.setup(tmp_path, data_dir)
+    held = case.setup(tmp_path, data_dir) if case.setup else None
     env = {**closed_proxy_env, "FLOWSWEEP_CACHE_DIR": str(tmp_path / "cache")}
-    done = run_main(_args(case, tmp_path), tmp_path, env)
+    try:
+        done = run_main(_args(case, tmp_path), tmp_path, env)
+    finally:
+        if held is not None:
+            held.kill()
+            held.wait()
     expected = case.message.format(root=tmp_path)
     assert done.code == case.code, done.stderr
     assert expected in done.stderr, done.stderr

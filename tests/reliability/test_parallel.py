@@ -21,6 +21,11 @@ def test_joblib_workers_share_the_default_sqlite_store_and_report_the_failed_job
                      "hydra.sweep.dir=multirun")
     assert done.returncode != 0, "a sweep with a failed job must not exit 0"
     assert "database is locked" not in done.stderr and "OperationalError" not in done.stderr, done.stderr
+    # The failed job is one line of Hydra's (flowsweep's text), then the report: no traceback, no
+    # "Error executing job" per read of its result.
+    assert "Traceback" not in done.stderr and "Error executing job" not in done.stderr, done.stderr
+    assert "HYDRA_FULL_ERROR" not in done.stderr, done.stderr
+    assert done.stderr.count("flowsweep: error: a job failed: ConfigError: dataset.batch_size: 5000") == 1, done.stderr
     # The other three jobs ran to the end, each logged exactly once.
     assert_complete_jobs(flowsweep.default_uri, jobs=3)
     assert {r.data.params["dataset.batch_size"] for r in all_runs(flowsweep.default_uri)} == {"16", "29", "32"}

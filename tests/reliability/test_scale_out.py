@@ -21,6 +21,11 @@ def test_submitit_runs_jobs_in_their_own_processes_and_reports_failures(flowswee
     done = app("-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10",
                *tiny("dataset.batch_size=29,5000"), "hydra.sweep.dir=multirun")
     assert done.returncode != 0
+    # The failed job is one line of Hydra's (flowsweep's text), then the report: no traceback, no
+    # "Error executing job" per read of its result.
+    assert "Traceback" not in done.stderr and "Error executing job" not in done.stderr, done.stderr
+    assert "HYDRA_FULL_ERROR" not in done.stderr, done.stderr
+    assert done.stderr.count("flowsweep: error: a job failed: ConfigError: dataset.batch_size: 5000") == 1, done.stderr
     report = done.stderr[done.stderr.rindex("flowsweep: 1 of 2 jobs failed"):].splitlines()
     assert report == ["flowsweep: 1 of 2 jobs failed (sweep multirun):",
                       "  #1 dataset.batch_size=5000: ConfigError: dataset.batch_size: 5000 is larger than the "
