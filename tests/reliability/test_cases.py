@@ -383,7 +383,7 @@ def test_bad_input_gives_one_line_and_leaves_no_run_finished_or_running(name, tm
     try:
         done = run_main(_args(case, tmp_path), tmp_path, env)
     finally:
-        if held is not None:
+        if isinstance(held, subprocess.Popen):  # other setups return what they wrote, or None
             held.kill()
             held.wait()
     expected = case.message.format(root=tmp_path)
