@@ -145,7 +145,9 @@ def run_job(job: Union[DictConfig, JobPlan], data: Optional[Dataset] = None) -> 
         log_job(runs, job, result, title, search, structures, data.columns, runinfo.optimizer_label(cfg))
         if job.all_diverged:
             raise DivergedError.of(cfg.instances, cfg.train.max_lr, cfg.depth.layers)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):
+        # SystemExit mid-job: the process is told to stop from outside, e.g. submitit's
+        # handler of a preemption or time limit, which requeues the task and exits.
         runs.close(KILLED)
         raise
     except BaseException as error:

@@ -103,6 +103,11 @@ def _deleted_experiment(root: Path, data_dir: Path) -> None:
     client.delete_experiment(client.create_experiment("gone"))
 
 
+def _read_only_store(root: Path, data_dir: Path) -> None:
+    MlflowClient(f"sqlite:///{root / 'mlflow.db'}").search_experiments()  # MLflow's schema
+    (root / "mlflow.db").chmod(0o444)
+
+
 def _read_only_folder(root: Path, data_dir: Path) -> None:
     (root / "results").mkdir()
     (root / "results").chmod(0o555)
@@ -127,6 +132,10 @@ CASES: dict[str, Case] = {
     "unreachable tracking URI": Case((f"tracking.uri=http://127.0.0.1:{CLOSED_PORT}",),
                                      f"flowsweep: error: tracking.uri: cannot reach the MLflow server at "
                                      f"http://127.0.0.1:{CLOSED_PORT}", within_s=30),
+    "read-only store, rerun=true": Case(("rerun=true",), "flowsweep: error: tracking.uri: cannot use the MLflow "
+                                        "store at sqlite:///{root}/mlflow.db: {root}/mlflow.db is read-only (a job "
+                                        "writes its runs there)", setup=_read_only_store, unprivileged=True,
+                                        within_s=30),
     "analysis --out read-only": Case(("--out", "{root}/results/tables"),
                                      "multirun_analysis: error: --out: cannot write to {root}/results/tables: "
                                      "Permission denied", setup=_read_only_folder, unprivileged=True, analysis=True),
