@@ -159,8 +159,13 @@ def test_the_terminal_and_hydras_job_log_tell_how_each_job_went(sweep):
     # At the end of the multirun, the sweep's table, also kept in the sweep folder.
     table = (sweep.root / "multirun" / "summary.txt").read_text()
     assert table in sweep.stdout and "2 of 2 jobs completed" in table
-    rows = [line.split() for line in table.splitlines()[3:]]
+    rows = [line.replace(" *", "").split() for line in table.splitlines()[3:5]]
     assert [row[:3] for row in rows] == [["0", "layout=parity", "completed"], ["1", "layout=opt", "completed"]]
+    # The job a sweeper would pick (lowest val bpd mean) is marked, and the table says what the mark means.
+    best = min(("parity", "opt"), key=lambda layout: sweep.job(layout)["metrics.val_bpd_mean"])
+    marked = [line for line in table.splitlines()[3:5] if line.split()[1] == "*"]
+    assert len(marked) == 1 and f"layout={best}" in marked[0]
+    assert table.splitlines()[-1].startswith("* the lowest val bpd mean")
 
 
 def test_the_look_line_opens_a_shared_view_sorted_by_validation_bpd(sweep):

@@ -151,25 +151,53 @@ def _cell(summary: Mapping[str, Any], split: str) -> str:
     return "" if math.isnan(mean) else _pm(mean, std)
 
 
+def _shown(override: str) -> str:
+    """``depth=2`` as the user typed it (flowsweep.config.overrides quoted it for Hydra), and an
+    Optuna draw such as ``train.max_lr=0.0013161769981125955`` to 4 significant digits."""
+    override = re.sub(r"^([\w.]+)='([^',]*)'$", r"\1=\2", override)
+    key, _, value = override.partition("=")
+    if re.fullmatch(r"-?\d*\.\d{5,}(e-?\d+)?|-?\d+(\.\d+)?e-?\d+", value):
+        return f"{key}={float(value):.4g}"
+    return override
+
+
+def _objective(summary: Optional[Mapping[str, Any]]) -> float:
+    """What a sweeper minimises (:func:`flowsweep.record.names.objective`): the val bpd mean, else train's."""
+    if not summary or summary["skipped"] or summary["diverged"] == summary["instances"]:
+        return math.inf
+    for split in ("val", "train"):
+        mean = summary["bpd"].get(split, (math.nan, math.nan))[0]
+        if not math.isnan(mean):
+            return float(mean)
+    return math.inf
+
+
 def sweep_table(records: Sequence[Mapping[str, Any]], title: str) -> str:
     """One row per job record (``num``, ``overrides``, ``status``, ``summary``): the overrides that
-    set the job apart, its outcome, bpd mean ± std per split, diverged instances and wall time."""
+    set the job apart, its outcome, bpd mean ± std per split, diverged instances and wall time;
+    the job with the lowest objective (the val bpd mean) is marked ``*``."""
     from tabulate import tabulate
 
     shared = set.intersection(*(set(r["overrides"]) for r in records)) if len(records) > 1 else set()
+    objectives = [_objective(r.get("summary")) for r in records]
+    best = min(range(len(records)), key=objectives.__getitem__) if len(records) > 1 else None
+    if best is not None and not math.isfinite(objectives[best]):
+        best = None
     rows = []
-    for record in records:
+    for n, record in enumerate(records):
         summary = record.get("summary")
         # depth='2' as the user typed it: depth=2 (flowsweep.config.overrides quoted it for Hydra)
-        which = " ".join(re.sub(r"^([\w.]+)='([^',]*)'$", r"\1=\2", o) for o in record["overrides"]
-                         if o not in shared) or "(no overrides)"
+        which = " ".join(_shown(o) for o in record["overrides"] if o not in shared) or "(no overrides)"
         if summary is None:
             rows.append([record["num"], which, record["status"].lower(), "", "", "", "", ""])
             continue
         status = "skipped" if summary["skipped"] else "all diverged" if summary["diverged"] == summary["instances"] \
             else record["status"].lower()
-        rows.append([record["num"], which, status, *(_cell(summary, s) for s in SPLITS),
+        rows.append([f"{record['num']} *" if n == best else record["num"], which, status,
+                     *(_cell(summary, s) for s in SPLITS),
                      f"{summary['diverged']}/{summary['instances']}", f"{summary['wall_time_s']:.1f}"])
     table = tabulate(rows, headers=["#", "job", "status", "train bpd", "val bpd", "test bpd", "diverged", "wall s"],
                      tablefmt="simple", disable_numparse=True)
-    return f"{title}\n{table}"
+    note = "\n* the lowest val bpd mean (train where no validation split): what a sweeper minimises" \
+        if best is not None else ""
+    return f"{title}\n{table}{note}"

@@ -9,6 +9,7 @@ study, its finished trials kept.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -96,6 +97,11 @@ def test_the_default_preset_tunes_the_defaults_adam_recipe(flowsweep_with_store)
     done = app("hparams_search=optuna", *tiny("train.steps=20"), "hydra.sweeper.n_trials=2",
                "hydra.sweeper.sampler.seed=0", "hydra.sweep.dir=adam")
     assert done.returncode == 0, done.stderr
+    assert "Storage: sqlite:///optuna.db\n" in done.stdout + done.stderr  # the path, not an object's repr
+    table = (app.cwd / "adam" / "summary.txt").read_text()
+    drawn = re.findall(r"train\.max_lr=(\S+)", table)
+    assert len(drawn) == 2 and all(value == f"{float(value):.4g}" for value in drawn)  # 4 significant digits
+    assert len([line for line in table.splitlines() if line.split()[1:2] == ["*"]]) == 1  # the best trial
     trials = _study(app, "flowsweep.yeast.parity.L2.adam").trials
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
     jobs = [r for r in all_runs(app.default_uri) if r.data.tags["flowsweep.role"] == "job"]
