@@ -76,8 +76,8 @@ class Recipe:
 
 @dataclass
 class TrainResult:
-    """Per-step minibatch bpd ``curve`` ``[steps, K]`` (non-finite where a model diverged; fewer
-    steps where early stopping stopped every model), the validation bpd ``val_curve``
+    """Per-step minibatch bpd ``curve`` ``[steps, K]`` (non-finite where a model diverged, NaN
+    after it stopped; fewer steps where every model stopped), the validation bpd ``val_curve``
     ``[evaluations, K]`` at the steps ``val_steps`` (0, the start, first with early stopping),
     the ``diverged`` flags ``[K]`` and the ``steps`` ``[K]`` each model trained (its model-steps:
     fewer where it diverged or stopped early)."""
@@ -141,26 +141,51 @@ def make_optimizer(params: Iterable[Tensor], recipe: Recipe) -> tuple[torch.opti
     return optimizer, scheduler
 
 
-def _gradient_source(flow: CouplingFlows, data: Tensor, recipe: Recipe) -> tuple[Callable[[Tensor], tuple[Tensor, Tensor]], bool]:
-    """``(step, native)``: ``step(rows) -> (nll [K], grad [K, P])`` from the native kernel
-    (``native`` true) or from autograd through the reference model."""
+def _gradient_source(flow: CouplingFlows, data: Tensor, recipe: Recipe
+                     ) -> tuple[Callable[[Tensor, Optional[Tensor]], tuple[Tensor, Tensor]], bool]:
+    """``(step, native)``: ``step(rows, moving) -> (nll [K], grad [K, P])`` from the native kernel
+    (``native`` true) or from autograd through the reference model. ``moving`` (bool ``[K]``, or
+    None for all) names the models that still train: the others' nll is NaN and their gradient 0,
+    and the native kernel does not compute them."""
     if recipe.kernel == "native" and data.dtype == torch.float32 and covers(flow.spec) and native_available():
-        kernel = NativeStep(flow.spec, flow.k, recipe.threads)
-        return (lambda rows: kernel(data, rows, flow.theta, flow.perm)), True
+        kernels: dict[int, NativeStep] = {}
 
-    def autograd_step(rows: Tensor) -> tuple[Tensor, Tensor]:
+        def native_step(rows: Tensor, moving: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+            if moving is None or bool(moving.all()):
+                kernel = kernels.setdefault(flow.k, NativeStep(flow.spec, flow.k, recipe.threads))
+                return kernel(data, rows, flow.theta, flow.perm)
+            # Each model's step depends on its own parameters and rows alone: the same numbers
+            # computed for the moving models only.
+            index = moving.nonzero().squeeze(1)
+            nll = torch.full((flow.k,), math.nan, dtype=flow.theta.dtype)
+            grad = torch.zeros(flow.theta.shape, dtype=flow.theta.dtype)
+            if len(index):
+                n = len(index)
+                if n not in kernels:
+                    kernels[n] = NativeStep(flow.spec, n, recipe.threads)
+                part_nll, part_grad = kernels[n](data, rows[index], flow.theta.detach()[index], flow.perm[index])
+                nll[index], grad[index] = part_nll, part_grad
+            return nll, grad
+
+        return native_step, True
+
+    def autograd_step(rows: Tensor, moving: Optional[Tensor]) -> tuple[Tensor, Tensor]:
         flow.theta.grad = None
         nll = flow.nll(gather(data, rows))
         # Each model's loss depends on its own row only: one backward gives every model's gradient.
         torch.where(torch.isfinite(nll), nll, 0.0).sum().backward()
-        return nll.detach(), flow.theta.grad
+        nll = nll.detach()
+        if moving is not None:
+            nll = torch.where(moving, nll, math.nan)
+        return nll, flow.theta.grad
 
     return autograd_step, False
 
 
 def train(flow: CouplingFlows, data: Tensor, batch_size: int, recipe: Recipe, generators: Sequence[torch.Generator],
           log_det: float = 0.0, frozen: Optional[Tensor] = None, valid: Optional[Tensor] = None,
-          on_progress: Optional[Callable[[int, Tensor], None]] = None) -> TrainResult:
+          on_progress: Optional[Callable[[int, Tensor], None]] = None,
+          prune: Optional[Callable[[int, Tensor, Tensor], Tensor]] = None) -> TrainResult:
     """Train all K models of ``flow`` on ``data`` ``[n, d]`` for ``recipe.steps`` steps.
 
     Arguments:
@@ -172,6 +197,13 @@ def train(flow: CouplingFlows, data: Tensor, batch_size: int, recipe: Recipe, ge
         on_progress: Called after every step with the number of steps done and the NLL
             curve ``[steps, K]`` (nats; rows past that number are not filled yet), so a
             caller can show training as it goes; it decides itself how often to act.
+        prune: Called after every validation evaluation with the number of steps done, each
+            model's best validation bpd so far ``[K]`` and which models still train ``[K]``;
+            returns the models ``[K]`` (bool) to stop there, as early stopping stops them (a
+            race: successive halving inside one training, :mod:`flowsweep.search.halving`).
+
+    A model that has stopped (early, pruned or diverged) costs nothing more on the native
+    kernel, which trains only the models still moving; its curve is NaN from then on.
     """
     theta = flow.theta
     k = flow.k
@@ -197,7 +229,7 @@ def train(flow: CouplingFlows, data: Tensor, batch_size: int, recipe: Recipe, ge
     # The native kernel runs its own threads; torch's OpenMP workers would spin against them.
     with torch_threads(1 if native else recipe.threads):
         for step, rows in enumerate(minibatch_rows(data.shape[0], batch_size, recipe.steps, generators)):
-            nll, grad = step_of(rows)
+            nll, grad = step_of(rows, None if all_moving else moving)
             curve[step] = nll
             finite = torch.isfinite(nll)
             # One flag per step: spares the usual step the masking passes over every parameter.
@@ -229,16 +261,19 @@ def train(flow: CouplingFlows, data: Tensor, batch_size: int, recipe: Recipe, ge
                 best_val = torch.where(better, values, best_val)
                 best_theta[better] = theta.detach()[better]
                 since_best = torch.where(better, 0, since_best + 1)
+                stopping = torch.zeros_like(moving)
                 if recipe.patience is not None:
-                    stopping = moving & (since_best >= recipe.patience)
-                    if stopping.any():
-                        trained[stopping] = step + 1
-                        resting[stopping] = best_theta[stopping]
-                        moving &= ~stopping
-                        all_moving = False
-                        if not moving.any():
-                            curve = curve[: step + 1]
-                            break
+                    stopping |= moving & (since_best >= recipe.patience)
+                if prune is not None:
+                    stopping |= moving & prune(step + 1, best_val, moving.clone())
+                if stopping.any():  # a stopped model keeps its best parameters
+                    trained[stopping] = step + 1
+                    resting[stopping] = best_theta[stopping]
+                    moving &= ~stopping
+                    all_moving = False
+                    if not moving.any():
+                        curve = curve[: step + 1]
+                        break
     if checking and recipe.patience is not None:
         with torch.no_grad():
             keep = (alive & torch.isfinite(best_val)).unsqueeze(1)

@@ -13,7 +13,7 @@ from flowsweep.config.compose import compose_config
 from flowsweep.data import Dataset
 from flowsweep.data.datasets import preprocessed
 from flowsweep.model import CouplingFlows, ModelSpec
-from flowsweep.search import Evaluation, Evolutionary, Halving, Proposal
+from flowsweep.search import Evaluation, Evolutionary, Halving, Proposal, TrialState
 from flowsweep.search.halving import layer_moves
 from flowsweep.search.runner import SearchSettings, run_searches
 from flowsweep.structure import Structure
@@ -21,8 +21,8 @@ from flowsweep.training import Recipe, train
 from flowsweep.seeding import derive_seed, torch_generator
 
 #: Two structures of the scale table below (its dependence structure, and the same with its
-#: first layer's sides flipped): after 50 + 250 steps the flipped one is ahead, trained to
-#: the end the dependence structure wins (measured: docs/structure-search.md).
+#: first layer's sides flipped): after 50 + 250 steps of the trials' recipe the flipped one is
+#: ahead, trained to the end the dependence structure wins (measured: docs/structure-search.md).
 START = Structure(12, 6, ((0, 2, 4, 5, 6, 11), (0, 1, 2, 3, 5, 9), (0, 2, 4, 5, 6, 11), (1, 3, 7, 8, 9, 10)))
 FLIPPED = Structure(12, 6, ((1, 3, 7, 8, 9, 10), (0, 1, 2, 3, 5, 9), (0, 2, 4, 5, 6, 11), (1, 3, 7, 8, 9, 10)))
 
@@ -45,14 +45,18 @@ def scale_table(n: int, seed: int) -> torch.Tensor:
 
 
 @dataclass
-class TwoStructures(Halving):
-    """The default search with its field cut to the two structures, both carried to the end."""
+class Field(Halving):
+    """The default search with its field cut to ``structures``."""
+
+    structures: tuple[Structure, ...] = ()
 
     def initial(self) -> list[Proposal]:
-        return [Proposal(s, None, steps=int(self.rungs[0])) for s in (START, FLIPPED)]
+        if self.iterations == 0:  # the default: the field is the final rung
+            return [Proposal(s, None, final=True) for s in self.structures]
+        return [Proposal(s, None, steps=int(self.rungs[0])) for s in self.structures]
 
     def size(self, rung: int) -> int:
-        return 2
+        return len(self.structures)
 
 
 def default_settings(spec: ModelSpec, seeds: list[int], *overrides: str) -> SearchSettings:
@@ -61,23 +65,33 @@ def default_settings(spec: ModelSpec, seeds: list[int], *overrides: str) -> Sear
                           False, seeds)
 
 
-def test_the_final_rung_picks_the_structure_that_wins_after_full_training():
+def test_the_default_search_picks_the_structure_that_wins_after_full_training():
     data = preprocessed(Dataset("scale", tuple(f"x{i}" for i in range(12)), scale_table(10000, 0),
                                 scale_table(1000, 1), 0.0, valid=scale_table(2500, 2)), "standardize")
     cfg = compose_config(["dataset.batch_size=200"])
-    seeds = [0, 1, 2]
-    optimizers = [TwoStructures(d=12, m=6, depth=4, seed=s, candidates=2, finalists=2, keep=[],
-                                rungs=list(cfg.search.rungs)) for s in seeds]
-    outcome = run_searches(optimizers, data, default_settings(ModelSpec(12, 6, 4), seeds, "dataset.batch_size=200"))
-    for opt, final in zip(optimizers, outcome.finals):
+    settings = default_settings(ModelSpec(12, 6, 4), [0, 1], "dataset.batch_size=200")
+    # Short rungs of the trials' recipe (50 + 250 steps) rank the two the wrong way round ...
+    short = [Field(d=12, m=6, depth=4, seed=s, candidates=2, finalists=2, keep=[], rungs=[50, 250], final=False,
+                   structures=(START, FLIPPED)) for s in (0, 1)]
+    run_searches(short, data, settings)
+    for opt in short:
         value = {(t.iteration, t.structure): t.value for t in opt.history}
-        assert value[1, FLIPPED] < value[1, START]  # the short rungs rank them the wrong way round
-        assert value[2, START] < value[2, FLIPPED]  # trained as the final model is, the start wins
-        assert final is not None and final.structure == START and opt.best.final and opt.best.structure == START
+        assert value[1, FLIPPED] < value[1, START] and opt.best.structure == FLIPPED
+    # ... the default search ranks them where they converge, and its winner is the final model.
+    parity = Structure(12, 6, ((0, 2, 4, 6, 8, 10), (1, 3, 5, 7, 9, 11)) * 2)
+    defaults = {k: cfg.search[k] for k in ("cuts", "keep", "margin")}
+    assert not cfg.search.rungs and defaults["cuts"][-1][1] == 2
+    found = [Field(d=12, m=6, depth=4, seed=s, candidates=3, finalists=3, rungs=[], structures=(FLIPPED, parity, START),
+                   **defaults) for s in (0, 1)]
+    outcome = run_searches(found, data, settings)
+    for opt, final, spent in zip(found, outcome.finals, outcome.model_steps):
+        trials = {t.structure: t for t in opt.history}
+        assert final is not None and final.structure == START and opt.best is trials[START] and opt.best.final
         assert final.steps == opt.best.model_steps <= cfg.train.steps
-    # Every model-step is counted: both trial rungs and both finalists of each instance.
-    for opt, spent in zip(optimizers, outcome.model_steps):
-        assert spent == sum(t.model_steps for t in opt.history) > 2 * (50 + 250)
+        # parity trails at step 1000 and is pruned there: 1000 steps paid, never accepted
+        assert trials[parity].state is TrialState.PRUNED and trials[parity].model_steps == 1000
+        assert trials[FLIPPED].state is TrialState.COMPLETE and trials[START].value < trials[FLIPPED].value
+        assert spent == sum(t.model_steps for t in opt.history) <= opt.final_budget(cfg.train.steps)
 
 
 def test_an_overfit_trial_is_scored_at_its_best_validation_step():
@@ -125,6 +139,6 @@ def test_whole_layer_moves_are_in_the_default_field():
     field = {p.structure for p in opt.initial()}
     begin = Dependence(weight).structure(4, 4, 0)
     moves = [s for kind in layer_moves(begin) for s in kind]
-    assert sum(s in field for s in moves) >= 8, "the field holds some of each kind of move"
+    assert sum(s in field for s in moves) >= 5, "the field holds some of each kind of move"
     assert all(any(s in field for s in kind) for kind in layer_moves(begin))
     assert cfg.search.final and cfg.search.evaluation.early_stopping  # the default's

@@ -76,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     structure.add_argument("--depth", type=_at_least(1), default=4)
     structure.add_argument("--instances", type=_at_least(1), default=8)
     structure.add_argument("--uri", default=None, help="MLflow store to log into (default: a temporary one)")
+    structure.add_argument("--searches", choices=("all", "default"), default="all",
+                           help="default: only the default search (and the earlier default) beside the fixed layouts")
     evaluation = sub.add_parser("evaluation", parents=[common],
                                 help="how well each search evaluation's trial value predicts the final test bpd")
     evaluation.add_argument("--datasets", nargs="+", default=None, help="default: synthetic_pairs, _hetero, _tree")
@@ -157,7 +159,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         from flowsweep.bench.structure import DATASETS, main_tables
 
         print(f"# python -m flowsweep.bench structure; {load_note()}", flush=True)
-        main_tables(args.datasets or DATASETS, args.depth, args.instances, args.uri, args.overrides)
+        main_tables(args.datasets or DATASETS, args.depth, args.instances, args.uri, args.overrides, args.searches)
         print(f"\n{load_note()}")
     elif command == "evaluation":
         from flowsweep.bench.evaluation import DATASETS, evaluation_table

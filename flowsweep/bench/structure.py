@@ -37,7 +37,7 @@ from omegaconf import DictConfig
 from flowsweep.config.compose import compose_config
 from flowsweep.record.run_group import ROLE_TAG
 
-__all__ = ["DATASETS", "ENTRIES", "SAME_TOTAL", "Entry", "main_tables", "structure_tables"]
+__all__ = ["DATASETS", "DEFAULT_ONLY", "ENTRIES", "SAME_TOTAL", "Entry", "main_tables", "structure_tables"]
 
 #: The synthetic benchmarks (conf/dataset/synthetic_*.yaml); the last two are where the
 #: dependence layout is not the best known structure.
@@ -65,6 +65,11 @@ ENTRIES = (
     Entry("dependence", ("layout=dependence",)),
     Entry("default search", ("layout=opt",)),
     Entry("halving", ("layout=opt", "search=halving")),
+    # The default before the race (commit 479cdda): trial rungs of the evaluation's recipe, then a
+    # final rung of three (the dependence structure and parity always among them).
+    Entry("halving with trial rungs (the earlier default)", (
+        "layout=opt", "search=halving", "search.candidates=32", "search.rungs=[50,250]", "search.finalists=3",
+        "search.cuts=[]", "search.keep=[dependence,parity]", "search.random_share=0.25")),
     Entry("guided", ("layout=opt", "search=guided")),
     Entry("regularized", ("layout=opt", "search=regularized")),
     Entry("evolutionary (Algorithm 1)", ("layout=opt", "search=evolutionary")),
@@ -73,6 +78,9 @@ ENTRIES = (
     Entry("random search, predictive evaluation", ("layout=opt", "search=random", "search/evaluation=predictive",
                                                    "search.iterations=49")),
 )
+#: The rows of ``--searches default``: the fixed layouts, the default search and the earlier default.
+DEFAULT_ONLY = ("parity", "random", "oracle", "best known", "dependence", "default search",
+                "halving with trial rungs (the earlier default)")
 #: The fixed layouts trained again with the default search's total model-steps.
 SAME_TOTAL = ("parity", "random", "dependence", "best known")
 
@@ -201,9 +209,12 @@ def _table(runs: dict[str, pd.DataFrame], seconds: dict[str, float], searches: s
     return pd.DataFrame(rows)
 
 
-def main_tables(datasets: Sequence[str], depth: int, instances: int, uri: str | None, extra: Sequence[str]) -> None:
-    """The command: every table, then the shares side by side."""
-    _, shares = structure_tables(datasets, depth, instances, uri=uri, extra=extra)
+def main_tables(datasets: Sequence[str], depth: int, instances: int, uri: str | None, extra: Sequence[str],
+                searches: str = "all") -> None:
+    """The command: every table, then the shares side by side; ``searches="default"``: only the
+    rows of :data:`DEFAULT_ONLY`."""
+    entries = ENTRIES if searches == "all" else tuple(e for e in ENTRIES if e.label in DEFAULT_ONLY)
+    _, shares = structure_tables(datasets, depth, instances, entries=entries, uri=uri, extra=extra)
     print(f"\n### Recovered share of the best known structure's gain over parity (depth {depth}, "
           f"{instances} instances)\n")
     print(shares.to_markdown(floatfmt=".2f"))

@@ -126,6 +126,7 @@ RULES: dict[str, Rule] = {
     "search.rungs": Rule(list, item=_int(1, 10_000_000)),
     "search.eta": _int(2, 1_000),
     "search.finalists": _int(1, 100_000),
+    "search.cuts": Rule(list, item=Rule(list, item=_int(1, 10_000_000))),
     "search.keep": Rule(list, item=_WORD),
     "search.margin": _real(0.0, 1_000.0),
     "search.random_share": _SHARE,

@@ -9,6 +9,7 @@ only; an instance run carries MLflow's ``mlflow.parentRunId``, so the UI nests i
 
 from __future__ import annotations
 
+import math
 import shutil
 import tempfile
 import time
@@ -99,10 +100,11 @@ class RunGroup:
         self._metrics[self._position(run)].append((key, float(value), int(time.time() * 1000), step))
 
     def curve(self, run: int, key: str, values: Iterable[float], first_step: int = 0, stride: int = 1) -> None:
-        """Points ``first_step``, ``first_step + stride``, ... of a curve."""
+        """Points ``first_step``, ``first_step + stride``, ... of a curve; non-finite ones (steps a
+        model did not train: after it stopped or diverged) are left out."""
         stamp = int(time.time() * 1000)
         self._metrics[self._position(run)].extend(
-            (key, float(v), stamp, first_step + s * stride) for s, v in enumerate(values))
+            (key, float(v), stamp, first_step + s * stride) for s, v in enumerate(values) if math.isfinite(v))
 
     def tag(self, run: int, key: str, value: str) -> None:
         self._tags[self._position(run)].append((key, value))

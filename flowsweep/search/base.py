@@ -19,7 +19,7 @@ import enum
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Optional, Sequence
+from typing import Any, ClassVar, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -31,9 +31,14 @@ __all__ = ["TrialState", "Trial", "Proposal", "StructureOptimizer"]
 
 
 class TrialState(enum.Enum):
+    """Where a trial stands: not told yet, complete (its value counts), diverged, or pruned (stopped
+    by :meth:`StructureOptimizer.prune` before its training ended; its value, the best before that,
+    is recorded but never accepted)."""
+
     PENDING = "pending"
     COMPLETE = "complete"
     DIVERGED = "diverged"
+    PRUNED = "pruned"
 
 
 @dataclass
@@ -148,6 +153,14 @@ class StructureOptimizer(ABC):
         """Structures of iteration 0: one uniformly random structure (Algorithm 1)."""
         return [self.random_structure()]
 
+    def prune(self, step: int, values: Mapping[int, float], training: set[int]) -> set[int]:
+        """Final trials to stop after ``step`` steps of their training (the race of
+        :class:`~flowsweep.search.halving.Halving`): called at every validation evaluation with
+        each final trial's best validation bpd so far (``values``, by trial number; ``inf``
+        where it diverged) and the numbers of those still training; the ones returned stop
+        there and are told :attr:`TrialState.PRUNED`. Default: none."""
+        return set()
+
     def select(self, complete: list[Trial]) -> Optional[Trial]:
         """The trial of this iteration that becomes the best, if any: the lowest value when it is
         ``<=`` the best's (ties accepted, as in Algorithm 1)."""
@@ -187,7 +200,7 @@ class StructureOptimizer(ABC):
     def tell(self, trials: Sequence[Trial]) -> None:
         """Record the asked trials with their values and states; update the best-so-far.
 
-        A non-finite value counts as diverged, and a diverged trial is recorded but never
+        A non-finite value counts as diverged; a diverged or pruned trial is recorded but never
         accepted; :meth:`select` picks the new best among the complete ones.
         """
         if sorted(t.number for t in trials) != sorted(t.number for t in self._pending):
@@ -195,7 +208,7 @@ class StructureOptimizer(ABC):
         for trial in trials:
             if trial.state is TrialState.PENDING:
                 raise ValueError(f"trial {trial.number} was told without a state")
-            if not math.isfinite(trial.value):
+            if not math.isfinite(trial.value) and trial.state is not TrialState.PRUNED:
                 trial.state = TrialState.DIVERGED
         previous = self.best.value if self.best is not None else math.inf
         winner = self.select([t for t in trials if t.state is TrialState.COMPLETE])

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from itertools import chain, zip_longest
-from typing import ClassVar, Optional
+from typing import ClassVar, Mapping, Optional, Sequence
 
 from flowsweep.config import ConfigError
 from flowsweep.structure.dependence import dependence_structure
@@ -55,7 +55,14 @@ class Halving(StructureOptimizer):
             model. Otherwise the last of ``rungs`` holds the finalists, and the winner is trained
             again from scratch.
         eta: Each middle rung keeps the best ``ceil(n / eta)`` of the previous one.
-        finalists: Structures in the last rung.
+        finalists: Structures in the last rung (with no trial rungs, ``rungs: []``, the whole field:
+            ``candidates``).
+        cuts: Successive halving inside the final rung (``final``): pairs ``[step, k]``, at the
+            first validation evaluation at or after ``step`` steps of ``train.*`` only the ``k``
+            best by validation bpd so far train on (the kept structures among them, each in the
+            place of the last that would have); the others stop there, pruned. Every finalist
+            runs the same recipe from the same seed, so at a cut they differ by their structure
+            alone.
         keep: Structures that reach every rung whatever their early values, each in the place
             of the last that would have: ``dependence`` (the start) and ``parity`` (the paper's
             heuristic), so the search picks another only where long training says it is better.
@@ -76,6 +83,7 @@ class Halving(StructureOptimizer):
     final: bool = True
     eta: int = 4
     finalists: int = 3
+    cuts: list[list[int]] = field(default_factory=list)
     keep: list[str] = field(default_factory=lambda: ["dependence", "parity"])
     margin: float = 2.0
     random_share: float = 0.25
@@ -86,6 +94,7 @@ class Halving(StructureOptimizer):
         super().__post_init__()
         self.iterations = len(self.rungs) - 1 + int(self.final)
         self._kept: list[Structure] = []
+        self._cut = 0  # cuts of the final rung made so far
 
     def size(self, rung: int) -> int:
         """Structures trained in ``rung``."""
@@ -98,8 +107,20 @@ class Halving(StructureOptimizer):
     @property
     def budget(self) -> int:
         """Steps of the trial rungs (times the evaluation's replicas: their model-steps); with
-        ``final``, the final rung adds up to ``finalists x train.steps``."""
+        ``final``, the final rung adds at most :meth:`final_budget`."""
         return sum(self.size(r) * int(s) for r, s in enumerate(self.rungs))
+
+    def final_budget(self, steps: int) -> int:
+        """The most model-steps the final rung can spend with ``steps`` (``train.steps``) each:
+        every finalist to the first cut, the survivors of each cut to the next, the last to the end."""
+        if not self.final:
+            return 0
+        total, alive, done = 0, self.size(self.iterations), 0
+        for step, k in self.cuts:
+            reach = min(int(step), steps)
+            total += alive * (reach - done)
+            alive, done = min(alive, int(k)), reach
+        return total + alive * (steps - done)
 
     def check(self) -> None:
         super().check()
@@ -107,10 +128,17 @@ class Halving(StructureOptimizer):
             raise ConfigError("search.margin", f"must be >= 0, got {self.margin}")
         if self.candidates < 1:
             raise ConfigError("search.candidates", f"must be >= 1, got {self.candidates}")
-        if not self.rungs or any(int(s) < 1 for s in self.rungs):
-            raise ConfigError("search.rungs", f"needs one or more step counts >= 1, got {self.rungs}")
         if not isinstance(self.final, bool):
             raise ConfigError("search.final", f"must be true or false, got {self.final!r}")
+        if not _is_list(self.rungs) or any(not isinstance(s, int) or s < 1 for s in self.rungs):
+            raise ConfigError("search.rungs", f"must be a list of step counts >= 1, got {self.rungs}")
+        if not self.rungs and not self.final:
+            raise ConfigError("search.rungs", "needs one or more step counts when search.final=false")
+        if not self.rungs and self.finalists != self.candidates:
+            raise ConfigError("search.finalists", f"with no trial rungs (search.rungs=[]) the final rung trains the "
+                                                  f"whole field: set it to search.candidates ({self.candidates}), "
+                                                  f"got {self.finalists}")
+        self._check_cuts()
         if self.eta < 2:
             raise ConfigError("search.eta", f"must be >= 2, got {self.eta}")
         unknown = sorted(set(self.keep) - set(_KEEPABLE))
@@ -121,6 +149,21 @@ class Halving(StructureOptimizer):
                                                   f"(search.keep holds {len(self.keep)}), got {self.finalists}")
         if not 0.0 <= self.random_share <= 1.0:
             raise ConfigError("search.random_share", f"must be in [0, 1], got {self.random_share}")
+
+    def _check_cuts(self) -> None:
+        cuts = self.cuts
+        shaped = _is_list(cuts) and all(
+            _is_list(c) and len(c) == 2 and all(isinstance(v, int) and v >= 1 for v in c) for c in cuts)
+        if not shaped:
+            raise ConfigError("search.cuts", f"must be a list of [step, k] pairs of integers >= 1, got {cuts}")
+        if cuts and not self.final:
+            raise ConfigError("search.cuts", "cut the final rung: they need search.final=true")
+        steps, ks = [c[0] for c in cuts], [c[1] for c in cuts]
+        if steps != sorted(set(steps)) or ks != sorted(ks, reverse=True):
+            raise ConfigError("search.cuts", f"need rising steps and falling k, got {cuts}")
+        if ks and ks[-1] < len(self.keep):
+            raise ConfigError("search.cuts", f"the last k must hold the {len(self.keep)} kept structures "
+                                             f"(search.keep), got {cuts}")
 
     def initial(self) -> list[Proposal]:
         if self.dependence is None:
@@ -134,6 +177,8 @@ class Halving(StructureOptimizer):
             count = min(int(self.rng.geometric(self.swap_p)), 2 * self.depth)
             field_.append(swap(start, self.rng, self.dependence.weight, count, self.explore))
         field_ += [self.random_structure() for _ in range(self.candidates - len(field_))]
+        if self.iterations == 0:  # no trial rungs: the field is the final rung
+            return [Proposal(s, None, final=True) for s in field_]
         return [Proposal(s, None, steps=int(self.rungs[0])) for s in field_]
 
     def _variants(self, start: Structure) -> list[Structure]:
@@ -168,6 +213,29 @@ class Halving(StructureOptimizer):
         steps = int(self.rungs[self.iteration])
         return [Proposal(t.structure, t.number, steps=steps, resume=t.number) for t in promoted]
 
+    def prune(self, step: int, values: Mapping[int, float], training: set[int]) -> set[int]:
+        # The final rung's cuts: rank every finalist not pruned yet by its best value so far
+        # (one that stopped early keeps its place: its value is final, the others' can only fall).
+        due = [k for s, k in self.cuts[self._cut:] if s <= step]
+        if not due:
+            return set()
+        self._cut += len(due)
+        trials = {t.number: t for t in self._pending}
+        standing = sorted((n for n, v in values.items() if n in trials and math.isfinite(v)
+                           and trials[n].state is not TrialState.PRUNED), key=lambda n: (values[n], n))
+        survivors = standing[: due[-1]]
+        for structure in self._kept:
+            number = next((n for n in standing if trials[n].structure == structure), None)
+            if number is None or number in survivors:
+                continue
+            free = [k for k, n in enumerate(survivors) if trials[n].structure not in self._kept]
+            if free:
+                survivors[free[-1]] = number
+        stopped = training - set(survivors)
+        for number in stopped:
+            trials[number].state = TrialState.PRUNED
+        return stopped
+
     def select(self, complete: list[Trial]) -> Optional[Trial]:
         # Values of different rungs are not comparable (more training, lower bpd): the best
         # is the lowest of the latest rung, in the last rung a challenger only by a margin.
@@ -189,6 +257,11 @@ class Halving(StructureOptimizer):
         ran_dry = self.iteration > 0 and not any(
             t.state is TrialState.COMPLETE for t in self.history if t.iteration == self.iteration - 1)
         return super().done or ran_dry
+
+
+def _is_list(value: object) -> bool:
+    """A list of a config (a ListConfig where Hydra left one) or of Python."""
+    return isinstance(value, Sequence) and not isinstance(value, str)
 
 
 def layer_moves(start: Structure) -> tuple[list[Structure], ...]:

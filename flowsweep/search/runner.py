@@ -111,12 +111,13 @@ def run_searches(optimizers: Sequence[StructureOptimizer], data: Dataset, settin
         for final, steps in sorted({(trial.final, trial.steps or evaluation.steps) for _, trial in asked}):
             group = [(i, trial) for i, trial in asked if (trial.final, trial.steps or evaluation.steps) == (final, steps)]
             clock = time.perf_counter()
-            flow, scores, rows, result = _evaluate(group, optimizers, data, settings, steps, champions, reached)
+            flow, scores, rows, result, pruned = _evaluate(group, optimizers, data, settings, steps, champions, reached)
             width = 1 if final else replicas
             for j, ((i, trial), row) in enumerate(zip(group, scores)):
                 finite = torch.isfinite(row)
                 trial.value = float(row[finite].mean()) if finite.any() else math.inf
-                trial.state = TrialState.COMPLETE if finite.any() else TrialState.DIVERGED
+                trial.state = (TrialState.DIVERGED if not finite.any() else
+                               TrialState.PRUNED if (i, trial.number) in pruned else TrialState.COMPLETE)
                 if rows is not None and finite.any():
                     trial.rows = rows[j][finite].mean(0).float().numpy()
                 reached[i][trial.number] = flow.theta.detach()[j * width:(j + 1) * width].clone()
@@ -150,13 +151,14 @@ def run_searches(optimizers: Sequence[StructureOptimizer], data: Dataset, settin
 def _evaluate(group: list[tuple[int, Trial]], optimizers: Sequence[StructureOptimizer], data: Dataset,
               settings: SearchSettings, steps: int, champions: list[Optional[CouplingFlows]],
               reached: list[dict[int, torch.Tensor]]) -> tuple[CouplingFlows, torch.Tensor, Optional[torch.Tensor],
-                                                               TrainResult]:
+                                                               TrainResult, set[tuple[int, int]]]:
     """Train every replica of ``group``'s trials for ``steps`` steps as one batch (final trials: one
     model each, as the final training trains it); the flow, the scores ``[trials, replicas]``
     (``inf`` where a replica diverged), scored on the validation split the rows' bpd
-    ``[trials, replicas, v]``, and the training's result."""
+    ``[trials, replicas, v]``, the training's result and the (instance, trial number) of the
+    final trials their optimizers pruned."""
     if group[0][1].final:
-        return _train_finals(group, data, settings)
+        return _train_finals(group, optimizers, data, settings)
     evaluation, replicas = settings.evaluation, settings.evaluation.replicas
     models = [(i, trial, r) for i, trial in group for r in range(replicas)]
     generators = [torch_generator(derive_seed(*evaluation.stream(optimizers[i].seed, trial, r)))
@@ -172,23 +174,41 @@ def _evaluate(group: list[tuple[int, Trial]], optimizers: Sequence[StructureOpti
     result = train(flow, data.train, settings.batch_size, recipe, generators, data.log_det, valid=valid)
     scores, rows = trial_scores(flow, result.curve, result.diverged, evaluation.value, data)
     shape = (len(group), replicas)
-    return flow, scores.view(shape), None if rows is None else rows.view(*shape, -1), result
+    return flow, scores.view(shape), None if rows is None else rows.view(*shape, -1), result, set()
 
 
-def _train_finals(group: list[tuple[int, Trial]], data: Dataset, settings: SearchSettings
-                  ) -> tuple[CouplingFlows, torch.Tensor, Optional[torch.Tensor], TrainResult]:
+def _train_finals(group: list[tuple[int, Trial]], optimizers: Sequence[StructureOptimizer], data: Dataset,
+                  settings: SearchSettings
+                  ) -> tuple[CouplingFlows, torch.Tensor, Optional[torch.Tensor], TrainResult, set[tuple[int, int]]]:
     """The final trials of ``group``, trained and scored as the final training trains a fixed
     layout's model: ``train.*``, early stopping on the validation split (the best step's
-    parameters kept), each seeded by its instance's seed."""
+    parameters kept), each seeded by its instance's seed; at every validation evaluation each
+    instance's optimizer may stop some (:meth:`StructureOptimizer.prune`)."""
     if not settings.seeds:
         raise ValueError("final trials need the instances' seeds (SearchSettings.seeds)")
     generators = [torch_generator(settings.seeds[i]) for i, _ in group]
     flow = CouplingFlows(settings.spec, [trial.structure for _, trial in group], generators)
+    pruned: set[tuple[int, int]] = set()
+    models = {i: [j for j, (owner, _) in enumerate(group) if owner == i] for i, _ in group}
+
+    def prune(step: int, best: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
+        stop = torch.zeros_like(moving)
+        for i, js in models.items():
+            values = {group[j][1].number: float(best[j]) for j in js}
+            training = {group[j][1].number for j in js if moving[j]}
+            chosen = optimizers[i].prune(step, values, training) & training
+            for j in js:
+                if group[j][1].number in chosen:
+                    stop[j] = True
+                    pruned.add((i, group[j][1].number))
+        return stop
+
     result = train(flow, data.train, settings.batch_size, Recipe.from_config(settings.train), generators,
-                   data.log_det, valid=data.valid)
+                   data.log_det, valid=data.valid, prune=prune if len(data.valid) else None)
     value = "validation" if len(data.valid) else "last_batch"
     scores, rows = trial_scores(flow, result.curve, result.diverged, value, data)
-    return flow, scores.view(len(group), 1), None if rows is None else rows.view(len(group), 1, -1), result
+    return (flow, scores.view(len(group), 1), None if rows is None else rows.view(len(group), 1, -1), result,
+            pruned)
 
 
 def _warm_start(flow: CouplingFlows, fresh: list[tuple[int, Trial, int]], models: list[tuple[int, Trial, int]],
