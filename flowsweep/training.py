@@ -220,6 +220,9 @@ def train(flow: CouplingFlows, data: Tensor, batch_size: int, recipe: Recipe, ge
     best_theta, since_best = theta.detach().clone(), torch.zeros(k, dtype=torch.long)
     step_of, native = _gradient_source(flow, data, recipe)
     all_moving = bool(moving.all())
+    # The models that trained up to the last evaluation: a model's parameters change only
+    # until the evaluation after it stopped, so only those are evaluated again.
+    live = torch.ones(k, dtype=torch.bool)
     if checking and recipe.patience is not None:
         # Step 0 counts: where no training beats the start (a whitened Gaussian, say), keep it.
         best_val = evaluate_bpd(flow, valid, log_det, threads=1 if native else recipe.threads)
@@ -254,7 +257,9 @@ def train(flow: CouplingFlows, data: Tensor, batch_size: int, recipe: Recipe, ge
             if on_progress is not None:
                 on_progress(step + 1, curve)
             if checking and ((step + 1) % recipe.eval_every == 0 or step + 1 == recipe.steps):
-                values = evaluate_bpd(flow, valid, log_det, threads=1 if native else recipe.threads)
+                values = _evaluate_changed(flow, valid, log_det, 1 if native else recipe.threads,
+                                           moving | live, val_curve[-1] if val_curve else None)
+                live = moving.clone()
                 val_curve.append(values)
                 val_steps.append(step + 1)
                 better = values < best_val
@@ -282,6 +287,18 @@ def train(flow: CouplingFlows, data: Tensor, batch_size: int, recipe: Recipe, ge
     val = torch.stack(val_curve) if val_curve else torch.empty(0, k, dtype=torch.float64)
     return TrainResult(curve=nats_to_bpd(curve, flow.d, log_det), diverged=diverged, val_curve=val, val_steps=val_steps,
                        steps=trained)
+
+
+def _evaluate_changed(flow: CouplingFlows, valid: Tensor, log_det: float, threads: int, changed: Tensor,
+                      last: Optional[Tensor]) -> Tensor:
+    """:func:`evaluate_bpd` of the ``changed`` models ``[K]``; the others keep their ``last`` values."""
+    if last is None or bool(changed.all()):
+        return evaluate_bpd(flow, valid, log_det, threads=threads)
+    values = last.clone()
+    index = changed.nonzero().squeeze(1).tolist()
+    if index:
+        values[index] = evaluate_bpd(flow.select(index), valid, log_det, threads=threads)
+    return values
 
 
 @torch.no_grad()

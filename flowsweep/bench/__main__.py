@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 
-_COMMANDS = ("spline", "compare", "scaling", "job", "structure", "evaluation", "best-known")
+_COMMANDS = ("spline", "compare", "scaling", "job", "structure", "evaluation", "field", "best-known")
 
 
 
@@ -84,6 +84,12 @@ def _parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--structures", type=_at_least(1), default=60, help="random structures per dataset")
     evaluation.add_argument("--depth", type=_at_least(1), default=4)
     structure.add_argument("overrides", nargs="*", help="further overrides for every job, e.g. train.threads=1")
+    field_ = sub.add_parser("field", parents=[common],
+                            help="the default search's field trained to the end: when training ranks it as it converges")
+    field_.add_argument("--datasets", nargs="+", default=None, help="default: scale, wave, tree, pairs, yeast, sonar")
+    field_.add_argument("--depth", type=_at_least(1), default=4)
+    field_.add_argument("--instances", type=_at_least(1), default=8)
+    field_.add_argument("overrides", nargs="*", help="further overrides, e.g. depth=8 search.candidates=24")
     best = sub.add_parser("best-known", parents=[common],
                           help="the long search for a synthetic benchmark's best known structure (layout=best_known)")
     best.add_argument("--dataset", required=True)
@@ -167,6 +173,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         print(f"# python -m flowsweep.bench evaluation; {load_note()}", flush=True)
         table = evaluation_table(args.datasets or DATASETS, args.structures, args.depth)
         print(table.to_markdown(index=False, floatfmt=".2f"))
+        print(f"\n{load_note()}")
+    elif command == "field":
+        from flowsweep.bench.field import DATASETS, field_table
+
+        print(f"# python -m flowsweep.bench field; {load_note()}", flush=True)
+        table = field_table(args.datasets or DATASETS, args.depth, args.instances, args.overrides)
+        print("\n" + table.to_markdown(index=False))
         print(f"\n{load_note()}")
     elif command == "best-known":
         import json

@@ -108,6 +108,13 @@ class CouplingFlows(nn.Module):
         for name, mine in self.params().items():
             mine[dst, index] = theirs[name][src, index]
 
+    def select(self, index: Sequence[int]) -> CouplingFlows:
+        """A new flow of the models ``index``: their structures and a copy of their parameters."""
+        part = CouplingFlows(self.spec, [self.structures[i] for i in index], [torch.Generator() for _ in index])
+        with torch.no_grad():
+            part.theta.copy_(self.theta.detach()[list(index)])
+        return part
+
     def num_parameters(self) -> int:
         """Trainable parameters of one model."""
         return self.layout.numel
