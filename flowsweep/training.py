@@ -163,7 +163,8 @@ def _gradient_source(flow: CouplingFlows, data: Tensor, recipe: Recipe
                 n = len(index)
                 if n not in kernels:
                     kernels[n] = NativeStep(flow.spec, n, recipe.threads)
-                part_nll, part_grad = kernels[n](data, rows[index], flow.theta.detach()[index], flow.perm[index])
+                perm: Tensor = flow.perm  # a registered buffer
+                part_nll, part_grad = kernels[n](data, rows[index], flow.theta.detach()[index], perm[index])
                 nll[index], grad[index] = part_nll, part_grad
             return nll, grad
 

@@ -26,6 +26,7 @@ import pandas as pd
 from flowsweep.app.plan import plan_job
 from flowsweep.config.compose import compose_config
 from flowsweep.model import CouplingFlows
+from flowsweep.search import Proposal
 from flowsweep.search.job import build_optimizers, job_dependence
 from flowsweep.seeding import torch_generator
 from flowsweep.training import Recipe, train
@@ -51,7 +52,7 @@ def _instance_curves(dataset: str, depth: int, instances: int, extra: Sequence[s
     recipe = Recipe.from_config(plan.cfg.train)
     out = []
     for seed, optimizer in zip(plan.seeds, optimizers):
-        structures = [p.structure for p in optimizer.initial()]
+        structures = [p.structure if isinstance(p, Proposal) else p for p in optimizer.initial()]
         # Every candidate from the instance's seed, as the search's final rung trains them.
         generators = [torch_generator(seed) for _ in structures]
         flow = CouplingFlows(plan.spec, structures, generators)
@@ -85,7 +86,8 @@ def field_table(datasets: Sequence[str] = DATASETS, depth: int = 4, instances: i
         best = np.array([np.min(c["best"][-1]) for c in curves])
         row["start val bpd"] = f"{start.mean():.3f}"
         row["best of field"] = f"{best.mean():.3f}"
-        row["structures beating the start"] = f"{np.mean([(c['best'][-1] < c['best'][-1][c['start']]).sum() for c in curves]):.1f}"
+        beating = [(c["best"][-1] < c["best"][-1][c["start"]]).sum() for c in curves]
+        row["structures beating the start"] = f"{np.mean(beating):.1f}"
         rows.append(row)
         print(pd.DataFrame([row]).to_markdown(index=False), flush=True)
     return pd.DataFrame(rows)
