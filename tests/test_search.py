@@ -419,3 +419,23 @@ def test_halving_keeps_a_kept_finalist_unless_a_challenger_is_clearly_better():
     noisy = final_rung(rows + np.random.default_rng(1).normal(0.0, 3.0, size=200) - 0.05)  # lower, but noise
     clear = final_rung(rows - 0.05)  # lower on every row
     assert noisy.best.structure in noisy._kept and clear.best.structure not in clear._kept
+
+
+def test_the_race_measures_a_challenger_against_the_better_of_its_references():
+    # The default's final rung: only the start is kept through the cuts, but a challenger must beat
+    # the better of the dependence structure and parity (where parity finished) by the margin.
+    opt = Halving(d=6, m=3, depth=2, seed=0, candidates=4, finalists=4, rungs=[], cuts=[[250, 2]], keep=["dependence"],
+                  references=["dependence", "parity"], margin=2.0, dependence=random_dependence(6))
+    final = opt.ask()
+    assert all(t.final for t in final) and len(final) == 4
+    start, parity = opt._kept[0], opt._references[1]
+    base = np.random.default_rng(0).normal(1.0, 0.5, size=200)
+    shift = {start: 0.2, parity: 0.0}
+    for t in final:  # parity beats the start clearly; the challengers beat parity by noise only
+        noise = np.random.default_rng(t.number).normal(0.0, 3.0, size=200)
+        t.rows = base + shift.get(t.structure, -0.05) + (0.0 if t.structure in shift else noise)
+        t.value, t.state = float(t.rows.mean()), TrialState.COMPLETE
+    best = min(final, key=lambda t: t.value)
+    assert best.structure not in (start, parity)  # the lowest value is a challenger's ...
+    opt.tell(final)
+    assert opt.best.structure == parity  # ... but parity, the better reference, stands

@@ -128,6 +128,7 @@ RULES: dict[str, Rule] = {
     "search.finalists": _int(1, 100_000),
     "search.cuts": Rule(list, item=Rule(list, item=_int(1, 10_000_000))),
     "search.keep": Rule(list, item=_WORD),
+    "search.references": Rule(list, item=_WORD, null=True),
     "search.margin": _real(0.0, 1_000.0),
     "search.random_share": _SHARE,
     "search.swap_p": _PROBABILITY,

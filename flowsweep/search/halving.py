@@ -66,8 +66,11 @@ class Halving(StructureOptimizer):
         keep: Structures that reach every rung whatever their early values, each in the place
             of the last that would have: ``dependence`` (the start) and ``parity`` (the paper's
             heuristic), so the search picks another only where long training says it is better.
-        margin: In the last rung, a structure not kept wins over the best kept one only if its
-            validation bpd is lower by more than ``margin`` standard errors of the paired
+        references: The heuristics a challenger must beat clearly in the last rung (``dependence``,
+            ``parity``; null: those of ``keep``): of those that completed it (not pruned), the one
+            with the lowest validation bpd is the reference.
+        margin: In the last rung, a structure that is not a reference wins over the reference only
+            if its validation bpd is lower by more than ``margin`` standard errors of the paired
             per-row difference (0: the lowest value wins): a small validation split (sonar's 19
             rows) cannot tell a lucky challenger from a better one.
         random_share: Share of the first rung drawn uniformly at random (the rest: other readings
@@ -85,6 +88,7 @@ class Halving(StructureOptimizer):
     finalists: int = 3
     cuts: list[list[int]] = field(default_factory=list)
     keep: list[str] = field(default_factory=lambda: ["dependence", "parity"])
+    references: Optional[list[str]] = None
     margin: float = 2.0
     random_share: float = 0.25
     swap_p: float = 0.5
@@ -94,6 +98,7 @@ class Halving(StructureOptimizer):
         super().__post_init__()
         self.iterations = len(self.rungs) - 1 + int(self.final)
         self._kept: list[Structure] = []
+        self._references: list[Structure] = []
         self._cut = 0  # cuts of the final rung made so far
 
     def size(self, rung: int) -> int:
@@ -141,9 +146,10 @@ class Halving(StructureOptimizer):
         self._check_cuts()
         if self.eta < 2:
             raise ConfigError("search.eta", f"must be >= 2, got {self.eta}")
-        unknown = sorted(set(self.keep) - set(_KEEPABLE))
-        if unknown:
-            raise ConfigError("search.keep", f"unknown {unknown}; choose from {list(_KEEPABLE)}")
+        for key, names in (("search.keep", self.keep), ("search.references", self.references or [])):
+            unknown = sorted(set(names) - set(_KEEPABLE))
+            if unknown:
+                raise ConfigError(key, f"unknown {unknown}; choose from {list(_KEEPABLE)}")
         if not len(self.keep) <= self.finalists <= self.candidates:
             raise ConfigError("search.finalists", f"must be in {len(self.keep)}..{self.candidates} "
                                                   f"(search.keep holds {len(self.keep)}), got {self.finalists}")
@@ -171,6 +177,8 @@ class Halving(StructureOptimizer):
         start = self.dependence.structure(self.m, self.depth, self.seed)
         kept = {"dependence": start, "parity": parity_structure(self.d, self.m, self.depth)}
         self._kept = list(dict.fromkeys(kept[name] for name in self.keep))
+        self._references = list(dict.fromkeys(kept[name] for name in (self.keep if self.references is None
+                                                                       else self.references)))
         randoms = round(self.random_share * (self.candidates - 1))
         field_ = list(dict.fromkeys([start, kept["parity"], *self._variants(start)]))[: self.candidates - randoms]
         while len(field_) < self.candidates - randoms:
@@ -242,7 +250,7 @@ class Halving(StructureOptimizer):
         if not complete:
             return None
         best = min(complete, key=lambda t: (t.value, t.number))
-        kept = [t for t in complete if t.structure in self._kept]
+        kept = [t for t in complete if t.structure in self._references]
         if self.iteration < self.iterations or not self.margin or not kept or best in kept:
             return best
         reference = min(kept, key=lambda t: (t.value, t.number))
