@@ -15,8 +15,9 @@ import os
 import re
 import socket
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 from urllib.parse import urlparse
 
 import mlflow
@@ -134,21 +135,30 @@ def check_mlflow_sqlite(uri: str, timeout_s: float = 3.0) -> bool:
             raise _fail_store(uri, f"{path} is not a SQLite database")
     import sqlite3
 
-    try:
+    with _sqlite_failures(uri, path, timeout_s):
         connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=timeout_s)
         try:
             tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         finally:
             connection.close()
+    if tables and "alembic_version" not in tables:
+        raise _fail_store(uri, f"{path} is a SQLite database of another application (tables "
+                               f"{sorted(tables)[:4]}), not an MLflow store")
+    return bool(tables)
+
+
+@contextmanager
+def _sqlite_failures(uri: str, path: str, timeout_s: float) -> Iterator[None]:
+    """sqlite3's errors inside the block as one line naming the file: locked, or not a database."""
+    import sqlite3
+
+    try:
+        yield
     except sqlite3.OperationalError as error:
         why = f"locked by another process for over {timeout_s:g} s" if "locked" in str(error) else str(error)
         raise _fail_store(uri, f"{path}: {why}") from None
     except sqlite3.DatabaseError as error:
         raise _fail_store(uri, f"{path} is not a usable SQLite database: {error}") from None
-    if tables and "alembic_version" not in tables:
-        raise _fail_store(uri, f"{path} is a SQLite database of another application (tables "
-                               f"{sorted(tables)[:4]}), not an MLflow store")
-    return bool(tables)
 
 
 def _check_sqlite(uri: str, timeout_s: float) -> None:
@@ -174,18 +184,13 @@ def _check_sqlite(uri: str, timeout_s: float) -> None:
         raise _fail_store(uri, f"{path} is read-only (a job writes its runs there)")
     import sqlite3
 
-    try:
+    with _sqlite_failures(uri, path, timeout_s):
         connection = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=timeout_s)
         try:
             connection.execute("BEGIN IMMEDIATE")  # waits at most timeout_s for another writer
             connection.rollback()
         finally:
             connection.close()
-    except sqlite3.OperationalError as error:
-        why = f"locked by another process for over {timeout_s:g} s" if "locked" in str(error) else str(error)
-        raise _fail_store(uri, f"{path}: {why}") from None
-    except sqlite3.DatabaseError as error:
-        raise _fail_store(uri, f"{path} is not a usable SQLite database: {error}") from None
 
 
 def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
