@@ -256,3 +256,16 @@ def test_constant_column_cannot_be_standardized(tmp_path, dataset_cfg):
     assert load_dataset(dataset_cfg("csv", path=str(path)), None).d == 2
     with pytest.raises(DataError, match=r"model\.preprocess: column\(s\) \['v'\] of csv are constant"):
         standardized(load_dataset(dataset_cfg("csv", path=str(path)), None))
+
+
+def test_integer_columns_constant_in_every_row_train_after_dequantization(tmp_path, dataset_cfg):
+    # load_digits as a user writes it: integer pixels, some always 0 (equal to each other).
+    path = tmp_path / "digits.csv"
+    rng = np.random.default_rng(0)
+    pixels = np.concatenate([np.zeros((80, 3), dtype=int), rng.integers(0, 17, size=(80, 4))], axis=1)
+    path.write_text("p0,p1,p2,p3,p4,p5,p6\n" + "".join(",".join(map(str, row)) + "\n" for row in pixels))
+    data = standardized(load_dataset(dataset_cfg("csv", path=str(path), dequantize=True), None))
+    assert data.d == 7 and data.widths == (1.0,) * 7  # each column its own uniform noise of width 1
+    assert not torch.equal(data.train[:, 0], data.train[:, 1])
+    with pytest.raises(DataError, match=r"columns 'p0' and 'p1' hold the same value in every row"):
+        load_dataset(dataset_cfg("csv", path=str(path), dequantize=False), None)

@@ -34,13 +34,11 @@ from ..config import DatasetConfig
 from ..seeding import SplitStream
 from .maps import Map, Standardize, Whiten
 from .sources import DataError, Located, expected_hash, locate, read_file, sha256_hex
-from .tables import read_table
+from .tables import read_table, resolution
 
 __all__ = ["Dataset", "load_dataset", "preprocessed", "standardized", "whitened", "resolution"]
 
 #: Stream keys under ``split_seed`` (the test hold-out uses the seed itself).
-#: Most decimals :func:`resolution` looks for.
-_MAX_DECIMALS = 8
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: == on tensors is elementwise, not a bool
@@ -115,20 +113,6 @@ def load_dataset(cfg: Union[DictConfig, Mapping[str, Any], DatasetConfig], data_
     train, valid, test = (torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)) for x in splits)
     return Dataset(name=name, columns=tuple(columns), train=train, valid=valid, test=test, log_det=0.0, graph=graph,
                    widths=widths)
-
-
-def resolution(x: np.ndarray) -> np.ndarray:
-    """Per column of ``x`` ``[n, d]`` (float64 as parsed), ``10^-k`` for the fewest decimals
-    ``k <= 8`` that write every value (``1.0`` for integers); 0 for a column that needs more
-    (continuous, as synthetic data: nothing to dequantize)."""
-    width = np.zeros(x.shape[1])
-    for j in range(x.shape[1]):
-        for k in range(_MAX_DECIMALS + 1):
-            scaled = x[:, j] * 10.0**k
-            if np.abs(scaled - np.round(scaled)).max() <= 1e-4:
-                width[j] = 10.0**-k
-                break
-    return width
 
 
 def standardized(data: Dataset, key: str = "model.preprocess") -> Dataset:
@@ -225,7 +209,7 @@ def _read_known(name: str, spec: dict[str, Any], data_dir: Optional[str]) -> tup
         data = read_file(where.path)  # read once: parsed and hashed from memory
         x, cols = read_table(
             data, str(where.path), names=spec["names"], sep=spec["sep"], labels=spec["labels"],
-            wanted=_wanted(spec), key=_key(spec), hint=hint,
+            wanted=_wanted(spec), key=_key(spec), hint=hint, dequantize=bool(spec["dequantize"]),
         )  # fmt: skip
         rows = file_spec.get("rows")
         if rows is not None and len(x) != int(rows):
@@ -254,7 +238,7 @@ def _read_csv(spec: dict[str, Any]) -> tuple[list[str], dict[str, np.ndarray]]:
     hint = "Fix the file, or choose other columns with dataset.columns."
     x, columns = read_table(
         read_file(path), str(path), names=spec["names"], sep=spec["sep"], labels=spec["labels"],
-        wanted=_wanted(spec), key=_key(spec), hint=hint,
+        wanted=_wanted(spec), key=_key(spec), hint=hint, dequantize=bool(spec["dequantize"]),
     )  # fmt: skip
     return columns, {path.name: x}
 

@@ -20,7 +20,7 @@ import pandas as pd
 
 from .sources import DataError
 
-__all__ = ["read_table", "resolve_columns"]
+__all__ = ["read_table", "resolution", "resolve_columns"]
 
 _WHITESPACE = r"\s+"
 
@@ -82,13 +82,16 @@ def read_table(
     wanted: Optional[Sequence[Any]],
     key: str,
     hint: str,
+    dequantize: bool = False,
 ) -> tuple[np.ndarray, list[str]]:
     """Parse ``data`` (the bytes of ``source``) and return ``(x, columns)``.
 
     ``x`` is float64 ``[rows, len(columns)]``, all finite. ``names`` are the column
     names of a headerless file (null: line 1 is a header, its names stripped of
     spaces). Every line must have all fields; unused columns are read as text.
-    ``hint`` (what to do) ends every error message.
+    ``hint`` (what to do) ends every error message. With ``dequantize`` (``dataset.dequantize``),
+    columns of a recorded resolution (integers, fixed decimals) are not checked for equal
+    copies: each gets noise of its own (a constant pixel of an image table becomes uniform).
     """
     has_header = names is None
     if has_header:
@@ -142,8 +145,27 @@ def read_table(
     if len(x) > 1 and (x == x[0]).all():
         raise DataError(f"{source}: all {len(x)} data rows are the same, so no density fits them (the bpd would "
                         f"measure dequantization noise only). {hint}")
-    _check_distinct(x, columns, source, hint)
+    noisy = resolution(x) > 0 if dequantize else np.zeros(x.shape[1], dtype=bool)
+    _check_distinct(x[:, ~noisy], [c for c, n in zip(columns, noisy) if not n], source, hint)
     return x, columns
+
+
+#: Most decimals :func:`resolution` looks for.
+_MAX_DECIMALS = 8
+
+
+def resolution(x: np.ndarray) -> np.ndarray:
+    """Per column of ``x`` ``[n, d]`` (float64 as parsed), ``10^-k`` for the fewest decimals
+    ``k <= 8`` that write every value (``1.0`` for integers); 0 for a column that needs more
+    (continuous, as synthetic data: nothing to dequantize)."""
+    width = np.zeros(x.shape[1])
+    for j in range(x.shape[1]):
+        for k in range(_MAX_DECIMALS + 1):
+            scaled = x[:, j] * 10.0**k
+            if np.abs(scaled - np.round(scaled)).max() <= 1e-4:
+                width[j] = 10.0**-k
+                break
+    return width
 
 
 def _is_number(text: str) -> bool:
