@@ -32,6 +32,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from flowsweep.app.joblines import JOB_FAILED_PREFIX, dropping_hydra_job_lines
 from flowsweep.config import ConfigError
 from flowsweep.files import write_atomic
 from flowsweep.record.names import SWEEP_ID_ENV
@@ -59,7 +60,7 @@ class JobFailed(CompactHydraException):
     """
 
     #: How Hydra's line of it opens (:mod:`flowsweep.app.joblines` knows it by this).
-    PREFIX = "flowsweep: error: a job failed: "
+    PREFIX = JOB_FAILED_PREFIX
 
     def __init__(self, error_text: str) -> None:
         super().__init__(error_text)
@@ -76,8 +77,6 @@ class JobFailed(CompactHydraException):
 def _error_text(job_return: JobReturn) -> Optional[str]:
     if job_return.status != JobStatus.FAILED:
         return None
-    from flowsweep.app.joblines import dropping_hydra_job_lines
-
     try:  # in this process too (a joblib or submitit worker's is not main.py's)
         with dropping_hydra_job_lines():
             _ = job_return.return_value  # re-raises the job's exception: Hydra's public way to get it

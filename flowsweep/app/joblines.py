@@ -16,12 +16,14 @@ import contextlib
 import sys
 from typing import Any, Iterator, TextIO
 
-__all__ = ["HYDRA_JOB_LINE", "HYDRA_HINT", "dropping_hydra_job_lines"]
+__all__ = ["HYDRA_JOB_LINE", "HYDRA_HINT", "JOB_FAILED_PREFIX", "dropping_hydra_job_lines"]
 
 #: How Hydra (hydra.core.utils.JobReturn.return_value) opens the line.
 HYDRA_JOB_LINE = "Error executing job with overrides:"
 #: What Hydra (hydra._internal.utils.run_and_report) writes after any error it reports.
 HYDRA_HINT = "Set the environment variable HYDRA_FULL_ERROR=1"
+#: How Hydra's line of a :class:`~flowsweep.app.callbacks.JobFailed` opens (its ``PREFIX``).
+JOB_FAILED_PREFIX = "flowsweep: error: a job failed: "
 
 
 class _Dropping:
@@ -32,9 +34,7 @@ class _Dropping:
         self._after_job_failed = False
 
     def write(self, text: str) -> int:
-        from flowsweep.app.callbacks import JobFailed
-
-        after, self._after_job_failed = self._after_job_failed, text.startswith(JobFailed.PREFIX)
+        after, self._after_job_failed = self._after_job_failed, text.startswith(JOB_FAILED_PREFIX)
         if text.startswith(HYDRA_JOB_LINE) or (after and text.strip().startswith(HYDRA_HINT)):
             return len(text)
         return self._stream.write(text)
