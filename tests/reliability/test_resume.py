@@ -16,7 +16,9 @@ from collections import Counter
 from .conftest import all_runs, instance_runs, tiny
 
 #: Job 1 trains long enough (60000 steps, seconds) to be caught RUNNING; jobs 0 and 2 are tiny.
-SWEEP = ["-m", *tiny("train.steps=5,60000,6"), "hydra.sweep.dir=multirun"]
+#: Early stopping is off: it ended job 1 within a few hundred milliseconds once stopped models
+#: cost nothing, before the test could catch it.
+SWEEP = ["-m", *tiny("train.steps=5,60000,6", "train.patience=null"), "hydra.sweep.dir=multirun"]
 
 
 def _statuses(uri: str) -> Counter:
