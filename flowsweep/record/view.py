@@ -73,10 +73,19 @@ def view_state() -> dict[str, Any]:
 
 def write_view(client: MlflowClient, experiment_id: str) -> None:
     """Write the view onto the experiment (idempotent: every job writes the same value)."""
+    from mlflow.exceptions import MlflowException
+
     value = json.dumps(view_state(), separators=(",", ":"))
     experiment = client.get_experiment(experiment_id)
-    if experiment.tags.get(VIEW_TAG) != value:
+    if experiment.tags.get(VIEW_TAG) == value:
+        return
+    try:
         client.set_experiment_tag(experiment_id, VIEW_TAG, value)
+    except MlflowException:
+        # Parallel jobs' first writes race (PostgreSQL: a duplicate key of the new tag); the
+        # tag is then there, and setting it again updates it.
+        if client.get_experiment(experiment_id).tags.get(VIEW_TAG) != value:
+            client.set_experiment_tag(experiment_id, VIEW_TAG, value)
 
 
 def runs_page(experiment_id: str) -> str:
