@@ -148,23 +148,24 @@ def _gradient_source(flow: CouplingFlows, data: Tensor, recipe: Recipe
     None for all) names the models that still train: the others' nll is NaN and their gradient 0,
     and the native kernel does not compute them."""
     if recipe.kernel == "native" and data.dtype == torch.float32 and covers(flow.spec) and native_available():
-        kernels: dict[int, NativeStep] = {}
+        kernels: dict[int, NativeStep] = {}  # by model count: its output buffers are made once
+
+        def kernel(n: int) -> NativeStep:
+            if n not in kernels:
+                kernels[n] = NativeStep(flow.spec, n, recipe.threads)
+            return kernels[n]
 
         def native_step(rows: Tensor, moving: Optional[Tensor]) -> tuple[Tensor, Tensor]:
             if moving is None or bool(moving.all()):
-                kernel = kernels.setdefault(flow.k, NativeStep(flow.spec, flow.k, recipe.threads))
-                return kernel(data, rows, flow.theta, flow.perm)
+                return kernel(flow.k)(data, rows, flow.theta, flow.perm)
             # Each model's step depends on its own parameters and rows alone: the same numbers
             # computed for the moving models only.
             index = moving.nonzero().squeeze(1)
             nll = torch.full((flow.k,), math.nan, dtype=flow.theta.dtype)
             grad = torch.zeros(flow.theta.shape, dtype=flow.theta.dtype)
             if len(index):
-                n = len(index)
-                if n not in kernels:
-                    kernels[n] = NativeStep(flow.spec, n, recipe.threads)
                 perm: Tensor = flow.perm  # a registered buffer
-                part_nll, part_grad = kernels[n](data, rows[index], flow.theta.detach()[index], perm[index])
+                part_nll, part_grad = kernel(len(index))(data, rows[index], flow.theta.detach()[index], perm[index])
                 nll[index], grad[index] = part_nll, part_grad
             return nll, grad
 
