@@ -100,6 +100,7 @@ class Halving(StructureOptimizer):
         self._kept: list[Structure] = []
         self._references: list[Structure] = []
         self._cut = 0  # cuts of the final rung made so far
+        self._pruned: set[int] = set()  # its trials they stopped (the runner tells them PRUNED)
 
     def size(self, rung: int) -> int:
         """Structures trained in ``rung``."""
@@ -229,8 +230,8 @@ class Halving(StructureOptimizer):
             return set()
         self._cut += len(due)
         trials = {t.number: t for t in self._pending}
-        standing = sorted((n for n, v in values.items() if n in trials and math.isfinite(v)
-                           and trials[n].state is not TrialState.PRUNED), key=lambda n: (values[n], n))
+        standing = sorted((n for n, v in values.items() if n in trials and math.isfinite(v) and n not in self._pruned),
+                          key=lambda n: (values[n], n))
         survivors = standing[: due[-1]]
         for structure in self._kept:
             number = next((n for n in standing if trials[n].structure == structure), None)
@@ -240,8 +241,7 @@ class Halving(StructureOptimizer):
             if free:
                 survivors[free[-1]] = number
         stopped = training - set(survivors)
-        for number in stopped:
-            trials[number].state = TrialState.PRUNED
+        self._pruned |= stopped
         return stopped
 
     def select(self, complete: list[Trial]) -> Optional[Trial]:
