@@ -356,7 +356,7 @@ def planted_uri(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def planted_jobs(planted_uri: str) -> dict[str, "pd.DataFrame"]:
     """Parity, oracle and the default search on synthetic_pairs (depth 2, the default training
-    settings), its field cut to 8 structures (the final rung: 8 to step 250, 6 to 1000, 2 on)."""
+    settings), its field cut to 8 structures (the final rung: 8 to step 600, 4 to 1500, 2 on)."""
     from flowsweep.app.run import run_job
     from tests.conftest import _search_runs
 
@@ -379,7 +379,7 @@ def test_the_default_search_finds_a_strong_planted_structure(planted_jobs):
     opt = planted_jobs["opt"]
     # Every model-step counted: the final rung's losers (pruned or not) and the final model's own training.
     assert (opt["metrics.model_steps"] == opt["metrics.search_model_steps"] + opt["metrics.final_model_steps"]).all()
-    assert ((opt["metrics.search_model_steps"] > 7 * 50) & (opt["metrics.model_steps"] <= 8 * 250 + 6 * 750 + 2 * 2000)).all()
+    assert ((opt["metrics.search_model_steps"] > 7 * 50) & (opt["metrics.model_steps"] <= 8 * 600 + 4 * 900 + 2 * 1500)).all()
     fixed = planted_jobs["parity"]
     assert (fixed["metrics.model_steps"] == fixed["metrics.final_model_steps"]).all()
     assert ((0 < fixed["metrics.final_model_steps"]) & (fixed["metrics.final_model_steps"] <= 3000)).all()
@@ -421,21 +421,27 @@ def test_halving_keeps_a_kept_finalist_unless_a_challenger_is_clearly_better():
     assert noisy.best.structure in noisy._kept and clear.best.structure not in clear._kept
 
 
-def test_the_race_measures_a_challenger_against_the_better_of_its_references():
-    # The default's final rung: only the start is kept through the cuts, but a challenger must beat
-    # the better of the dependence structure and parity (where parity finished) by the margin.
+@pytest.mark.parametrize("challenger_shift, winner", [(-0.05, "parity"), (-0.5, "challenger")])
+def test_the_references_stand_in_turn_and_a_pruned_parity_still_stands(challenger_shift, winner):
+    # The default's final rung: parity stands, the start takes its place only if clearly better,
+    # then the best finisher only if clearly better than the one standing. Parity is pruned by a
+    # cut here, and still stands with its value before the cut.
     opt = Halving(d=6, m=3, depth=2, seed=0, candidates=4, finalists=4, rungs=[], cuts=[[250, 2]], keep=["dependence"],
-                  references=["dependence", "parity"], margin=2.0, dependence=random_dependence(6))
+                  references=["parity", "dependence"], margin=2.0, dependence=random_dependence(6))
     final = opt.ask()
     assert all(t.final for t in final) and len(final) == 4
-    start, parity = opt._kept[0], opt._references[1]
+    parity, start = opt._references
     base = np.random.default_rng(0).normal(1.0, 0.5, size=200)
     shift = {start: 0.2, parity: 0.0}
-    for t in final:  # parity beats the start clearly; the challengers beat parity by noise only
-        noise = np.random.default_rng(t.number).normal(0.0, 3.0, size=200)
-        t.rows = base + shift.get(t.structure, -0.05) + (0.0 if t.structure in shift else noise)
-        t.value, t.state = float(t.rows.mean()), TrialState.COMPLETE
+    for t in final:  # parity beats the start clearly; the challengers beat parity by noise, or clearly
+        noise = np.random.default_rng(t.number).normal(0.0, 3.0 if challenger_shift > -0.1 else 0.1, size=200)
+        t.rows = base + shift.get(t.structure, challenger_shift) + (0.0 if t.structure in shift else noise)
+        t.value = float(t.rows.mean())
+        t.state = TrialState.PRUNED if t.structure == parity else TrialState.COMPLETE
     best = min(final, key=lambda t: t.value)
     assert best.structure not in (start, parity)  # the lowest value is a challenger's ...
     opt.tell(final)
-    assert opt.best.structure == parity  # ... but parity, the better reference, stands
+    if winner == "parity":
+        assert opt.best.structure == parity and opt.best.state is TrialState.PRUNED  # ... but parity stands
+    else:
+        assert opt.best is best  # ... clearly better than parity: it wins

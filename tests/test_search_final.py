@@ -79,7 +79,7 @@ def test_the_default_search_picks_the_structure_that_wins_after_full_training():
         assert value[1, FLIPPED] < value[1, START] and opt.best.structure == FLIPPED
     # ... the default search ranks them where they converge, and its winner is the final model.
     parity = Structure(12, 6, ((0, 2, 4, 6, 8, 10), (1, 3, 5, 7, 9, 11)) * 2)
-    defaults = {k: cfg.search[k] for k in ("cuts", "keep", "margin")}
+    defaults = {k: cfg.search[k] for k in ("cuts", "keep", "references", "margin")}
     assert not cfg.search.rungs and defaults["cuts"][-1][1] == 2
     found = [Field(d=12, m=6, depth=4, seed=s, candidates=3, finalists=3, rungs=[], structures=(FLIPPED, parity, START),
                    **defaults) for s in (0, 1)]
@@ -88,8 +88,8 @@ def test_the_default_search_picks_the_structure_that_wins_after_full_training():
         trials = {t.structure: t for t in opt.history}
         assert final is not None and final.structure == START and opt.best is trials[START] and opt.best.final
         assert final.steps == opt.best.model_steps <= cfg.train.steps
-        # parity trails at step 1000 and is pruned there: 1000 steps paid, never accepted
-        assert trials[parity].state is TrialState.PRUNED and trials[parity].model_steps == 1000
+        # parity trails at the last cut and is pruned there: those steps paid; it stood first, but the start is clearly better
+        assert trials[parity].state is TrialState.PRUNED and trials[parity].model_steps == defaults["cuts"][-1][0]
         assert trials[FLIPPED].state is TrialState.COMPLETE and trials[START].value < trials[FLIPPED].value
         assert spent == sum(t.model_steps for t in opt.history) <= opt.final_budget(cfg.train.steps)
 

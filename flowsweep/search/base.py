@@ -200,8 +200,9 @@ class StructureOptimizer(ABC):
     def tell(self, trials: Sequence[Trial]) -> None:
         """Record the asked trials with their values and states; update the best-so-far.
 
-        A non-finite value counts as diverged; a diverged or pruned trial is recorded but never
-        accepted; :meth:`select` picks the new best among the complete ones.
+        A non-finite value counts as diverged; a diverged trial is recorded but never accepted;
+        :meth:`select` picks the new best among the complete ones (an optimizer that prunes may
+        also take a pruned trial it still holds by its value: Halving's references).
         """
         if sorted(t.number for t in trials) != sorted(t.number for t in self._pending):
             raise ValueError("tell() needs exactly the trials of the last ask()")

@@ -66,9 +66,10 @@ class Halving(StructureOptimizer):
         keep: Structures that reach every rung whatever their early values, each in the place
             of the last that would have: ``dependence`` (the start) and ``parity`` (the paper's
             heuristic), so the search picks another only where long training says it is better.
-        references: The heuristics a challenger must beat clearly in the last rung (``dependence``,
-            ``parity``; null: those of ``keep``): of those that completed it (not pruned), the one
-            with the lowest validation bpd is the reference.
+        references: The heuristics that stand in the last rung (``dependence``, ``parity``; null:
+            those of ``keep``), in turn: the first stands, each next one takes its place only if
+            clearly better (``margin``), and then the best finisher only if clearly better than the
+            one standing. A reference the cuts pruned stands with its best value before the cut.
         margin: In the last rung, a structure that is not a reference wins over the reference only
             if its validation bpd is lower by more than ``margin`` standard errors of the paired
             per-row difference (0: the lowest value wins): a small validation split (sonar's 19
@@ -246,19 +247,33 @@ class Halving(StructureOptimizer):
 
     def select(self, complete: list[Trial]) -> Optional[Trial]:
         # Values of different rungs are not comparable (more training, lower bpd): the best
-        # is the lowest of the latest rung, in the last rung a challenger only by a margin.
-        if not complete:
-            return None
-        best = min(complete, key=lambda t: (t.value, t.number))
-        kept = [t for t in complete if t.structure in self._references]
-        if self.iteration < self.iterations or not self.margin or not kept or best in kept:
-            return best
-        reference = min(kept, key=lambda t: (t.value, t.number))
-        if best.rows is None or reference.rows is None or len(best.rows) < 2:
-            return best
-        gap = best.rows.astype(float) - reference.rows.astype(float)
+        # is the lowest of the latest rung. In the last rung the references stand in turn (in
+        # the order of ``references``), then the best finisher: each takes the place of the one
+        # standing only if clearly better. A reference the cuts stopped with a finite value
+        # still stands (its value is its best, final): a cut is a guess, the margin a test.
+        finishers = sorted(complete, key=lambda t: (t.value, t.number))[:1]
+        if self.iteration < self.iterations or not self.margin:
+            return finishers[0] if finishers else None
+        told = {t.number: t for t in chain(self._pending, complete)}.values()
+        standing = [t for structure in self._references for t in told
+                    if t.structure == structure and math.isfinite(t.value)
+                    and t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+        if not standing:
+            return finishers[0] if finishers else None
+        winner = standing[0]
+        for challenger in [*standing[1:], *finishers]:
+            if challenger is not winner and self._clearly_better(challenger, winner):
+                winner = challenger
+        return winner
+
+    def _clearly_better(self, challenger: Trial, incumbent: Trial) -> bool:
+        """Whether ``challenger``'s validation bpd is lower than ``incumbent``'s by more than
+        ``margin`` standard errors of their paired per-row difference (by value where no rows)."""
+        if challenger.rows is None or incumbent.rows is None or len(challenger.rows) < 2:
+            return challenger.value < incumbent.value
+        gap = challenger.rows.astype(float) - incumbent.rows.astype(float)
         error = gap.std(ddof=1) / math.sqrt(len(gap))
-        return best if gap.mean() < -self.margin * error else reference
+        return bool(gap.mean() < -self.margin * error)
 
     @property
     def done(self) -> bool:
