@@ -116,3 +116,30 @@ def test_bench_job_with_bad_input_is_the_jobs_one_line_and_its_exit(tmp_path):
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines()[-1] == "flowsweep: error: train.steps: must be >= 1, got 0", done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_cut_replay_loses_a_slow_starter_to_an_early_cut_and_keeps_it_with_later_ones():
+    from flowsweep.bench.field import replay_cuts
+
+    # Three structures, evaluated every 100 steps to 1000: parity (0) plateaus at 1.0, the start (1)
+    # at 0.8, a slow starter (2) trails until step 500 and converges lowest, at 0.5.
+    steps = np.arange(0, 1001, 100)
+    parity = np.maximum(2.0 - steps / 200, 1.0)
+    start = np.maximum(2.0 - steps / 150, 0.8)
+    slow = np.where(steps < 500, 2.5, np.maximum(2.5 - (steps - 400) / 150, 0.5))
+    curve = {"best": np.stack([parity, start, slow], 1), "steps": steps, "start": 1, "parity": 0,
+             "trained": np.array([1000, 1000, 1000])}
+    assert replay_cuts(curve, []) == (1.0, 3000)
+    early, spent_early = replay_cuts(curve, [[200, 2]])  # the slow starter is cut: (1.0 - 0.8) / (1.0 - 0.5)
+    assert early == pytest.approx(0.4) and spent_early == 1000 + 1000 + 200
+    late, spent_late = replay_cuts(curve, [[700, 2]])  # by step 700 it leads: parity is cut instead
+    assert late == pytest.approx(1.0) and spent_late == 700 + 1000 + 1000
+    # The start stays whatever its value, in the place of the last survivor.
+    assert replay_cuts(curve, [[700, 1]]) == (pytest.approx(0.4), 700 + 1000 + 700)
+
+
+@pytest.mark.parametrize("text", ["150:8,150:4", "150:4,600:8", "150", "a:b", "0:2"])
+def test_a_bad_cut_schedule_is_argparses_one_line(text, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["field", "--cuts", text])
+    assert exit_.value.code == 2 and "--cuts" in capsys.readouterr().err

@@ -42,6 +42,19 @@ def _at_least(low: int) -> Callable[[str], int]:
         return value
     return parse
 
+
+def _cut_schedule(text: str) -> list[list[int]]:
+    """An argparse type: ``step:k,step:k,...`` with rising steps and falling k, all >= 1."""
+    try:
+        cuts = [[int(v) for v in pair.split(":")] for pair in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be step:k pairs joined by commas, got {text!r}") from None
+    steps, ks = [c[0] for c in cuts], [c[-1] for c in cuts]
+    if any(len(c) != 2 or min(c) < 1 for c in cuts) or steps != sorted(set(steps)) or ks != sorted(ks, reverse=True):
+        raise argparse.ArgumentTypeError(f"needs step:k pairs >= 1, rising steps and falling k, got {text!r}")
+    return cuts
+
+
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--threads", type=_at_least(1), default=None,
@@ -89,6 +102,9 @@ def _parser() -> argparse.ArgumentParser:
     field_.add_argument("--datasets", nargs="+", default=None, help="default: scale, wave, tree, pairs, yeast, sonar")
     field_.add_argument("--depth", type=_at_least(1), default=4)
     field_.add_argument("--instances", type=_at_least(1), default=8)
+    field_.add_argument("--cuts", nargs="+", type=_cut_schedule, default=(),
+                        help="cut schedules to replay on the curves, each step:k,step:k,... "
+                             "(default: search.cuts of conf/search/halving.yaml)")
     field_.add_argument("overrides", nargs="*", help="further overrides, e.g. depth=8 search.candidates=24")
     best = sub.add_parser("best-known", parents=[common],
                           help="the long search for a synthetic benchmark's best known structure (layout=best_known)")
@@ -178,7 +194,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         from flowsweep.bench.field import DATASETS, field_table
 
         print(f"# python -m flowsweep.bench field; {load_note()}", flush=True)
-        table = field_table(args.datasets or DATASETS, args.depth, args.instances, args.overrides)
+        table = field_table(args.datasets or DATASETS, args.depth, args.instances, args.overrides, args.cuts)
         print("\n" + table.to_markdown(index=False))
         print(f"\n{load_note()}")
     elif command == "best-known":

@@ -10,7 +10,12 @@ validation split, the instance's seed). Per dataset it prints, over the instance
   ``s`` steps and its converged one (where a race may cut: a value that ranks as the end
   does can prune), for several ``s``;
 - the converged validation bpd of the dependence structure (the search's start), of the
-  best of the field, and how many structures of the field beat the start.
+  best of the field, and how many structures of the field beat the start;
+- for each cut schedule asked (``--cuts``; default: ``search.cuts`` of conf/search/halving.yaml),
+  the cuts replayed on those curves: the share of the field's best validation gain over parity
+  that the structure the cuts leave with the lowest converged value holds (mean and the worst
+  instance), and the model-steps the schedule spends. The replay leaves out the references'
+  margin rule: it measures the cuts alone.
 
 This is the measurement behind the default search's cuts (docs/structure-search.md):
 only validation rows are read.
@@ -29,9 +34,10 @@ from flowsweep.model import CouplingFlows
 from flowsweep.search import Proposal
 from flowsweep.search.job import build_optimizers, job_dependence
 from flowsweep.seeding import torch_generator
+from flowsweep.structure import parity_structure
 from flowsweep.training import Recipe, train
 
-__all__ = ["DATASETS", "STEPS", "field_table"]
+__all__ = ["DATASETS", "STEPS", "field_table", "replay_cuts"]
 
 #: The benchmarks of ``bench structure`` where the dependence start is wrong, one where it is
 #: right, and two UCI tables.
@@ -61,13 +67,44 @@ def _instance_curves(dataset: str, depth: int, instances: int, extra: Sequence[s
         values = result.val_curve.numpy()
         values = np.minimum.accumulate(np.where(np.isfinite(values), values, np.inf), axis=0)
         start = dependence.structure(optimizer.m, optimizer.depth, optimizer.seed)
-        out.append({"best": values, "steps": np.array(result.val_steps), "start": structures.index(start)})
+        parity = parity_structure(optimizer.d, optimizer.m, optimizer.depth)
+        out.append({"best": values, "steps": np.array(result.val_steps), "start": structures.index(start),
+                    "parity": structures.index(parity), "trained": result.steps.numpy()})
     return out
 
 
+def replay_cuts(curve: dict, cuts: Sequence[Sequence[int]]) -> tuple[float, int]:
+    """One instance's field under the cut schedule ``cuts`` (``[[step, k], ...]``, as
+    ``search.cuts``): at the first evaluation at or after each step only the best ``k`` by
+    validation bpd so far go on (the start always among them, in the place of the last); of
+    those left, the lowest converged value wins. Returns its share of the field's best
+    converged gain over parity, and the model-steps spent (a model costs the steps it trained
+    before its cut or its own early stop)."""
+    best, steps, start = curve["best"], curve["steps"], curve["start"]
+    alive = np.ones(best.shape[1], dtype=bool)
+    spent = curve["trained"].astype(np.int64).copy()
+    for step, k in cuts:
+        at = min(int(np.searchsorted(steps, step)), len(steps) - 1)
+        standing = [j for j in np.argsort(best[at], kind="stable") if alive[j]]
+        survivors = standing[: int(k)]
+        if start not in survivors and survivors:
+            survivors[-1] = start
+        for j in set(standing) - set(survivors):
+            alive[j] = False
+            spent[j] = min(spent[j], int(steps[at]))
+    end = best[-1]
+    chosen = min(np.flatnonzero(alive), key=lambda j: end[j])
+    gain = end[curve["parity"]] - end.min()
+    share = (end[curve["parity"]] - end[chosen]) / gain if gain > 0 else 1.0
+    return float(share), int(spent.sum())
+
+
 def field_table(datasets: Sequence[str] = DATASETS, depth: int = 4, instances: int = 8,
-                extra: Sequence[str] = ()) -> pd.DataFrame:
-    """One row per dataset (see the module docstring)."""
+                extra: Sequence[str] = (), schedules: Sequence[Sequence[Sequence[int]]] = ()) -> pd.DataFrame:
+    """One row per dataset (see the module docstring); ``schedules``: cut schedules to replay
+    (default: the default search's ``search.cuts``)."""
+    if not schedules:
+        schedules = [[list(c) for c in compose_config(["layout=opt", *extra]).search.cuts]]
     rows = []
     for dataset in datasets:
         curves = _instance_curves(dataset, depth, instances, extra)
@@ -88,6 +125,11 @@ def field_table(datasets: Sequence[str] = DATASETS, depth: int = 4, instances: i
         row["best of field"] = f"{best.mean():.3f}"
         beating = [(c["best"][-1] < c["best"][-1][c["start"]]).sum() for c in curves]
         row["structures beating the start"] = f"{np.mean(beating):.1f}"
+        for cuts in schedules:
+            name = " ".join(f"{s}:{k}" for s, k in cuts)
+            replayed = np.array([replay_cuts(c, cuts) for c in curves])
+            row[f"cuts {name}: share (worst)"] = f"{replayed[:, 0].mean():.1%} ({replayed[:, 0].min():.1%})"
+            row[f"cuts {name}: model-steps"] = f"{replayed[:, 1].mean():,.0f}"
         rows.append(row)
         print(pd.DataFrame([row]).to_markdown(index=False), flush=True)
     return pd.DataFrame(rows)
