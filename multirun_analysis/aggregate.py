@@ -1,4 +1,4 @@
-"""Aggregate model instances into cells: mean ± std of train/test bpd per group of params.
+"""Aggregate model instances into cells: mean ± std of train/validation/test bpd per group of params.
 
 A cell is one combination of the ``group_by`` params (default dataset × depth × layout;
 ``tags.<name>`` groups by a tag, e.g. ``tags.sweep_id``). Runs of several sweeps fall into
@@ -33,7 +33,9 @@ DEFAULT_GROUP_BY = ("dataset", "depth", "layout")
 #: Column order of the paper's tables, then a given structure and the oracle (a reference);
 #: other layouts follow alphabetically.
 LAYOUT_ORDER = ("parity", "random", "opt", "file", "oracle")
-SPLITS = ("train", "test")
+SPLITS = ("train", "val", "test")
+#: Splits every flowsweep instance logs (``val_bpd`` only where the job had validation rows).
+_REQUIRED_SPLITS = ("train", "test")
 #: Shown for a group param some runs did not log.
 UNSET = "(unset)"
 #: Params that differ between the instances of one cell by design, or that do not change
@@ -89,26 +91,24 @@ def _sorted(frame: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
 
 def aggregate(runs: pd.DataFrame, group_by: Sequence[str] = DEFAULT_GROUP_BY) -> pd.DataFrame:
     """Long form: one row per cell with the group params, ``n``, ``n_diverged`` and
-    ``{train,test}_bpd_{mean,std}`` over the non-diverged instances; for runs that logged
-    ``dependency_recall``, its mean, and where parity and oracle cells exist, each cell's
-    ``{train,test}_recovered_share`` (:mod:`multirun_analysis.recovery`)."""
+    ``{train,val,test}_bpd_{mean,std}`` over the non-diverged instances (``val``: NaN for runs
+    without validation rows); for runs that logged ``dependency_recall``, its mean, and where
+    parity and oracle cells exist, each cell's ``{train,val,test}_recovered_share``
+    (:mod:`multirun_analysis.recovery`)."""
     keys = list(group_by)
     split_keys(keys)
-    for split in SPLITS:
+    for split in _REQUIRED_SPLITS:
         if f"metrics.{split}_bpd" not in runs.columns:
             raise AnalysisError(f"the runs have no {split}_bpd metric: are they flowsweep runs?")
     data = group_frame(runs, keys)
+    stats: dict[str, tuple[str, str]] = dict(n=("diverged", "size"), n_diverged=("diverged", "sum"))
     for split in SPLITS:
-        data[split] = runs[f"metrics.{split}_bpd"].astype(float).where(~runs["diverged"])
+        column = f"metrics.{split}_bpd"
+        logged = runs[column].astype(float) if column in runs.columns else pd.Series(float("nan"), index=runs.index)
+        data[split] = logged.where(~runs["diverged"])
+        stats[f"{split}_bpd_mean"] = (split, "mean")
+        stats[f"{split}_bpd_std"] = (split, "std")
     data["diverged"] = runs["diverged"].astype(int)
-    stats = dict(
-        n=("diverged", "size"),
-        n_diverged=("diverged", "sum"),
-        train_bpd_mean=("train", "mean"),
-        train_bpd_std=("train", "std"),
-        test_bpd_mean=("test", "mean"),
-        test_bpd_std=("test", "std"),
-    )
     if "metrics.dependency_recall" in runs.columns:  # runs on data with planted dependencies
         data["recall"] = runs["metrics.dependency_recall"].astype(float)
         stats[RECALL] = ("recall", "mean")

@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sweep", nargs="+", metavar="ID",
                         help=f"sweep ids (the runs' sweep_id tag, e.g. multirun/2026-01-31/12-00-00) or "
                              f"'{LATEST}'; several combine into one table (default: every run)")
-    parser.add_argument("--split", choices=SPLITS, default="test", help="bpd shown in the tables (default: %(default)s)")
+    parser.add_argument("--split", choices=SPLITS, default="test", help="bpd shown in the tables: train, val (the validation rows cut from "
+                             "the training split) or test (default: %(default)s)")
     parser.add_argument("--format", choices=(*FORMATS, "csv"), default="text",
                         help="stdout format; csv is the long-form aggregate, one row per cell (default: %(default)s)")
     parser.add_argument("--group-by", nargs="+", default=list(DEFAULT_GROUP_BY), metavar="PARAM",
@@ -112,6 +113,10 @@ def _analyse(args: argparse.Namespace) -> None:
     if args.calibrate:
         _calibrate(runs, args)
         return
+    logged = runs.frame.get(f"metrics.{args.split}_bpd")
+    if logged is None or logged.isna().all():
+        raise AnalysisError(f"--split {args.split}: no run logged {args.split}_bpd (jobs without validation rows, "
+                            "dataset.validation_fraction=0, log none)")
     agg = aggregate(runs.frame, group_by)
     if args.versus:
         table = versus(agg, group_by, args.versus, args.split)

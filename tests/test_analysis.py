@@ -1,11 +1,13 @@
 """multirun_analysis on runs of a real small sweep in a temp MLflow store.
 
-One session-scoped store holds three sweeps:
+One session-scoped store holds four sweeps:
 
 * ``grid``: the ``+experiment=paper_smoke`` preset cut down to yeast, sonar × depth 2, 4
   × parity, opt (composed by Hydra, one real job per cell; the multirun machinery
   itself is tested in test_run.py);
 * ``seed1``: yeast / depth 2 / parity again with another seed (same settings);
+* ``valid``: yeast / depth 2 / parity at the defaults, 100 steps (the paper's recipe has no
+  validation split; the defaults cut one from the training rows);
 * ``diverge``: yeast / depth 2 / parity with an absurd learning rate, so every instance
   diverges for real: the job fails (its runs end FAILED, tagged ``flowsweep.all_diverged``),
   and the analysis still counts its instances as diverged.
@@ -66,10 +68,14 @@ def store(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Store:
     smoke = ["+experiment=paper_smoke", "progress=false", f"tracking.uri={uri}", f"data_dir={data_dir}"]
     jobs = [(GRID, [f"dataset={d}", f"depth='{n}'", f"layout={l}"])
             for d, n, l in itertools.product(DATASETS, DEPTHS, LAYOUTS)]
-    jobs += [("seed1", ["dataset=yeast", "depth='2'", "layout=parity", "seed=1"]),
-             ("diverge", ["dataset=yeast", "depth='2'", "layout=parity", *DIVERGING])]
+    jobs += [("seed1", ["dataset=yeast", "depth='2'", "layout=parity", "seed=1"])]
+    # The defaults (a validation split cut from the training rows), cut short: val_bpd is logged.
+    jobs += [("valid", ["dataset=yeast", "depth='2'", "layout=parity", "train.steps=100"])]
+    jobs += [("diverge", ["dataset=yeast", "depth='2'", "layout=parity", *DIVERGING])]
     for sweep_id, overrides in jobs:
-        cfg = _compose([*smoke, f"tracking.sweep_id={sweep_id}", *overrides])
+        preset = [f"instances={INSTANCES}", f"tracking.uri={uri}", f"data_dir={data_dir}", "progress=false"] \
+            if sweep_id == "valid" else smoke
+        cfg = _compose([*preset, f"tracking.sweep_id={sweep_id}", *overrides])
         if sweep_id == "diverge":
             with pytest.raises(DivergedError):
                 run_job(cfg)
@@ -101,7 +107,8 @@ def _expected(runs: pd.DataFrame) -> pd.DataFrame:
     """Mean and std (ddof=1) of each split over non-diverged instances, per dataset/depth/layout."""
     finite = runs[runs["metrics.diverged"] == 0]
     keys = ["params.dataset", "params.depth", "params.layout"]
-    stats = finite.groupby(keys)[["metrics.train_bpd", "metrics.test_bpd"]].agg(["mean", "std"])
+    splits = [f"metrics.{s}_bpd" for s in ("train", "val", "test") if f"metrics.{s}_bpd" in runs.columns]
+    stats = finite.groupby(keys)[splits].agg(["mean", "std"])
     stats.columns = [f"{m[len('metrics.'):]}_{s}" for m, s in stats.columns]
     counts = runs.groupby(keys).agg(n=("run_id", "size"), n_diverged=("metrics.diverged", "sum"))
     out = counts.join(stats)
@@ -181,11 +188,21 @@ def test_best_of_each_row_is_marked(store: Store, capsys: pytest.CaptureFixture,
     assert len(re.findall(marker, out)) == len(DATASETS) * len(DEPTHS)  # one per row (no ties in these runs)
 
 
-def test_train_split(store: Store, capsys: pytest.CaptureFixture) -> None:
-    code, out, _ = _cli(capsys, "--tracking-uri", store.uri, "--sweep", GRID, "--split", "train")
-    expected = _expected(_runs(store, GRID)).loc[("yeast", "2", "opt")]
-    assert code == 0 and "train bpd" in out
-    assert f"{expected.train_bpd_mean:.3f} ± {expected.train_bpd_std:.3f}" in out
+@pytest.mark.parametrize("split, sweep", [("train", GRID), ("val", "valid")])
+def test_the_train_and_validation_splits(split: str, sweep: str, store: Store, capsys: pytest.CaptureFixture) -> None:
+    code, out, _ = _cli(capsys, "--tracking-uri", store.uri, "--sweep", sweep, "--split", split)
+    expected = _expected(_runs(store, sweep)).loc[("yeast", "2", "opt" if sweep == GRID else "parity")]
+    assert code == 0 and f"{split} bpd" in out
+    assert f"{expected[f'{split}_bpd_mean']:.3f} ± {expected[f'{split}_bpd_std']:.3f}" in out
+
+
+def test_aggregate_csv_holds_every_split(store: Store, capsys: pytest.CaptureFixture) -> None:
+    table = _csv(store, capsys, "--sweep", "valid")
+    expected = _expected(_runs(store, "valid"))
+    for split in ("train", "val", "test"):
+        assert np.allclose(table[f"{split}_bpd_mean"], expected.loc[table.index, f"{split}_bpd_mean"], rtol=1e-12)
+    paper = _csv(store, capsys, "--sweep", GRID)  # the paper's recipe: no validation rows, no values
+    assert paper["val_bpd_mean"].isna().all() and paper["test_bpd_mean"].notna().all()
 
 
 # --- cross-sweep, diverged -------------------------------------------------------------
@@ -242,6 +259,7 @@ def test_latest_sweep(store: Store, capsys: pytest.CaptureFixture) -> None:
     (["--sweep", "multirun/nope"], "unknown sweep id 'multirun/nope'"),
     (["--experiment", "empty"], "experiment 'empty' has no runs"),
     (["--group-by", "dataset", "dpth"], "no such param in the runs: 'dpth' (did you mean depth?)"),
+    (["--sweep", GRID, "--split", "val"], "--split val: no run logged val_bpd"),
 ])
 def test_errors_exit_non_zero_with_one_message(store: Store, capsys: pytest.CaptureFixture, args: list[str],
                                                message: str) -> None:
@@ -329,7 +347,7 @@ def test_figures_and_summary_run(store: Store, capsys: pytest.CaptureFixture, tm
     assert {"tables_test.md", "bpd_yeast.png", "search_sonar.png"} <= logged
     # Neither the summary run nor a job's parent run is read back as a model instance.
     table = _csv(store, capsys)
-    assert table["n"].sum() == len(_runs(store, GRID, "seed1", "diverge"))
+    assert table["n"].sum() == len(_runs(store, GRID, "seed1", "valid", "diverge"))
 
 
 def test_versus_compares_a_column_with_the_best_other_one(store: Store, capsys: pytest.CaptureFixture) -> None:
