@@ -58,8 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sweep", nargs="+", metavar="ID",
                         help=f"sweep ids (the runs' sweep_id tag, e.g. multirun/2026-01-31/12-00-00) or "
                              f"'{LATEST}'; several combine into one table (default: every run)")
-    parser.add_argument("--split", choices=SPLITS, default="test", help="bpd shown in the tables: train, val (the validation rows cut from "
-                             "the training split) or test (default: %(default)s)")
+    parser.add_argument("--split", choices=SPLITS, default="test",
+                        help="bpd shown in the tables: train, val (the validation rows cut from the training split) "
+                             "or test (default: %(default)s)")
     parser.add_argument("--format", choices=(*FORMATS, "csv"), default="text",
                         help="stdout format; csv is the long-form aggregate, one row per cell (default: %(default)s)")
     parser.add_argument("--group-by", nargs="+", default=list(DEFAULT_GROUP_BY), metavar="PARAM",
