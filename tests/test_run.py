@@ -8,6 +8,7 @@ into a temp directory with MLflow's default store; the tests read it back with
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -323,3 +324,25 @@ def test_a_crashing_job_leaves_its_runs_failed(tmp_path, data_dir, search_runs):
         run_job(cfg)
     runs = search_runs(f"sqlite:///{tmp_path / 'm.db'}", experiment_names=["flowsweep"])
     assert len(runs) == 3 and set(runs["status"]) == {"FAILED"}  # the job's run and its 2 instances
+
+
+def test_jobs_on_two_csv_files_are_two_datasets(tmp_path, capsys):
+    import numpy as np
+
+    from flowsweep.config.compose import compose_config
+    from multirun_analysis.cli import main as analysis
+    from tests.conftest import _search_runs
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    for name, seed in (("first.csv", 0), ("second.csv", 1)):
+        rows = np.random.default_rng(seed).normal(size=(300, 3))
+        pd.DataFrame(rows, columns=["a", "b", "c"]).to_csv(tmp_path / name, index=False)
+        run_job(compose_config(["dataset=csv", f"dataset.path={tmp_path / name}", "instances=1", "train.steps=20",
+                                "depth='2'", "progress=false", f"tracking.uri={uri}"]))
+    runs = _search_runs(uri, experiment_names=["flowsweep"], filter_string="tags.`flowsweep.role` = 'instance'")
+    assert sorted(runs["params.dataset"]) == ["first.csv", "second.csv"]
+    assert sorted(runs["tags.mlflow.runName"].str.split("-").str[0]) == ["first.csv", "second.csv"]
+    capsys.readouterr()
+    assert analysis(["--tracking-uri", uri, "--format", "csv"]) == 0
+    table = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    assert sorted(table["dataset"]) == ["first.csv", "second.csv"] and (table["n"] == 1).all()

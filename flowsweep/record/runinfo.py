@@ -31,15 +31,15 @@ import functools
 import getpass
 import subprocess
 import sys
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
 from flowsweep.layouts import build_layout
 
-__all__ = ["UNUSED_WHEN", "job_title", "optimizer_label", "run_names", "job_params", "instance_params", "instance_tags",
-           "source_tags"]
+__all__ = ["UNUSED_WHEN", "dataset_label", "job_title", "optimizer_label", "run_names", "job_params", "instance_params",
+           "instance_tags", "source_tags"]
 
 #: Characters of the fingerprint in a run name: enough to tell apart the jobs of a sweep.
 _FINGERPRINT_CHARS = 6
@@ -49,10 +49,18 @@ def _searches(cfg: DictConfig) -> bool:
     return build_layout(cfg.layout).searches
 
 
+def dataset_label(cfg: DictConfig) -> str:
+    """The dataset as runs, titles and the analysis name it: ``dataset.name``, and for
+    ``dataset=csv`` the file's name (``my_table.csv``), so that jobs on two files are two datasets."""
+    name = str(cfg.dataset.name)
+    path = cfg.dataset.get("path") if name == "csv" else None
+    return PurePath(str(path)).name if path else name
+
+
 def job_title(cfg: DictConfig) -> str:
     """``yeast · opt (random) · depth 2``: the job as figure titles name it."""
     layout = f"{cfg.layout.name} ({cfg.search.name})" if _searches(cfg) else str(cfg.layout.name)
-    return f"{cfg.dataset.name} · {layout} · depth {cfg.depth.layers}"
+    return f"{dataset_label(cfg)} · {layout} · depth {cfg.depth.layers}"
 
 
 #: How figures name each optimizer (train.optimizer) and learning-rate schedule (train.schedule).
@@ -69,7 +77,7 @@ def optimizer_label(cfg: DictConfig) -> str:
 def run_names(cfg: DictConfig, fingerprint: str) -> tuple[str, list[str]]:
     """The parent run's name and the instance runs' names."""
     fp = fingerprint[:_FINGERPRINT_CHARS]
-    head = f"{cfg.dataset.name}-{cfg.layout.name}-L{cfg.depth.layers}"
+    head = f"{dataset_label(cfg)}-{cfg.layout.name}-L{cfg.depth.layers}"
     tail = f"-{cfg.search.name}-{fp}" if _searches(cfg) else f"-{fp}"
     return head + tail, [f"{head}-i{i:02d}{tail}" for i in range(cfg.instances)]
 
@@ -112,7 +120,7 @@ def job_params(cfg: DictConfig) -> dict[str, str]:
     if not _searches(cfg):
         omit.append("search")
     flat = _flatten(OmegaConf.to_container(cfg, resolve=True))
-    params = {"dataset": str(cfg.dataset.name), "layout": str(cfg.layout.name), "depth": str(cfg.depth.layers),
+    params = {"dataset": dataset_label(cfg), "layout": str(cfg.layout.name), "depth": str(cfg.depth.layers),
               "search": str(cfg.search.name) if _searches(cfg) else "none"}
     for key, value in flat.items():
         if key in _SHORT or _omitted(key, omit) or key.rsplit(".", 1)[-1] == "_target_" or value == "None":

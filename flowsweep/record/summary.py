@@ -28,6 +28,7 @@ from omegaconf import DictConfig
 
 from flowsweep.layouts import build_layout
 from flowsweep.record.names import SPLITS
+from flowsweep.record.runinfo import dataset_label
 from flowsweep.record.tracking import masked
 from flowsweep.record.view import runs_page
 
@@ -78,7 +79,7 @@ def of_result(cfg: DictConfig, result: Mapping[str, Any], objective: float, uri:
     """The summary of a job from its result: ``{split}_bpd`` and ``diverged`` per instance, ``wall_time_s``."""
     converged = ~np.asarray(result["diverged"], dtype=bool)
     return JobSummary(
-        dataset=str(cfg.dataset.name), layout=str(cfg.layout.name),
+        dataset=dataset_label(cfg), layout=str(cfg.layout.name),
         search=str(cfg.search.name) if build_layout(cfg.layout).searches else None, depth=int(cfg.depth.layers),
         instances=int(cfg.instances), diverged=int((~converged).sum()), wall_time_s=float(result["wall_time_s"]),
         experiment=str(cfg.tracking.experiment), uri=uri, sweep_id=sweep_id, run_name=run_name, objective=objective,
