@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 
 from flowsweep.config.compose import CONF_DIR
 from multirun_analysis.aggregate import DEFAULT_GROUP_BY, SPLITS, aggregate, mixed_params
+from multirun_analysis.figures import FIGURE_FORMATS
 from multirun_analysis.calibration import best_cells, calibration, load_baselines, reading_keys
 from multirun_analysis.load import LATEST, AnalysisError, SweepRuns, load_runs, resolve_uri
 from multirun_analysis.report import log_summary, write_report
@@ -70,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="write tables in every format, aggregate.csv and PNG figures into DIR")
     parser.add_argument("--figures", action=argparse.BooleanOptionalAction, default=True,
                         help="draw figures into --out (reads every run's batch_bpd history; default: on)")
+    parser.add_argument("--figure-format", choices=FIGURE_FORMATS, default="png",
+                        help="the figures' files: png, or pdf or svg (vectors, for a paper) (default: %(default)s)")
     parser.add_argument("--log-to-mlflow", action="store_true",
                         help="log the --out files (a temp folder without --out) as one summary run")
     parser.add_argument("--precision", type=_decimals, default=3, help="decimals in the tables (default: %(default)s)")
@@ -138,7 +141,8 @@ def _analyse(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp)
         try:
-            written = write_report(out, client, runs, agg, tables, group_by, args.precision, args.figures)
+            written = write_report(out, client, runs, agg, tables, group_by, args.precision, args.figures,
+                                   args.figure_format)
         except OSError as error:  # the disk filled up meanwhile
             raise AnalysisError(f"--out: cannot write to {out}: {error.strerror or error}") from None
         if args.out is not None:

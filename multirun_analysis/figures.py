@@ -1,4 +1,4 @@
-"""The analysis figures, one PNG per table (per dataset by default).
+"""The analysis figures, one file per table (per dataset by default): PNG, or PDF or SVG for a paper.
 
 * ``bpd_<table>.png``: mean bpd against the row key (depth), one line per column
   (layout), a band of ± one std; the numbers of the table.
@@ -30,7 +30,10 @@ from multirun_analysis.aggregate import group_frame, ordered_values, split_keys
 from multirun_analysis.histories import cell_means, metric_histories
 from multirun_analysis.tables import Table
 
-__all__ = ["bpd_figure", "curves_figure", "write_figures"]
+__all__ = ["FIGURE_FORMATS", "bpd_figure", "curves_figure", "write_figures"]
+
+#: The files a figure can be written as (``--figure-format``): PNG for a look, PDF or SVG (vectors) for a paper.
+FIGURE_FORMATS = ("png", "pdf", "svg")
 
 _DPI = 100
 _PANEL = (4.0, 3.0)
@@ -54,14 +57,16 @@ def bpd_figure(table: Table) -> Figure:
     """Mean bpd against the table's rows, one line per column, ± std as a band."""
     fig = Figure(figsize=(5.0, 3.5), dpi=_DPI)
     ax = fig.add_subplot()
-    x, numeric = _positions(list(table.means.index))
+    x, _ = _positions(list(table.means.index))
     for column in table.means.columns:
         mean = table.means[column].to_numpy(float)
         std = np.nan_to_num(table.stds[column].to_numpy(float))
-        line, = ax.plot(x, mean, marker="o", ms=3, label=_label(column))
+        counts = sorted({int(c) for c in table.n[column].dropna()})
+        n = f"n = {counts[0]}" if len(counts) == 1 else f"n = {counts[0]}–{counts[-1]}" if counts else "n = 0"
+        line, = ax.plot(x, mean, marker="o", ms=3, label=f"{_label(column)} ({n})")
         ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
-    if not numeric:
-        ax.set_xticks(x, list(table.means.index))
+    # A tick at each row value (depths 2, 4, 6, 8; never 2.25), numeric rows at their values.
+    ax.set_xticks(x, list(table.means.index))
     ax.set_xlabel(str(table.means.index.name))
     ax.set_ylabel(f"{table.split} bpd (mean ± std)")
     ax.set_title(table.title, fontsize=10)
@@ -139,8 +144,9 @@ _SEARCH_FIGURES = (
 
 
 def write_figures(client: MlflowClient, runs: pd.DataFrame, tables: Sequence[Table], group_by: Sequence[str],
-                  out: Path) -> list[Path]:
-    """All three figures for every table into ``out``; returns the files written.
+                  out: Path, fmt: str = "png") -> list[Path]:
+    """All three figures for every table into ``out`` as ``fmt`` files (:data:`FIGURE_FORMATS`);
+    returns the files written.
 
     ``runs`` is the loaded frame (one row per run, with ``run_id`` and ``diverged``);
     the tables come from :func:`multirun_analysis.tables.build_tables` with the same ``group_by``.
@@ -156,14 +162,14 @@ def write_figures(client: MlflowClient, runs: pd.DataFrame, tables: Sequence[Tab
                              dict(xlabel="search iteration", ylabel=ylabel)))
     written = []
     for table in tables:
-        written.append(_save(bpd_figure(table), out / f"bpd_{table.slug}.png"))
+        written.append(_save(bpd_figure(table), out / f"bpd_{table.slug}.{fmt}"))
         figures: list[tuple[str, pd.DataFrame, dict[str, Any]]] = [
-            ("batch_bpd", batch, dict(xlabel="SGD step", ylabel="minibatch bpd (mean)", panel_level=row_key,
+            ("batch_bpd", batch, dict(xlabel="training step", ylabel="minibatch bpd (mean)", panel_level=row_key,
                                       top_quantile=_TOP_QUANTILE)), *searches]
         for name, curves, kwargs in figures:
             part = _table_part(curves, table_key, table)
             if part is not None:
-                written.append(_save(curves_figure(part, table.title, **kwargs), out / f"{name}_{table.slug}.png"))
+                written.append(_save(curves_figure(part, table.title, **kwargs), out / f"{name}_{table.slug}.{fmt}"))
     return written
 
 

@@ -30,8 +30,10 @@ _TAG_LIMIT = 5000
 
 
 def write_report(out: Path, client: MlflowClient, runs: SweepRuns, agg: pd.DataFrame, tables: Sequence[Table],
-                 group_by: Sequence[str], precision: int = 3, figures: bool = True) -> list[Path]:
-    """Tables, aggregate and (with ``figures``) the PNGs into ``out`` (created); the files written."""
+                 group_by: Sequence[str], precision: int = 3, figures: bool = True,
+                 figure_format: str = "png") -> list[Path]:
+    """Tables, aggregate and (with ``figures``) the figures as ``figure_format`` files into ``out``
+    (created); the files written."""
     out.mkdir(parents=True, exist_ok=True)
     split = tables[0].split
     written = [out / "aggregate.csv"]
@@ -41,7 +43,7 @@ def write_report(out: Path, client: MlflowClient, runs: SweepRuns, agg: pd.DataF
         path.write_text(render(tables, fmt, precision))
         written.append(path)
     if figures:
-        written += write_figures(client, runs.frame, tables, group_by, out)
+        written += write_figures(client, runs.frame, tables, group_by, out, figure_format)
     return written
 
 

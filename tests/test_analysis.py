@@ -350,6 +350,27 @@ def test_figures_and_summary_run(store: Store, capsys: pytest.CaptureFixture, tm
     assert table["n"].sum() == len(_runs(store, GRID, "seed1", "valid", "diverge"))
 
 
+@pytest.mark.parametrize("fmt, magic", [("pdf", b"%PDF"), ("svg", b"<?xml")])
+def test_figures_as_vectors_with_a_tick_at_each_depth(fmt: str, magic: bytes, store: Store,
+                                                      capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    from multirun_analysis.aggregate import aggregate
+    from multirun_analysis.figures import bpd_figure
+    from multirun_analysis.load import load_runs
+    from multirun_analysis.tables import build_tables
+
+    code, _, err = _cli(capsys, "--tracking-uri", store.uri, "--sweep", GRID, "--out", str(tmp_path),
+                        "--figure-format", fmt)
+    assert code == 0, err
+    for dataset in DATASETS:
+        assert (tmp_path / f"bpd_{dataset}.{fmt}").read_bytes().startswith(magic)
+        assert not (tmp_path / f"bpd_{dataset}.png").exists()
+    runs = load_runs(store.uri, "flowsweep", [GRID]).frame
+    table = build_tables(aggregate(runs), ["dataset", "depth", "layout"])[0]
+    ax = bpd_figure(table).axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == list(DEPTHS)  # 2 and 4, nothing between
+    assert all(f"(n = {INSTANCES})" in t.get_text() for t in ax.get_legend().get_texts())
+
+
 def test_versus_compares_a_column_with_the_best_other_one(store: Store, capsys: pytest.CaptureFixture) -> None:
     code, out, err = _cli(capsys, "--tracking-uri", store.uri, "--sweep", GRID, "--versus", "opt", "--format", "markdown")
     assert code == 0 and "opt wins" in err
