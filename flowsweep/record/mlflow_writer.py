@@ -168,6 +168,7 @@ def _serve(uri: str, requests: BinaryIO, replies: BinaryIO) -> None:
     from pathlib import Path
 
     from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     from flowsweep.record.figures import draw
@@ -216,7 +217,13 @@ def _serve(uri: str, requests: BinaryIO, replies: BinaryIO) -> None:
                 fields, tags = args
                 inputs = [DatasetInput(Dataset(**fields), [InputTag(k, v) for k, v in tags.items()])]
                 for run_id in runs[group]:
-                    client.log_inputs(run_id, datasets=inputs)
+                    try:
+                        client.log_inputs(run_id, datasets=inputs)
+                    except MlflowException:
+                        # Parallel jobs' first logs of one dataset race on the store's unique key
+                        # (experiment, name, digest; seen with 4 joblib jobs on a server): the
+                        # loser's transaction is rolled back, and again it finds the winner's row.
+                        client.log_inputs(run_id, datasets=inputs)
             elif op == "figure":
                 run, filename, name, data = args
                 folder = tempfile.mkdtemp(prefix="flowsweep-figure-")
