@@ -1,12 +1,12 @@
 """The analysis figures, one file per table (per dataset by default): PNG, or PDF or SVG for a paper.
 
-* ``bpd_<table>.png``: mean bpd against the row key (depth), one line per column
+* ``bpd_<table>.<format>``: mean bpd against the row key (depth), one line per column
   (layout), a band of ± one std; the numbers of the table.
-* ``batch_bpd_<table>.png``: the mean minibatch-bpd curve of each cell, one panel per
+* ``batch_bpd_<table>.<format>``: the mean minibatch-bpd curve of each cell, one panel per
   row value (depth), one line per column (layout); diverged instances left out.
-* ``search_<table>.png``: best-so-far search value against iteration, mean over the
+* ``search_<table>.<format>``: best-so-far search value against iteration, mean over the
   instances that searched (``search_best_bpd``), one line per row value (depth) and
-  column (search settings). ``search_rungs_<table>.png``: the same of halving's
+  column (search settings). ``search_rungs_<table>.<format>``: the same of halving's
   ``search_iteration_best_bpd`` (the default search), each rung's best: rungs train for
   different lengths, so the line is no best so far.
 
@@ -41,12 +41,12 @@ _PANEL = (4.0, 3.0)
 _TOP_QUANTILE = 0.98
 
 
-def _positions(labels: Sequence[str]) -> tuple[np.ndarray, bool]:
+def _positions(labels: Sequence[str]) -> np.ndarray:
     """Numeric x positions when every label is a number, else 0, 1, 2, ..."""
     try:
-        return np.array([float(v) for v in labels]), True
+        return np.array([float(v) for v in labels])
     except ValueError:
-        return np.arange(len(labels), dtype=float), False
+        return np.arange(len(labels), dtype=float)
 
 
 def _label(values: Sequence[str]) -> str:
@@ -57,7 +57,7 @@ def bpd_figure(table: Table) -> Figure:
     """Mean bpd against the table's rows, one line per column, ± std as a band."""
     fig = Figure(figsize=(5.0, 3.5), dpi=_DPI)
     ax = fig.add_subplot()
-    x, _ = _positions(list(table.means.index))
+    x = _positions(list(table.means.index))
     for column in table.means.columns:
         mean = table.means[column].to_numpy(float)
         std = np.nan_to_num(table.stds[column].to_numpy(float))

@@ -44,14 +44,16 @@ def _at_least(low: int) -> Callable[[str], int]:
 
 
 def _cut_schedule(text: str) -> list[list[int]]:
-    """An argparse type: ``step:k,step:k,...`` with rising steps and falling k, all >= 1."""
+    """An argparse type: ``step:k,step:k,...``, a cut schedule as ``search.cuts`` takes it."""
+    from flowsweep.search.halving import cut_schedule_problem
+
     try:
         cuts = [[int(v) for v in pair.split(":")] for pair in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be step:k pairs joined by commas, got {text!r}") from None
-    steps, ks = [c[0] for c in cuts], [c[-1] for c in cuts]
-    if any(len(c) != 2 or min(c) < 1 for c in cuts) or steps != sorted(set(steps)) or ks != sorted(ks, reverse=True):
-        raise argparse.ArgumentTypeError(f"needs step:k pairs >= 1, rising steps and falling k, got {text!r}")
+    problem = cut_schedule_problem(cuts)
+    if problem:
+        raise argparse.ArgumentTypeError(f"{problem} (from {text!r})")
     return cuts
 
 

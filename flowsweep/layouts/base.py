@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar, Optional
 
@@ -40,7 +41,7 @@ class LayoutJob:
 
 
 @dataclass
-class Layout:
+class Layout(ABC):
     """How a job's instances get their structures.
 
     Subclasses are dataclasses whose fields are the keys of their YAML file (``name`` first).
@@ -56,17 +57,17 @@ class Layout:
     #: covers the structure itself, so an edited file is a new job.
     given: ClassVar[bool] = False
 
-    def check(self, cfg: DictConfig) -> None:
+    def check(self, cfg: DictConfig) -> None:  # noqa: B027 (a hook: most layouts have nothing to check)
         """Check what the config alone decides, before any data is read (:class:`ConfigError`)."""
 
     def uses_dependence(self, cfg: DictConfig, d: int, m: int) -> bool:
         """Whether the job should estimate the features' dependence for this layout (it may check more)."""
         return False
 
+    @abstractmethod
     def structures(self, job: LayoutJob) -> Optional[list[Structure]]:
         """One structure per seed of ``job``, before any run of the job exists; ``None`` where
         the job searches for them (:attr:`searches`). A bad input is a :class:`ConfigError`."""
-        raise NotImplementedError
 
 
 def build_layout(node: Any) -> Layout:

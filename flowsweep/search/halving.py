@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from itertools import chain, zip_longest
-from typing import ClassVar, Mapping, Optional, Sequence
+from typing import Any, ClassVar, Mapping, Optional, Sequence
 
 from flowsweep.config import ConfigError
 from flowsweep.structure.dependence import dependence_structure
@@ -35,7 +35,7 @@ from flowsweep.search.base import Proposal, StructureOptimizer, Trial, TrialStat
 from flowsweep.search.guided import swap
 from flowsweep.structure import Structure, parity_structure
 
-__all__ = ["Halving", "layer_moves"]
+__all__ = ["Halving", "cut_schedule_problem", "layer_moves"]
 
 #: Discounts of the field's other dependence structures (the job's own is the start).
 _DISCOUNTS = (0.0, 0.25, 0.75, 1.0)
@@ -159,19 +159,14 @@ class Halving(StructureOptimizer):
             raise ConfigError("search.random_share", f"must be in [0, 1], got {self.random_share}")
 
     def _check_cuts(self) -> None:
-        cuts = self.cuts
-        shaped = _is_list(cuts) and all(
-            _is_list(c) and len(c) == 2 and all(isinstance(v, int) and v >= 1 for v in c) for c in cuts)
-        if not shaped:
-            raise ConfigError("search.cuts", f"must be a list of [step, k] pairs of integers >= 1, got {cuts}")
-        if cuts and not self.final:
+        problem = cut_schedule_problem(self.cuts)
+        if problem:
+            raise ConfigError("search.cuts", problem)
+        if self.cuts and not self.final:
             raise ConfigError("search.cuts", "cut the final rung: they need search.final=true")
-        steps, ks = [c[0] for c in cuts], [c[1] for c in cuts]
-        if steps != sorted(set(steps)) or ks != sorted(ks, reverse=True):
-            raise ConfigError("search.cuts", f"need rising steps and falling k, got {cuts}")
-        if ks and ks[-1] < len(self.keep):
+        if self.cuts and self.cuts[-1][1] < len(self.keep):
             raise ConfigError("search.cuts", f"the last k must hold the {len(self.keep)} kept structures "
-                                             f"(search.keep), got {cuts}")
+                                             f"(search.keep), got {self.cuts}")
 
     def initial(self) -> list[Proposal]:
         if self.dependence is None:
@@ -280,6 +275,19 @@ class Halving(StructureOptimizer):
         ran_dry = self.iteration > 0 and not any(
             t.state is TrialState.COMPLETE for t in self.history if t.iteration == self.iteration - 1)
         return super().done or ran_dry
+
+
+def cut_schedule_problem(cuts: Any) -> Optional[str]:
+    """What is wrong with a cut schedule ``[[step, k], ...]`` (``search.cuts``; ``None``:
+    nothing): it needs pairs of integers >= 1, rising steps and falling k."""
+    shaped = _is_list(cuts) and all(
+        _is_list(c) and len(c) == 2 and all(isinstance(v, int) and v >= 1 for v in c) for c in cuts)
+    if not shaped:
+        return f"must be a list of [step, k] pairs of integers >= 1, got {cuts}"
+    steps, ks = [c[0] for c in cuts], [c[1] for c in cuts]
+    if steps != sorted(set(steps)) or ks != sorted(ks, reverse=True):
+        return f"need rising steps and falling k, got {cuts}"
+    return None
 
 
 def _is_list(value: object) -> bool:
