@@ -143,3 +143,38 @@ def test_a_bad_cut_schedule_is_argparses_one_line(text, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["field", "--cuts", text])
     assert exit_.value.code == 2 and "--cuts" in capsys.readouterr().err
+
+
+def test_zuko_baselines_stop_by_the_jobs_rule_and_keep_their_best_parameters(data_dir):
+    import torch
+
+    from flowsweep.bench.baselines import _bpd, train_zuko, zuko_flow
+    from flowsweep.config.compose import compose_config
+    from flowsweep.data import load_dataset, preprocessed
+    from flowsweep.seeding import torch_generator
+
+    cfg = compose_config(["dataset=yeast"])
+    data = preprocessed(load_dataset(cfg.dataset, str(data_dir)), cfg.model.preprocess)
+    torch.manual_seed(0)
+    frozen = zuko_flow("nsf", data.d, 1, [8])
+    # a learning rate of 0 never improves on the first evaluation: stopped after `patience` more
+    still = train_zuko(frozen, data, 29, steps=1000, lr=0.0, min_lr=0.0, eval_every=10, patience=3,
+                       generator=torch_generator(1))
+    assert still["steps"] == 30 and still["best_step"] == 0
+    torch.manual_seed(0)
+    model = zuko_flow("maf", data.d, 1, [8])
+    run = train_zuko(model, data, 29, steps=60, lr=1e-2, min_lr=1e-5, eval_every=20, patience=None,
+                     generator=torch_generator(1))
+    assert run["steps"] == 60 and run["best_step"] in (20, 40, 60)
+    # the model ends with its best evaluation's parameters, scored in raw units as test_bpd is
+    assert _bpd(model, data.valid, data.log_det) == pytest.approx(run["val_bpd"], abs=1e-6)
+    assert run["val_bpd"] < still["val_bpd"] and np.isfinite(run["test_bpd"])
+
+
+def test_the_zuko_command_prints_each_flows_test_bpd_with_its_n(data_dir, capsys):
+    main(["zuko", "--data-dir", str(data_dir), "--datasets", "yeast", "--seeds", "2", "--steps", "20",
+          "--transforms", "1", "--hidden", "8", "--threads", "1"])
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| yeast")]
+    assert [row.split("|")[2].strip() for row in rows] == ["zuko NSF (1 transforms, 8)", "zuko MAF (1 transforms, 8)"]
+    assert all(row.split("|")[4].strip() == "2" and " ± " in row.split("|")[5] for row in rows)

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 
-_COMMANDS = ("spline", "compare", "scaling", "job", "structure", "evaluation", "field", "best-known")
+_COMMANDS = ("spline", "zuko", "compare", "scaling", "job", "structure", "evaluation", "field", "best-known")
 
 
 
@@ -82,6 +82,15 @@ def _parser() -> argparse.ArgumentParser:
     spline.add_argument("--models", type=_at_least(1), default=20, help="K")
     spline.add_argument("--steps", type=_at_least(1), default=30)
     spline.add_argument("--hidden", type=_at_least(1), nargs="*", default=[64, 64], help="conditioner widths (none: one layer)")
+    zuko = sub.add_parser("zuko", parents=[common],
+                          help="zuko's NSF and MAF on flowsweep's splits, with its stopping rule: test bpd")
+    zuko.add_argument("--datasets", nargs="+", default=["magic"])
+    zuko.add_argument("--flows", nargs="+", choices=("nsf", "maf"), default=["nsf", "maf"])
+    zuko.add_argument("--seeds", type=_at_least(1), default=5, help="models per flow")
+    zuko.add_argument("--transforms", type=_at_least(1), default=4)
+    zuko.add_argument("--hidden", type=_at_least(1), nargs="+", default=[64, 64])
+    zuko.add_argument("--lr", type=float, default=1e-3, help="Adam's first learning rate (cosine to train.base_lr)")
+    zuko.add_argument("--steps", type=_at_least(1), default=None, help="at most (default: train.steps)")
     scaling = sub.add_parser("scaling", parents=[common], help="batched engine: wall time against K, d and depth")
     scaling.add_argument("--steps", type=_at_least(1), default=100)
     scaling.add_argument("--repeats", type=_at_least(1), default=3)
@@ -179,6 +188,16 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         table = spline_speed(work, args.steps, tuple(args.hidden))
         print(table.to_markdown(index=False))
         print(f"\nspeed-up of (a) per model-step over zuko: {table['speed-up of (a)'].iloc[1]:.1f}x")
+    elif command == "zuko":
+        import pandas as pd
+
+        from flowsweep.bench.baselines import zuko_table
+
+        print(f"# python -m flowsweep.bench zuko; {load_note()}", flush=True)
+        tables = [zuko_table(name, args.flows, args.seeds, args.transforms, args.hidden, args.lr, args.steps,
+                             args.data_dir) for name in args.datasets]
+        print("\n" + pd.concat(tables).to_markdown(index=False))
+        print(f"\n{load_note()}")
     elif command == "structure":
         from flowsweep.bench.structure import DATASETS, main_tables
 
