@@ -25,7 +25,7 @@ from flowsweep.config.compose import CONF_DIR
 from multirun_analysis.aggregate import DEFAULT_GROUP_BY, SPLITS, aggregate, mixed_params
 from multirun_analysis.figures import FIGURE_FORMATS
 from multirun_analysis.calibration import best_cells, calibration, load_baselines, reading_keys
-from multirun_analysis.load import LATEST, AnalysisError, SweepRuns, load_runs, resolve_uri
+from multirun_analysis.load import LATEST, AnalysisError, SweepRuns, load_runs, resolve_uri, without_studies
 from multirun_analysis.report import log_summary, write_report
 from multirun_analysis.versus import versus
 from multirun_analysis.tables import FORMATS, build_tables, render
@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sweep", nargs="+", metavar="ID",
                         help=f"sweep ids (the runs' sweep_id tag, e.g. multirun/2026-01-31/12-00-00) or "
                              f"'{LATEST}'; several combine into one table (default: every run)")
+    parser.add_argument("--pool-studies", action="store_true",
+                        help="pool the trials of Optuna studies into the tables (by default, without --sweep, "
+                             "they are left out, each study named on stderr)")
     parser.add_argument("--split", choices=SPLITS, default="test",
                         help="bpd shown in the tables: train, val (the validation rows cut from the training split) "
                              "or test (default: %(default)s)")
@@ -113,6 +116,10 @@ def _analyse(args: argparse.Namespace) -> None:
     if args.out is not None:
         _check_out(args.out)
     runs = load_runs(resolve_uri(args.tracking_uri), args.experiment, args.sweep)
+    if not args.sweep and not args.pool_studies:  # sweeps named on the command line are what the user asked for
+        runs, left_out = without_studies(runs)
+        for line in left_out:
+            print(f"{PROG}: {line}", file=sys.stderr)
     print(f"{PROG}: {runs.describe()}", file=sys.stderr)
     if args.calibrate:
         _calibrate(runs, args)

@@ -25,10 +25,12 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from flowsweep.config import ConfigError
+from flowsweep.record.names import STUDY_TAG, SWEEPER_TAG
 from flowsweep.record.run_group import DIVERGED_TAG, ROLE_TAG
 from flowsweep.record.tracking import check_mlflow_sqlite, check_reachable, resolve_tracking_uri
 
-__all__ = ["AnalysisError", "SweepRuns", "SUMMARY_TAG", "DIVERGED_ABOVE", "LATEST", "resolve_uri", "load_runs"]
+__all__ = ["AnalysisError", "SweepRuns", "SUMMARY_TAG", "DIVERGED_ABOVE", "LATEST", "resolve_uri", "load_runs",
+           "without_studies"]
 
 #: Tag of the summary runs ``--log-to-mlflow`` writes; such runs are never analysed.
 SUMMARY_TAG = "multirun_analysis.summary"
@@ -188,3 +190,24 @@ def load_runs(uri: str, experiment: str, sweeps: Optional[Sequence[str]] = None)
         left = ", ".join(f"{n} {s}" for s, n in sorted(ignored.items()))
         raise AnalysisError(f"no FINISHED runs to analyse in experiment {experiment!r} ({left})")
     return SweepRuns(_mark_diverged(finished), uri, experiment, selected, ignored)
+
+
+def without_studies(runs: SweepRuns) -> tuple[SweepRuns, list[str]]:
+    """``runs`` less the trials of Optuna studies (runs tagged ``flowsweep.sweeper=optuna``), and a
+    line per study left out: a study's trials are a tuning run's steps, not replicates of a grid's
+    cell, and pooled in they move its mean. Where every run is a study's, nothing is left out."""
+    column = f"tags.{SWEEPER_TAG}"
+    if column not in runs.frame.columns:
+        return runs, []
+    study = runs.frame[column] == "optuna"
+    if not study.any() or study.all():
+        return runs, []
+    names = runs.frame.get(f"tags.{STUDY_TAG}", pd.Series("", index=runs.frame.index)).fillna("")
+    lines = []
+    for sweep, part in runs.frame[study].groupby("tags.sweep_id", sort=True):
+        label = ", ".join(sorted(set(names[part.index]) - {""})) or "unnamed"
+        lines.append(f"left out Optuna study {label} ({len(part)} runs, sweep {sweep}): analyse it alone with "
+                     f"--sweep {sweep}, or pool it into the tables with --pool-studies")
+    kept = runs.frame[~study].reset_index(drop=True)
+    sweeps = [s for s in runs.sweeps if s in set(kept["tags.sweep_id"])]
+    return SweepRuns(kept, runs.uri, runs.experiment, sweeps, runs.ignored), lines

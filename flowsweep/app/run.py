@@ -110,7 +110,8 @@ def run_job(job: Union[DictConfig, JobPlan], data: Optional[Dataset] = None) -> 
         client, experiment_id, job=RunSpec(job_name, params),
         instances=[RunSpec(n, runinfo.instance_params(params, i), runinfo.instance_tags(s))
                    for i, (n, s) in enumerate(zip(names, seeds))],
-        tags={SWEEP_ID_TAG: _sweep_id(cfg), FINGERPRINT_TAG: key, **runinfo.source_tags()}, start_time=started,
+        tags={SWEEP_ID_TAG: _sweep_id(cfg), FINGERPRINT_TAG: key, **runinfo.source_tags(),
+              **runinfo.sweep_tags(job_name, str(cfg.tracking.experiment))}, start_time=started,
     )
     runs.inputs(dataset_input(cfg.dataset, data.columns, {"train": len(data.train), "val": len(data.valid),
                                                           "test": len(data.test)}), {CONTEXT_TAG: CONTEXT})

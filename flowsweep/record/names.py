@@ -10,13 +10,19 @@ from __future__ import annotations
 import math
 from typing import Mapping, Sequence
 
-__all__ = ["SWEEP_ID_ENV", "SWEEP_ID_TAG", "FINGERPRINT_TAG", "SPLITS", "objective"]
+__all__ = ["SWEEP_ID_ENV", "SWEEP_ID_TAG", "SWEEPER_TAG", "STUDY_TAG", "TRIAL_TAG", "FINGERPRINT_TAG", "SPLITS",
+           "objective"]
 
 #: Set by :class:`~flowsweep.app.callbacks.TrackingCallback` in the launching process; jobs (and
 #: their workers) inherit it, so every run of one sweep carries one sweep id.
 SWEEP_ID_ENV = "FLOWSWEEP_SWEEP_ID"
 #: Every run of one multirun carries this tag with the sweep's id.
 SWEEP_ID_TAG = "sweep_id"
+#: What made the run's job: ``grid`` (Hydra's basic sweeper), ``optuna`` (a study's trial), or
+#: ``run`` (no multirun). The analysis keeps a study's trials out of a grid's cells.
+SWEEPER_TAG = "flowsweep.sweeper"
+#: An Optuna trial's study name and its job number in the study's sweep (Hydra's ``job.num``).
+STUDY_TAG, TRIAL_TAG = "optuna.study", "optuna.trial"
 #: A hash of the config that decides a job's numbers (flowsweep.app.run.fingerprint): resume finds
 #: a finished job by it.
 FINGERPRINT_TAG = "fingerprint"

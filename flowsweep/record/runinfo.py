@@ -37,9 +37,10 @@ from typing import Any, Mapping
 from omegaconf import DictConfig, OmegaConf
 
 from flowsweep.layouts import build_layout
+from flowsweep.record.names import STUDY_TAG, SWEEPER_TAG, TRIAL_TAG
 
 __all__ = ["UNUSED_WHEN", "dataset_label", "job_title", "optimizer_label", "run_names", "job_params", "instance_params",
-           "instance_tags", "source_tags"]
+           "instance_tags", "source_tags", "sweep_tags"]
 
 #: Characters of the fingerprint in a run name: enough to tell apart the jobs of a sweep.
 _FINGERPRINT_CHARS = 6
@@ -139,6 +140,27 @@ def instance_params(job: Mapping[str, str], instance: int) -> dict[str, str]:
 def instance_tags(seed: int) -> dict[str, str]:
     """An instance run's own tags: its seed (64 bits, derived from ``seed`` and the index) in hex."""
     return {"seed": f"{seed:x}"}
+
+
+def sweep_tags(run_name: str, experiment: str) -> dict[str, str]:
+    """What made this job (:data:`~flowsweep.record.names.SWEEPER_TAG`): a run, a grid, or an
+    Optuna study's trial, with the study's name and the trial's number (whose user attributes
+    get ``run_name`` and ``experiment``: :func:`flowsweep.record.study.link_trial`)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return {SWEEPER_TAG: "run"}
+    hc = HydraConfig.get()
+    target = str(OmegaConf.select(hc, "sweeper._target_", default=""))
+    if "optuna" not in target.lower():
+        return {SWEEPER_TAG: "grid" if target.endswith("BasicSweeper") else target.rsplit(".", 1)[-1]}
+    from flowsweep.record.study import link_trial
+
+    tags = {SWEEPER_TAG: "optuna", STUDY_TAG: str(OmegaConf.select(hc, "sweeper.study_name", default=""))}
+    number = link_trial(hc.sweeper, list(hc.overrides.task), run_name, experiment)
+    return tags if number is None else {**tags, TRIAL_TAG: str(number)}
 
 
 @functools.lru_cache(maxsize=1)

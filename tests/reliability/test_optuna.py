@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 
 import optuna
@@ -86,6 +87,16 @@ def test_optuna_minimises_the_validation_bpd_and_an_interrupted_study_resumes(fl
         assert trial.value == pytest.approx(metrics["val_bpd_mean"], rel=1e-12)
         assert trial.value != pytest.approx(metrics["test_bpd_mean"], rel=1e-6)
     assert {float(r.data.params["train.momentum"]) for r in jobs} >= {t.params["train.momentum"] for t in after}
+    # Trial and runs point at each other, across both launches (the second's trial numbers go on
+    # from the first's, its Hydra job numbers start at 0 again).
+    trials = {t.number: t for t in _study(app).trials if t.state in _ENDED}
+    for run in (r for r in all_runs(app.default_uri) if r.info.status == "FINISHED"):
+        trial = trials[int(run.data.tags["optuna.trial"])]
+        assert run.data.tags["optuna.study"] == STUDY and run.data.tags["flowsweep.sweeper"] == "optuna"
+        assert float(run.data.params["train.max_lr"]) == trial.params["train.max_lr"]
+        if run.data.tags["flowsweep.role"] == "job":
+            assert trial.user_attrs["mlflow_run_name"] == run.info.run_name
+    assert max(trials) >= len(before) + 1
     # The second sweep's best is the study's best, with its trials' params.
     result = yaml.safe_load((app.cwd / "second" / "optimization_results.yaml").read_text())
     best = min(after, key=lambda t: t.value)
@@ -108,6 +119,21 @@ def test_the_default_preset_tunes_the_defaults_adam_recipe(flowsweep_with_store)
     tuned = {(float(r.data.params["train.max_lr"]), float(r.data.params["train.weight_decay"])) for r in jobs}
     assert tuned == {(t.params["train.max_lr"], t.params["train.weight_decay"]) for t in trials}
     assert {r.data.params["train.optimizer"] for r in jobs} == {"adam"}
+
+    # A grid job of the same cell beside the study: the analysis keeps the study's trials out of
+    # its cell unless asked, and says so.
+    assert app(*tiny("train.steps=20")).returncode == 0
+
+    def cell(*args: str) -> tuple[int, str]:
+        out = subprocess.run([sys.executable, "-m", "multirun_analysis", "--tracking-uri", app.default_uri,
+                              "--no-figures", *args], cwd=app.cwd, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return int(re.search(r"n = (\d+) instances", out.stdout).group(1)), out.stderr
+
+    n, said = cell()
+    assert n == 2 and "left out Optuna study flowsweep.yeast.parity.L2.adam (4 runs, sweep adam)" in said
+    assert "--pool-studies" in said
+    assert cell("--pool-studies")[0] == 6 and cell("--sweep", "adam")[0] == 4
 
 
 def test_a_plain_storage_url_is_one_line_naming_the_form_that_works(flowsweep):
