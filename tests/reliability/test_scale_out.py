@@ -5,7 +5,7 @@ shared MLflow tracking server backed by PostgreSQL.
 ``submitit_slurm``: jobs are pickled, run in their own processes, and their results
 (failures included) come back pickled. The PostgreSQL test starts a throw-away cluster
 with Debian's binaries on 127.0.0.1, an ``mlflow server`` over it, and a parallel sweep
-of eight jobs.
+of four jobs.
 """
 
 from __future__ import annotations
@@ -39,12 +39,12 @@ def test_submitit_runs_jobs_in_their_own_processes_and_reports_failures(flowswee
 
 @pytest.mark.skipif(postgres_bin() is None, reason="PostgreSQL binaries (initdb, pg_ctl) not found: "
                     "apt-get install postgresql (.ci/run does)")
-def test_a_team_server_on_postgresql_takes_a_parallel_sweep_of_eight_jobs(flowsweep, tmp_path):
+def test_a_team_server_on_postgresql_takes_a_parallel_sweep_of_four_jobs(flowsweep, tmp_path):
     with postgres_cluster() as database, mlflow_server(database, tmp_path / "server") as url:
-        done = flowsweep("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *tiny("seed=0,1,2,3,4,5,6,7"),
+        done = flowsweep("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *tiny("seed=0,1,2,3"),
                          f"tracking.uri={url}")
         assert done.returncode == 0, done.stderr
-        runs = assert_complete_jobs(url, jobs=8)
-        assert sorted(r.data.params["seed"] for r in runs) == sorted(str(s) for s in range(8) for _ in range(2))
+        runs = assert_complete_jobs(url, jobs=4)
+        assert sorted(r.data.params["seed"] for r in runs) == sorted(str(s) for s in range(4) for _ in range(2))
         assert len({r.data.tags["sweep_id"] for r in all_runs(url)}) == 1
     assert not (flowsweep.cwd / "mlflow.db").exists(), "runs went to the default store, not the server"
