@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from flowsweep.app.run import run_job
-from flowsweep.bench.best_known import layer_moves
+from flowsweep.structure.moves import neighbour_moves
 from flowsweep.bench.structure import DATASETS
 from flowsweep.config import ConfigError, register_schema
 from flowsweep.data import load_dataset
@@ -74,9 +74,9 @@ def test_best_known_elsewhere_is_one_error_naming_the_layout(overrides, message,
     assert error.value.key == "layout" and message in str(error.value) and "\n" not in str(error.value)
 
 
-def test_layer_moves_repeat_swap_and_flip_whole_layers():
+def test_neighbour_moves_repeat_swap_and_flip_whole_layers():
     start = parity_structure(6, 3, 3)
-    moves = layer_moves(start, np.random.default_rng(0), swaps=4)
+    moves = neighbour_moves(start, np.random.default_rng(0), swaps=4)
     layers = start.conditioning
     assert Structure(6, 3, (layers[0], layers[0], layers[2])) in moves  # layer 0 repeated over layer 1
     assert Structure(6, 3, (layers[1], layers[0], layers[2])) in moves  # layers 0 and 1 swapped

@@ -14,7 +14,7 @@ from flowsweep.data import Dataset
 from flowsweep.data.datasets import preprocessed
 from flowsweep.model import CouplingFlows, ModelSpec
 from flowsweep.search import Evaluation, Evolutionary, Halving, Proposal, TrialState
-from flowsweep.search.halving import layer_moves
+from flowsweep.structure.moves import whole_layer_changes
 from flowsweep.search.runner import SearchSettings, run_searches
 from flowsweep.structure import Structure
 from flowsweep.training import Recipe, train
@@ -121,14 +121,14 @@ def test_an_overfit_trial_is_scored_at_its_best_validation_step():
     assert scored[False].model_steps == 600
 
 
-def test_whole_layer_moves_are_in_the_default_field():
+def test_whole_layer_changes_are_in_the_default_field():
     start = Structure(8, 4, ((0, 1, 2, 3), (4, 5, 6, 7), (0, 2, 4, 6), (1, 3, 5, 7)))
-    repeats, flips, orders = layer_moves(start)
+    repeats, flips, orders = whole_layer_changes(start)
     assert repeats[2].conditioning == ((0, 2, 4, 6),) * 4
     assert flips[0].conditioning[0] == (4, 5, 6, 7) and flips[0].conditioning[1:] == start.conditioning[1:]
     assert orders[0].conditioning == start.conditioning[::-1]
     assert orders[1].conditioning == start.conditioning[1:] + start.conditioning[:1]
-    assert layer_moves(Structure(7, 3, start.conditioning[:1] and ((0, 1, 2),) * 4))[1] == []  # d != 2m: no flips
+    assert whole_layer_changes(Structure(7, 3, start.conditioning[:1] and ((0, 1, 2),) * 4))[1] == []  # d != 2m: no flips
     cfg = compose_config([])
     from flowsweep.structure.dependence import Dependence
 
@@ -138,7 +138,7 @@ def test_whole_layer_moves_are_in_the_default_field():
         k: v for k, v in compose_config([]).search.items() if k in ("candidates", "rungs", "final", "finalists")})
     field = {p.structure for p in opt.initial()}
     begin = Dependence(weight).structure(4, 4, 0)
-    moves = [s for kind in layer_moves(begin) for s in kind]
+    moves = [s for kind in whole_layer_changes(begin) for s in kind]
     assert sum(s in field for s in moves) >= 5, "the field holds some of each kind of move"
-    assert all(any(s in field for s in kind) for kind in layer_moves(begin))
+    assert all(any(s in field for s in kind) for kind in whole_layer_changes(begin))
     assert cfg.search.final and cfg.search.evaluation.early_stopping  # the default's

@@ -28,7 +28,7 @@ import json
 import math
 import subprocess
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -41,22 +41,18 @@ from flowsweep.model import CouplingFlows, ModelSpec
 from flowsweep.search.job import job_dependence
 from flowsweep.seeding import derive_seed, torch_generator
 from flowsweep.structure import Structure, parity_structure, random_structure
+from flowsweep.structure.moves import balanced, neighbour_moves
 from flowsweep.structure.graph import oracle_structure
 from flowsweep.layouts.best_known import best_known_path
 from flowsweep.layouts.given import structure_from_run
 from flowsweep.training import Recipe, evaluate_bpd, train
 
-__all__ = ["Candidate", "hand_built", "layer_moves", "search_best_known", "write"]
+__all__ = ["Candidate", "hand_built", "search_best_known", "write"]
 
 #: Stream keys under the job seed: screening replicas, final replicas, random candidates.
 _SCREEN_KEY, _FINAL_KEY, _RANDOM_KEY = 11, 12, 13
 
 Candidate = tuple[str, Structure]
-
-
-def _layers(d: int, m: int, layers: Iterable[Iterable[int]]) -> Structure | None:
-    out = tuple(tuple(sorted(set(layer))) for layer in layers)
-    return Structure(d, m, out) if all(len(layer) == m for layer in out) else None
 
 
 def hand_built(cfg: DictConfig, d: int, m: int, depth: int) -> list[Candidate]:
@@ -67,35 +63,15 @@ def hand_built(cfg: DictConfig, d: int, m: int, depth: int) -> list[Candidate]:
     first, second = oracle_structure(planted.graph, d, m, 2).conditioning
     kind_of = {i: kind for kind, features in planted.components for i in features}
     built: list[tuple[str, Structure | None]] = [
-        ("oracle type 0 in every layer", _layers(d, m, [first] * depth)),
-        ("oracle type 1 first, then type 0", _layers(d, m, [second] + [first] * (depth - 1))),
-        ("oracle type 0, type 1 last", _layers(d, m, [first] * (depth - 1) + [second])),
+        ("oracle type 0 in every layer", balanced(d, m, [first] * depth)),
+        ("oracle type 1 first, then type 0", balanced(d, m, [second] + [first] * (depth - 1))),
+        ("oracle type 0, type 1 last", balanced(d, m, [first] * (depth - 1) + [second])),
     ]
     for kind in sorted(set(kind_of.values()) - {"distractor"}):
         layers = [[i for i in range(d) if i in (first if kind_of[i] == kind or layer % 2 == 0 else second)]
                   for layer in range(depth)]
-        built.append((f"{kind} parents in every layer, the rest alternating", _layers(d, m, layers)))
+        built.append((f"{kind} parents in every layer, the rest alternating", balanced(d, m, layers)))
     return [(name, s) for name, s in built if s is not None]
-
-
-def layer_moves(structure: Structure, rng: np.random.Generator, swaps: int) -> list[Structure]:
-    """Whole-layer neighbours of ``structure`` and ``swaps`` random single swaps."""
-    c, d, m = list(structure.conditioning), structure.d, structure.m
-    out = []
-    for l in range(len(c)):
-        for other in (l - 1, l + 1):
-            if 0 <= other < len(c):
-                out.append(c[:other] + [c[l]] + c[other + 1:])  # layer l repeated over its neighbour
-        if l + 1 < len(c):
-            out.append(c[:l] + [c[l + 1], c[l]] + c[l + 2:])
-        if d - m == m:
-            out.append(c[:l] + [tuple(i for i in range(d) if i not in c[l])] + c[l + 1:])
-    for _ in range(swaps):
-        l = int(rng.integers(len(c)))
-        inside, outside = list(c[l]), [i for i in range(d) if i not in c[l]]
-        inside[int(rng.integers(m))] = outside[int(rng.integers(len(outside)))]
-        out.append(c[:l] + [tuple(inside)] + c[l + 1:])
-    return [s for s in (_layers(d, m, layers) for layers in out) if s is not None and s != structure]
 
 
 def _score(cfg: DictConfig, data: Dataset, spec: ModelSpec, structures: Sequence[Structure], replicas: int,
@@ -177,7 +153,7 @@ def search_best_known(dataset: str, depth: int, screen: int = 2, final: int = 4,
     screened(pool)
     for round_ in range(rounds):
         top = sorted(scores, key=lambda s: scores[s][1])[:3]
-        screened([(f"hill-climb round {round_ + 1}", s) for t in top for s in layer_moves(t, rng, 8)])
+        screened([(f"hill-climb round {round_ + 1}", s) for t in top for s in neighbour_moves(t, rng, 8)])
     finals = sorted(scores, key=lambda s: scores[s][1])[:finalists]
     recipe = Recipe.from_config(cfg.train, steps=long * int(cfg.train.steps),
                                 patience=None if cfg.train.patience is None else long * int(cfg.train.patience))

@@ -34,8 +34,9 @@ from flowsweep.structure.dependence import dependence_structure
 from flowsweep.search.base import Proposal, StructureOptimizer, Trial, TrialState
 from flowsweep.search.guided import swap
 from flowsweep.structure import Structure, parity_structure
+from flowsweep.structure.moves import whole_layer_changes
 
-__all__ = ["Halving", "cut_schedule_problem", "layer_moves"]
+__all__ = ["Halving", "cut_schedule_problem"]
 
 #: Discounts of the field's other dependence structures (the job's own is the start).
 _DISCOUNTS = (0.0, 0.25, 0.75, 1.0)
@@ -190,12 +191,12 @@ class Halving(StructureOptimizer):
         """Other readings of the same dependence: the masks with other discounts (from covering each
         pair once to repeating the strongest), and the start's first one, two or three layers repeated
         in turn (a chain needs two complementary splits, alternating); then, taking turns so that a
-        short field holds some of each, the whole-layer changes of :func:`layer_moves`."""
+        short field holds some of each, the whole-layer changes of :func:`~flowsweep.structure.moves.whole_layer_changes`."""
         weight = self.dependence.weight
         others = [dependence_structure(weight, self.m, self.depth, discount, self.seed) for discount in _DISCOUNTS]
         cycles = [Structure(start.d, start.m, tuple(start.conditioning[l % k] for l in range(self.depth)))
                   for k in (1, 2, 3) if k < self.depth]
-        moves = [s for s in chain.from_iterable(zip_longest(*layer_moves(start))) if s is not None]
+        moves = [s for s in chain.from_iterable(zip_longest(*whole_layer_changes(start))) if s is not None]
         return others + cycles + moves
 
     def propose(self) -> list[Proposal]:
@@ -293,22 +294,3 @@ def cut_schedule_problem(cuts: Any) -> Optional[str]:
 def _is_list(value: object) -> bool:
     """A list of a config (a ListConfig where Hydra left one) or of Python."""
     return isinstance(value, Sequence) and not isinstance(value, str)
-
-
-def layer_moves(start: Structure) -> tuple[list[Structure], ...]:
-    """Whole-layer changes of ``start`` that a pairwise dependence cannot rank, by kind: each
-    layer's split in every layer (a parent that must condition its child in every layer, as a
-    scale that is a non-monotone function of it needs); each layer with its sides flipped (where
-    ``d = 2m``, so the other side is a split too); the layers reversed, and rotated by one to
-    ``depth - 1`` places."""
-    layers, depth = start.conditioning, start.depth
-
-    def of(conditioning) -> Structure:
-        return Structure(start.d, start.m, tuple(conditioning))
-
-    repeats = [of([layers[l]] * depth) for l in range(depth)]
-    flips = []
-    if start.d == 2 * start.m:
-        flips = [of([start.transformed(k) if k == l else layers[k] for k in range(depth)]) for l in range(depth)]
-    orders = [of(reversed(layers))] + [of(layers[r:] + layers[:r]) for r in range(1, depth)]
-    return repeats, flips, orders
