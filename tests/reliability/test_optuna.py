@@ -143,3 +143,33 @@ def test_a_plain_storage_url_is_one_line_naming_the_form_that_works(flowsweep):
         "flowsweep: error: hydra.sweeper.storage: give the study's database as "
         "hydra.sweeper.storage.url=sqlite:///my.db (the preset's storage keeps the autocommit engine optuna 2.10 needs)")
     assert not (flowsweep.cwd / "my.db").exists() and not (flowsweep.cwd / "mlflow.db").exists()
+
+
+def test_a_study_whose_every_trial_diverges_ends_in_one_line_and_the_report(flowsweep_with_store):
+    app = flowsweep_with_store
+    done = app("hparams_search=sgd_optuna", *tiny("train.steps=50", "train.patience=null"), "hydra.sweeper.n_trials=2",
+               "train.max_lr=tag(log, interval(8, 10))", "train.step_size_up=choice(2)", "hydra.sweep.dir=lost")
+    assert done.returncode == 1
+    # optuna's "Record does not exist." traceback (the sweeper asks for a best trial) is one line
+    assert "Traceback" not in done.stderr and "Record does not exist" not in done.stderr, done.stderr
+    assert done.stderr.count("flowsweep: error: hydra.sweeper: the Optuna study has no completed trial") == 1
+    assert "flowsweep: 2 of 2 jobs failed (sweep lost):" in done.stderr
+    assert {r.info.status for r in all_runs(app.default_uri)} == {"FAILED"}
+
+
+def test_any_other_traceback_passes_through_whole():
+    import io
+
+    from flowsweep.app.joblines import _Dropping
+
+    stream = io.StringIO()
+    dropping = _Dropping(stream)
+    text = ["Traceback (most recent call last):\n", '  File "x.py", line 1, in <module>\n', "    f()\n",
+            "ValueError: something else\n", "after\n"]
+    for piece in text:
+        dropping.write(piece)
+    assert stream.getvalue() == "".join(text)
+    dropping.write("Traceback (most recent call last):\n")
+    dropping.write('  File "y.py", line 2, in g\n')
+    dropping.close_traceback()  # cut off: what was held comes out
+    assert stream.getvalue().endswith('Traceback (most recent call last):\n  File "y.py", line 2, in g\n')
