@@ -147,7 +147,6 @@ def sweep_tags(run_name: str, experiment: str) -> dict[str, str]:
     Optuna study's trial, with the study's name and the trial's number (whose user attributes
     get ``run_name`` and ``experiment``: :func:`flowsweep.record.study.link_trial`)."""
     from hydra.core.hydra_config import HydraConfig
-
     from hydra.types import RunMode
 
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
