@@ -146,7 +146,7 @@ def _gradient_source(flow: CouplingFlows, data: Tensor, recipe: Recipe
     """``(step, native)``: ``step(rows, moving) -> (nll [K], grad [K, P])`` from the native kernel
     (``native`` true) or from autograd through the reference model. ``moving`` (bool ``[K]``, or
     None for all) names the models that still train: the others' nll is NaN and their gradient 0,
-    and the native kernel does not compute them."""
+    and neither path computes them."""
     if recipe.kernel == "native" and data.dtype == torch.float32 and covers(flow.spec) and native_available():
         kernels: dict[int, NativeStep] = {}  # by model count: its output buffers are made once
 
@@ -171,15 +171,34 @@ def _gradient_source(flow: CouplingFlows, data: Tensor, recipe: Recipe
 
         return native_step, True
 
-    def autograd_step(rows: Tensor, moving: Optional[Tensor]) -> tuple[Tensor, Tensor]:
-        flow.theta.grad = None
-        nll = flow.nll(gather(data, rows))
+    parts: dict[tuple[int, ...], CouplingFlows] = {}  # a flow of the moving models, while they are the same
+
+    def backward(part: CouplingFlows, rows: Tensor) -> tuple[Tensor, Tensor]:
+        part.theta.grad = None
+        nll = part.nll(gather(data, rows))
         # Each model's loss depends on its own row only: one backward gives every model's gradient.
         torch.where(torch.isfinite(nll), nll, 0.0).sum().backward()
-        nll = nll.detach()
-        if moving is not None:
-            nll = torch.where(moving, nll, math.nan)
-        return nll, flow.theta.grad
+        assert part.theta.grad is not None  # theta is a leaf that the loss reaches
+        return nll.detach(), part.theta.grad
+
+    def autograd_step(rows: Tensor, moving: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+        if moving is None or bool(moving.all()):
+            return backward(flow, rows)
+        # Models stopped early, pruned or diverged cost nothing: the moving ones run as a flow of
+        # their own (made again only when the set changes), whose gradients go back in place.
+        index = moving.nonzero().squeeze(1)
+        nll = torch.full((flow.k,), math.nan, dtype=flow.theta.dtype)
+        grad = torch.zeros(flow.theta.shape, dtype=flow.theta.dtype)
+        if len(index):
+            key = tuple(index.tolist())
+            if key not in parts:
+                parts.clear()
+                parts[key] = flow.select(key)
+            part = parts[key]
+            with torch.no_grad():
+                part.theta.copy_(flow.theta.detach()[index])
+            nll[index], grad[index] = backward(part, rows[index])
+        return nll, grad
 
     return autograd_step, False
 
