@@ -155,41 +155,19 @@ def _gradient_source(flow: CouplingFlows, data: Tensor, recipe: Recipe
                 kernels[n] = NativeStep(flow.spec, n, recipe.threads)
             return kernels[n]
 
-        def native_step(rows: Tensor, moving: Optional[Tensor]) -> tuple[Tensor, Tensor]:
-            if moving is None or bool(moving.all()):
+        def native_part(index: Optional[Tensor], rows: Tensor) -> tuple[Tensor, Tensor]:
+            if index is None:
                 return kernel(flow.k)(data, rows, flow.theta, flow.perm)
-            # Each model's step depends on its own parameters and rows alone: the same numbers
-            # computed for the moving models only.
-            index = moving.nonzero().squeeze(1)
-            nll = torch.full((flow.k,), math.nan, dtype=flow.theta.dtype)
-            grad = torch.zeros(flow.theta.shape, dtype=flow.theta.dtype)
-            if len(index):
-                perm: Tensor = flow.perm  # a registered buffer
-                part_nll, part_grad = kernel(len(index))(data, rows[index], flow.theta.detach()[index], perm[index])
-                nll[index], grad[index] = part_nll, part_grad
-            return nll, grad
+            perm: Tensor = flow.perm  # a registered buffer
+            return kernel(len(index))(data, rows, flow.theta.detach()[index], perm[index])
 
-        return native_step, True
+        return _moving_only(flow, native_part), True
 
     parts: dict[tuple[int, ...], CouplingFlows] = {}  # a flow of the moving models, while they are the same
 
-    def backward(part: CouplingFlows, rows: Tensor) -> tuple[Tensor, Tensor]:
-        part.theta.grad = None
-        nll = part.nll(gather(data, rows))
-        # Each model's loss depends on its own row only: one backward gives every model's gradient.
-        torch.where(torch.isfinite(nll), nll, 0.0).sum().backward()
-        assert part.theta.grad is not None  # theta is a leaf that the loss reaches
-        return nll.detach(), part.theta.grad
-
-    def autograd_step(rows: Tensor, moving: Optional[Tensor]) -> tuple[Tensor, Tensor]:
-        if moving is None or bool(moving.all()):
-            return backward(flow, rows)
-        # Models stopped early, pruned or diverged cost nothing: the moving ones run as a flow of
-        # their own (made again only when the set changes), whose gradients go back in place.
-        index = moving.nonzero().squeeze(1)
-        nll = torch.full((flow.k,), math.nan, dtype=flow.theta.dtype)
-        grad = torch.zeros(flow.theta.shape, dtype=flow.theta.dtype)
-        if len(index):
+    def autograd_part(index: Optional[Tensor], rows: Tensor) -> tuple[Tensor, Tensor]:
+        part = flow
+        if index is not None:  # the moving models as a flow of their own, made again when the set changes
             key = tuple(index.tolist())
             if key not in parts:
                 parts.clear()
@@ -197,10 +175,34 @@ def _gradient_source(flow: CouplingFlows, data: Tensor, recipe: Recipe
             part = parts[key]
             with torch.no_grad():
                 part.theta.copy_(flow.theta.detach()[index])
-            nll[index], grad[index] = backward(part, rows[index])
+        part.theta.grad = None
+        nll = part.nll(gather(data, rows))
+        # Each model's loss depends on its own row only: one backward gives every model's gradient.
+        torch.where(torch.isfinite(nll), nll, 0.0).sum().backward()
+        assert part.theta.grad is not None  # theta is a leaf that the loss reaches
+        return nll.detach(), part.theta.grad
+
+    return _moving_only(flow, autograd_part), False
+
+
+def _moving_only(flow: CouplingFlows, part_step: Callable[[Optional[Tensor], Tensor], tuple[Tensor, Tensor]]
+                 ) -> Callable[[Tensor, Optional[Tensor]], tuple[Tensor, Tensor]]:
+    """``step(rows, moving)`` from ``part_step(index, rows)``, which computes the models ``index``
+    (``None``: all) on their rows: models stopped early, pruned or diverged cost nothing. Each
+    model's step depends on its own parameters and rows alone, so the moving models' numbers are
+    the same computed alone; the others get NaN and a zero gradient."""
+
+    def step(rows: Tensor, moving: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+        if moving is None or bool(moving.all()):
+            return part_step(None, rows)
+        index = moving.nonzero().squeeze(1)
+        nll = torch.full((flow.k,), math.nan, dtype=flow.theta.dtype)
+        grad = torch.zeros(flow.theta.shape, dtype=flow.theta.dtype)
+        if len(index):
+            nll[index], grad[index] = part_step(index, rows[index])
         return nll, grad
 
-    return autograd_step, False
+    return step
 
 
 def train(flow: CouplingFlows, data: Tensor, batch_size: int, recipe: Recipe, generators: Sequence[torch.Generator],

@@ -21,7 +21,7 @@ SWEEP_ID_TAG = "sweep_id"
 #: What made the run's job: ``grid`` (Hydra's basic sweeper), ``optuna`` (a study's trial), or
 #: ``run`` (no multirun). The analysis keeps a study's trials out of a grid's cells.
 SWEEPER_TAG = "flowsweep.sweeper"
-#: An Optuna trial's study name and its job number in the study's sweep (Hydra's ``job.num``).
+#: An Optuna trial's study name and its number in the study (which goes on across resumed launches).
 STUDY_TAG, TRIAL_TAG = "optuna.study", "optuna.trial"
 #: A hash of the config that decides a job's numbers (flowsweep.app.run.fingerprint): resume finds
 #: a finished job by it.
