@@ -2,7 +2,9 @@
 
 SIGTERM (``kill``, a scheduler's time limit) ends the running job's runs KILLED and exits
 143 with one line; a writer process killed mid-job leaves no run RUNNING: the job ends
-them FAILED itself and exits 1 with one line.
+them FAILED itself and exits 1 with one line. Under the submitit launcher, the signal SLURM sends
+before a time limit or preemption (SIGUSR2, submitit's default) requeues the task: its runs end
+KILLED and the job runs again from the start, as a rerun does.
 """
 
 from __future__ import annotations
@@ -56,3 +58,32 @@ def test_a_killed_writer_leaves_no_run_running(flowsweep_with_store):
     assert output.count("flowsweep: error:") == 1 and "MLflow writer process" in output, output
     runs = all_runs(app.default_uri)
     assert len(runs) == 3 and {r.info.status for r in runs} == {"FAILED"}
+
+
+def _submitit_task() -> int:
+    tasks = subprocess.run(["pgrep", "-f", "submitit.core._submit"], capture_output=True, text=True).stdout.split()
+    assert len(tasks) == 1, tasks
+    return int(tasks[0])
+
+
+def test_a_submitit_task_signalled_to_requeue_runs_again_and_finishes(flowsweep_with_store):
+    app = flowsweep_with_store
+    log = app.cwd / "job.log"
+    process = app.popen("-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10",
+                        *tiny("train.steps=20000", "train.patience=null"), "tracking.progress_interval_s=0.5",
+                        "hydra.sweep.dir=multirun", log=log)
+    try:
+        _wait_for_a_growing_curve(process, app.default_uri)
+        os.kill(_submitit_task(), signal.SIGUSR2)
+        code = process.wait(120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    output = log.read_text()
+    assert code == 0, output
+    assert "Traceback" not in output and "1 of 1 jobs completed" in output, output
+    task_log = next((app.cwd / "multirun" / ".submitit").rglob("*_log.err")).read_text()
+    assert "Caught signal SIGUSR2" in task_log, task_log
+    # The first attempt's three runs (job and two instances) ended KILLED, the requeued one's FINISHED.
+    states = sorted(r.info.status for r in all_runs(app.default_uri))
+    assert states == ["FINISHED"] * 3 + ["KILLED"] * 3, states
