@@ -1,4 +1,5 @@
-"""Real local servers for the reliability tests: an MLflow tracking server and a PostgreSQL cluster.
+"""Real local servers for the reliability tests: an MLflow tracking server, a PostgreSQL cluster
+and optuna-dashboard.
 
 Both bind 127.0.0.1 on a free port, live in a temporary directory, and are stopped
 (whole process group) when their ``with`` block ends, whatever happened inside.
@@ -22,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
-__all__ = ["free_port", "mlflow_server", "postgres_bin", "postgres_cluster"]
+__all__ = ["free_port", "mlflow_server", "optuna_dashboard", "postgres_bin", "postgres_cluster"]
 
 #: Seconds a server gets to come up on a loaded 2-core machine.
 START_TIMEOUT_S = 180.0
@@ -84,6 +85,25 @@ def mlflow_server(backend_uri: str, folder: Path, workers: int = 1) -> Iterator[
     try:
         url = f"http://127.0.0.1:{port}"
         _wait_http_ok(f"{url}/health", process, log)
+        yield url
+    finally:
+        _stop(process)
+
+
+@contextmanager
+def optuna_dashboard(storage_url: str, folder: Path) -> Iterator[str]:
+    """``optuna-dashboard`` (the console script installed beside this Python) on 127.0.0.1 over
+    ``storage_url``; yields its URL."""
+    script = Path(sys.executable).parent / "optuna-dashboard"
+    assert script.exists(), f"{script} not found: pip install -e '.[dashboard]'"
+    port = free_port()
+    log = folder / "optuna-dashboard.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen([str(script), storage_url, "--host", "127.0.0.1", "--port", str(port)], cwd=folder,
+                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_http_ok(f"{url}/api/studies", process, log)
         yield url
     finally:
         _stop(process)

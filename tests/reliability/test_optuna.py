@@ -8,12 +8,14 @@ study, its finished trials kept.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 
 import optuna
 import pytest
@@ -21,6 +23,7 @@ import sqlalchemy.exc
 import yaml
 
 from .conftest import Flowsweep, all_runs, tiny
+from .servers import optuna_dashboard
 
 STUDY = "flowsweep.yeast.parity.L2.sgd"  # study_name of the preset: experiment, dataset, layout, depth
 # The preset's study, seeded, its learning rates kept below where yeast's instances can all diverge.
@@ -119,6 +122,21 @@ def test_the_default_preset_tunes_the_defaults_adam_recipe(flowsweep_with_store)
     tuned = {(float(r.data.params["train.max_lr"]), float(r.data.params["train.weight_decay"])) for r in jobs}
     assert tuned == {(t.params["train.max_lr"], t.params["train.weight_decay"]) for t in trials}
     assert {r.data.params["train.optimizer"] for r in jobs} == {"adam"}
+
+    # optuna-dashboard 0.14 (the release that reads optuna 2.10's schema, docs/sweeps.md) serves the
+    # study: its trials, their params, the best one, and each trial's link to its MLflow run.
+    with optuna_dashboard("sqlite:///optuna.db", app.cwd) as url:
+        with urllib.request.urlopen(f"{url}/api/studies", timeout=30) as response:
+            studies = json.load(response)["study_summaries"]
+        assert [s["study_name"] for s in studies] == ["flowsweep.yeast.parity.L2.adam"]
+        with urllib.request.urlopen(f"{url}/api/studies/{studies[0]['study_id']}", timeout=30) as response:
+            shown = json.load(response)
+    assert sorted(t["number"] for t in shown["trials"]) == [0, 1]
+    assert [t["number"] for t in shown["best_trials"]] == [min(trials, key=lambda t: t.value).number]
+    names = {r.info.run_name for r in jobs}
+    for trial in shown["trials"]:
+        assert {p["name"] for p in trial["params"]} == {"train.max_lr", "train.weight_decay"}
+        assert {a["key"]: a["value"] for a in trial["user_attrs"]}["mlflow_run_name"] in names
 
     # A grid job of the same cell beside the study: the analysis keeps the study's trials out of
     # its cell unless asked, and says so.
