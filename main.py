@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from flowsweep.config import register_schema
 from flowsweep.app.interrupt import exit_code, install, interrupted, terminated
 from flowsweep.app.joblines import dropping_hydra_job_lines
-from flowsweep.config.overrides import quote_depth
+from flowsweep.config.overrides import quote_depth, unknown_option
 from flowsweep.app.task import finish, run_task  # torch and MLflow load once a job runs
 
 register_schema()
@@ -34,6 +34,10 @@ def main(cfg: DictConfig) -> float:
 def cli(args: list[str]) -> int:
     """Run ``main.py`` with command-line ``args``; returns the exit status (what tests call in-process)."""
     sys.argv = [sys.argv[0], *quote_depth(args)]
+    unknown = unknown_option(sys.argv[1:])
+    if unknown:  # before Hydra, which would print every option and its search path
+        print(f"flowsweep: error: {unknown}", file=sys.stderr, flush=True)
+        return 2
     code = 0
     try:
         with dropping_hydra_job_lines():  # the sweep report names each failed job once

@@ -119,7 +119,7 @@ DATA = "data_dir={root}/data"
 CASES: dict[str, Case] = {
     # The rest of the promise runs in-process: test_cases.py. Here, what needs a process of its own
     # (exit codes of main.py itself, files unreadable to an unprivileged process, a real timeout).
-    "dataset=nope": Case(("dataset=nope",), "Could not find 'dataset/nope'", code=1),
+    "dataset=nope": Case(("dataset=nope",), "flowsweep: error: dataset: no option 'nope' in conf/dataset/; choose from"),
     "depth=0": Case(("depth=0",), "flowsweep: error: depth.layers: must be >= 1, got 0"),
     "every instance diverges (depth)": Case(
         ("depth=100", "model.init=uniform", "train.optimizer=sgd", "train.schedule=cyclic", "train.max_lr=1e-3"),

@@ -183,18 +183,26 @@ def _bounds() -> dict[str, Case]:
     return cases
 
 
+_DATASETS = ("csv, magic, sonar, synthetic, synthetic_hetero, synthetic_mixed, synthetic_pairs, synthetic_scale, "
+             "synthetic_tree, synthetic_wave, synthetic_wide, turbine, yeast")
 _CHOICE_KEYS = ["model.preprocess", "model.order", "model.constant", "model.direction", "model.init",
                 "model.conditioner", "dependence.measure", "train.optimizer", "train.schedule", "train.mode",
                 "train.kernel", "dataset.validation_rows"]
 
 CASES: dict[str, Case] = {
-    # Hydra's composition (exit 1): unknown options, values that are not of the key's type.
-    "dataset=nope": _hydra("dataset=nope", message="Could not find 'dataset/nope'"),
-    "layout=nope": _hydra("layout=nope", message="Could not find 'layout/nope'"),
-    "search=nope": _hydra("search=nope", message="Could not find 'search/nope'"),
-    "depth=abc": _hydra("depth=abc", message="Could not find 'depth/abc'"),
-    "+experiment=nope": _hydra("+experiment=nope", message="Could not find 'experiment/nope'"),
-    "hparams_search=nope": _hydra("hparams_search=nope", message="Could not find 'hparams_search/nope'"),
+    # An option conf/ does not have: one line with the options there are, before Hydra composes.
+    "dataset=nope": _err("dataset=nope", message=f"dataset: no option 'nope' in conf/dataset/; choose from {_DATASETS}"),
+    "layout=nope": _err("layout=nope", message="layout: no option 'nope' in conf/layout/; choose from best_known, "
+                                               "dependence, file, opt, oracle, parity, random"),
+    "search=nope": _err("search=nope", message="search: no option 'nope' in conf/search/; choose from"),
+    "depth=abc": _err("depth=abc", message="depth: no option 'abc' in conf/depth/; choose from 2, 4, 6, 8"),
+    "+experiment=nope": _err("+experiment=nope", message="experiment: no option 'nope' in conf/experiment/"),
+    "hparams_search=nope": _err("hparams_search=nope", message="hparams_search: no option 'nope' in "
+                                                               "conf/hparams_search/; choose from optuna, sgd_optuna"),
+    "a sweep with one unknown option": _err("-m", "dataset=yeast,nope", message="dataset: no option 'nope'"),
+    "search/evaluation=nope": _err("layout=opt", "search/evaluation=nope",
+                                   message="search/evaluation: no option 'nope' in conf/search/evaluation/"),
+    # Hydra's composition (exit 1): values that are not of the key's type.
     "instances=abc": _hydra("instances=abc", message="Value 'abc' of type 'str' could not be converted to Integer"),
     "depth=2.5": _hydra("depth=2.5", message="full_key: depth.layers"),
     "train.steps=abc": _hydra("train.steps=abc", message="full_key: train.steps"),
