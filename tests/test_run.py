@@ -181,6 +181,11 @@ def test_the_look_line_opens_a_shared_view_sorted_by_validation_bpd(sweep):
     # every metric and param column it shows exists on the runs; the jobs' and the instances' bpd both
     assert {c for c in shown if not c.startswith("attributes.")} <= set(sweep.runs.columns) | set(sweep.jobs.columns)
     assert {"metrics.val_bpd_mean", "metrics.test_bpd_mean", "metrics.val_bpd", "params.layout"} <= shown
+    # In that order, results first (checked in MLflow 3.17.2's UI in headless Chromium: without an
+    # order the table puts the metrics alphabetically, diverged first), bpd columns wide enough.
+    assert state["columnOrder"][:3] == ["attributes.`Run Name`", "attributes.`Description`", "metrics.`val_bpd_mean`"]
+    assert set(state["columnOrder"]) - {"attributes.`Run Name`"} <= set(state["selectedColumns"])
+    assert state["columnWidths"]["metrics.`val_bpd_mean`"] >= 120
 
 
 def test_a_multirun_shares_one_sweep_id(sweep):
