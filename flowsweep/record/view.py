@@ -23,7 +23,8 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 
-__all__ = ["VIEW_KEY", "VIEW_TAG", "VIEW_COLUMNS", "VIEW_ORDER", "VIEW_WIDTHS", "view_state", "write_view", "runs_page", "run_page"]
+__all__ = ["VIEW_KEY", "VIEW_TAG", "VIEW_COLUMNS", "VIEW_ORDER", "VIEW_WIDTHS", "view_state", "write_view", "runs_page",
+           "run_page"]
 
 #: The share key of flowsweep's view (``?viewStateShareKey=flowsweep``).
 VIEW_KEY = "flowsweep"
