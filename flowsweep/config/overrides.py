@@ -49,7 +49,11 @@ def unknown_option(args: Sequence[str], conf: Path = _CONF) -> Optional[str]:
     """What is wrong with the first override in ``args`` that chooses an option ``conf/<group>/``
     does not hold (``None``: none does). Overrides of other keys, of groups that are not folders
     of ``conf/`` (Hydra's own, such as ``hydra/launcher``), deletions, ``null`` and overrides
-    Hydra cannot parse are left to Hydra."""
+    Hydra cannot parse are left to Hydra, and so is everything where the command adds a config
+    folder of its own (``--config-dir``, ``hydra.searchpath``), which may hold more options."""
+    if any(a.startswith(("--config-dir", "-cd", "--config-path", "-cp", "hydra.searchpath", "+hydra.searchpath"))
+           for a in args):
+        return None
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 

@@ -411,3 +411,15 @@ def test_bad_input_gives_one_line_and_leaves_no_run_finished_or_running(name, tm
 
 def test_the_table_holds_every_case_of_the_issue_and_more():
     assert len(CASES) >= 150
+
+
+def test_an_option_of_a_config_folder_the_command_adds_is_left_to_hydra():
+    from flowsweep.config.overrides import unknown_option
+
+    assert unknown_option(["-m", "dataset=yeast,nope"]).startswith("dataset: no option 'nope' in conf/dataset/")
+    # hydra.searchpath or --config-dir may hold the option (tests/test_layouts.py's layout=first)
+    assert unknown_option(["layout=first", "hydra.searchpath=[file:///elsewhere]"]) is None
+    assert unknown_option(["--config-dir", "/elsewhere", "layout=first"]) is None
+    # known options, plain keys, Hydra's own groups, deletions and null
+    assert unknown_option(["dataset=yeast", "depth='4'", "model.coupling=spline", "hydra/launcher=joblib",
+                           "~hparams_search", "hparams_search=null", "search/evaluation=paper"]) is None
