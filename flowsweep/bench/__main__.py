@@ -144,7 +144,8 @@ def _peak_line(work: Workload, ms_per_model_step: float) -> str:
     peak = gemm_peak_gflops(work.threads)
     native = work.cfg.train.kernel == "native" and covers(work.spec) and native_available()
     kernel = f"native kernel, {lanes()} lanes" if native else "torch kernel"
-    return (f"(a), {kernel}: {achieved:.1f} GFLOP/s of multiply-adds, {100 * achieved / peak:.1f} % of this "
+    # Significant digits, not decimals: a tiny smoke run (2 steps, warm-up included) is under 0.05 %.
+    return (f"(a), {kernel}: {achieved:.3g} GFLOP/s of multiply-adds, {100 * achieved / peak:.2g} % of this "
             f"machine's GEMM peak ({peak:.0f} GFLOP/s: torch.matmul 2048 x 2048, {work.threads} thread(s), measured now)")
 
 
