@@ -8,12 +8,12 @@ search runs). A layout checks its own keys (flowsweep.layouts). Each raises
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
 from flowsweep.config import ConfigError
+from flowsweep.config.compose import CONF_DIR
 from flowsweep.config.rules import RULES, rule_for
 
 __all__ = ["validate", "validate_against_data", "validate_overrides", "unknown_key", "MIN_VALIDATION_ROWS"]
@@ -23,7 +23,6 @@ __all__ = ["validate", "validate_against_data", "validate_overrides", "unknown_k
 MIN_VALIDATION_ROWS = 10
 
 _ABSENT = object()
-_CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
 def _recipe_keys(cfg: DictConfig) -> list[str]:
@@ -78,7 +77,7 @@ def validate_against_data(cfg: DictConfig, d: int, n_train: int, n_valid: int | 
 
 def _is_group(key: str) -> bool:
     """Whether ``key`` names a config group of ``conf/`` (``experiment``, ``hydra/launcher``...)."""
-    return (_CONF / key).is_dir() or key.startswith("hydra/")
+    return (CONF_DIR / key).is_dir() or key.startswith("hydra/")
 
 
 def unknown_key(key: str, override: str) -> None:

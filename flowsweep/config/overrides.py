@@ -18,12 +18,13 @@ import re
 from pathlib import Path
 from typing import Optional, Sequence
 
+from flowsweep.config.compose import CONF_DIR
+
 __all__ = ["quote_depth", "unknown_option"]
 
 _NUMBER = r"[-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?"
 _DEPTH = re.compile(rf"^(depth=)({_NUMBER}(?:,{_NUMBER})*)$")
-_CONF = Path(__file__).resolve().parents[2] / "conf"
-_DEPTH_OPTIONS = _CONF / "depth"
+_DEPTH_OPTIONS = CONF_DIR / "depth"
 
 
 def quote_depth(args: Sequence[str], options: Path = _DEPTH_OPTIONS) -> list[str]:
@@ -45,7 +46,7 @@ def quote_depth(args: Sequence[str], options: Path = _DEPTH_OPTIONS) -> list[str
     return out
 
 
-def unknown_option(args: Sequence[str], conf: Path = _CONF) -> Optional[str]:
+def unknown_option(args: Sequence[str], conf: Path = CONF_DIR) -> Optional[str]:
     """What is wrong with the first override in ``args`` that chooses an option ``conf/<group>/``
     does not hold (``None``: none does). Overrides of other keys, of groups that are not folders
     of ``conf/`` (Hydra's own, such as ``hydra/launcher``), deletions, ``null`` and overrides
@@ -66,7 +67,7 @@ def unknown_option(args: Sequence[str], conf: Path = _CONF) -> Optional[str]:
         except HydraException:
             continue
         folder = conf / override.key_or_group
-        if override.is_delete() or not folder.is_dir() or override.key_or_group.startswith("hydra"):
+        if override.is_delete() or not folder.is_dir():
             continue
         values = list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]
         options = sorted(f.stem for f in folder.glob("*.yaml") if not f.stem.startswith("_"))

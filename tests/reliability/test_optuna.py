@@ -123,7 +123,7 @@ def test_the_default_preset_tunes_the_defaults_adam_recipe(flowsweep_with_store)
     assert tuned == {(t.params["train.max_lr"], t.params["train.weight_decay"]) for t in trials}
     assert {r.data.params["train.optimizer"] for r in jobs} == {"adam"}
 
-    # optuna-dashboard 0.14 (the release that reads optuna 2.10's schema, docs/sweeps.md) serves the
+    # optuna-dashboard 0.14.0 (the release that runs beside optuna 2.10, docs/sweeps.md) serves the
     # study: its trials, their params, the best one, and each trial's link to its MLflow run.
     with optuna_dashboard("sqlite:///optuna.db", app.cwd) as url:
         with urllib.request.urlopen(f"{url}/api/studies", timeout=30) as response:

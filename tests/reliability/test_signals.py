@@ -60,8 +60,10 @@ def test_a_killed_writer_leaves_no_run_running(flowsweep_with_store):
     assert len(runs) == 3 and {r.info.status for r in runs} == {"FAILED"}
 
 
-def _submitit_task() -> int:
-    tasks = subprocess.run(["pgrep", "-f", "submitit.core._submit"], capture_output=True, text=True).stdout.split()
+def _submitit_task(sweep_dir) -> int:
+    """The submitit task of the sweep in ``sweep_dir`` (its command line names its folder), no other's."""
+    pattern = f"submitit.core._submit {sweep_dir}"
+    tasks = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
     assert len(tasks) == 1, tasks
     return int(tasks[0])
 
@@ -74,7 +76,7 @@ def test_a_submitit_task_signalled_to_requeue_runs_again_and_finishes(flowsweep_
                         "hydra.sweep.dir=multirun", log=log)
     try:
         _wait_for_a_growing_curve(process, app.default_uri)
-        os.kill(_submitit_task(), signal.SIGUSR2)
+        os.kill(_submitit_task(app.cwd / "multirun" / ".submitit"), signal.SIGUSR2)
         code = process.wait(120)
     finally:
         if process.poll() is None:
