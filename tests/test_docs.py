@@ -28,7 +28,7 @@ def _quick_start() -> list[str]:
 def test_the_quick_start_is_two_commands_install_and_run_then_install_and_test():
     run, test = _quick_start()
     assert run.startswith("pip install -e . && python main.py ")
-    assert test.startswith('pip install -e ".[dev]" && ') and test.endswith("python -m pytest -q")
+    assert test.startswith('pip install -e ".[dev]" && ') and test.endswith("python -m pytest -q -n 2")
 
 
 def test_ci_runs_exactly_the_readme_test_command_with_torch_pinned():
