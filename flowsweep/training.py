@@ -26,7 +26,7 @@ from torch import Tensor
 
 from flowsweep.config import CHOICES
 from flowsweep.model import CouplingFlows
-from flowsweep.native import NativeStep, covers, native_available
+from flowsweep.native import NativeStep, covers, native_available, native_log_prob
 
 __all__ = ["OPTIMIZERS", "SCHEDULES", "Recipe", "TrainResult", "make_optimizer", "train", "evaluate_bpd", "nats_to_bpd",
            "minibatch_rows", "gather", "torch_threads", "row_bpd", "mean_bpd"]
@@ -248,7 +248,7 @@ def train(flow: CouplingFlows, data: Tensor, batch_size: int, recipe: Recipe, ge
     live = torch.ones(k, dtype=torch.bool)
     if checking and recipe.patience is not None:
         # Step 0 counts: where no training beats the start (a whitened Gaussian, say), keep it.
-        best_val = evaluate_bpd(flow, valid, log_det, threads=1 if native else recipe.threads)
+        best_val = evaluate_bpd(flow, valid, log_det, threads=recipe.threads, kernel=recipe.kernel)
         best_theta = theta.detach().clone()
         val_curve.append(best_val)
         val_steps.append(0)
@@ -280,8 +280,7 @@ def train(flow: CouplingFlows, data: Tensor, batch_size: int, recipe: Recipe, ge
             if on_progress is not None:
                 on_progress(step + 1, curve)
             if checking and ((step + 1) % recipe.eval_every == 0 or step + 1 == recipe.steps):
-                values = _evaluate_changed(flow, valid, log_det, 1 if native else recipe.threads,
-                                           moving | live, val_curve[-1] if val_curve else None)
+                values = _evaluate_changed(flow, valid, log_det, recipe, moving | live, val_curve[-1] if val_curve else None)
                 live = moving.clone()
                 val_curve.append(values)
                 val_steps.append(step + 1)
@@ -312,22 +311,32 @@ def train(flow: CouplingFlows, data: Tensor, batch_size: int, recipe: Recipe, ge
                        steps=trained)
 
 
-def _evaluate_changed(flow: CouplingFlows, valid: Tensor, log_det: float, threads: int, changed: Tensor,
+def _evaluate_changed(flow: CouplingFlows, valid: Tensor, log_det: float, recipe: Recipe, changed: Tensor,
                       last: Optional[Tensor]) -> Tensor:
     """:func:`evaluate_bpd` of the ``changed`` models ``[K]``; the others keep their ``last`` values."""
     if last is None or bool(changed.all()):
-        return evaluate_bpd(flow, valid, log_det, threads=threads)
+        return evaluate_bpd(flow, valid, log_det, threads=recipe.threads, kernel=recipe.kernel)
     values = last.clone()
     index = changed.nonzero().squeeze(1).tolist()
     if index:
-        values[index] = evaluate_bpd(flow.select(index), valid, log_det, threads=threads)
+        values[index] = evaluate_bpd(flow.select(index), valid, log_det, threads=recipe.threads, kernel=recipe.kernel)
     return values
 
 
 @torch.no_grad()
-def row_bpd(flow: CouplingFlows, data: Tensor, log_det: float = 0.0, chunk: int = 8192, threads: int = 1) -> Tensor:
+def row_bpd(flow: CouplingFlows, data: Tensor, log_det: float = 0.0, chunk: int = 8192, threads: int = 1,
+            kernel: str = "native") -> Tensor:
     """The bpd (raw units) of every row of ``data`` ``[n, d]`` under each model: ``[K, n]`` float64.
-    ``threads``: torch's threads meanwhile (the previous setting is restored)."""
+
+    With ``kernel="native"``, float32 data and a model the native kernel covers, its forward
+    pass scores the rows (about 20x the reference's speed per row; the two round differently);
+    otherwise the reference model does, ``chunk`` rows at a time. ``threads``: the native
+    kernel's threads, or torch's meanwhile (the previous setting is restored)."""
+    if kernel == "native" and data.dtype == torch.float32 and flow.theta.dtype == torch.float32 \
+            and covers(flow.spec) and native_available():
+        perm: Tensor = flow.perm  # a registered buffer
+        logp = native_log_prob(flow.spec, data, flow.theta, perm, threads)
+        return nats_to_bpd(-logp.double(), flow.d, log_det)
     with torch_threads(threads):
         nll = torch.cat([-flow.log_prob(data[start : start + chunk]).double()
                          for start in range(0, data.shape[0], chunk)], dim=1)
@@ -335,10 +344,10 @@ def row_bpd(flow: CouplingFlows, data: Tensor, log_det: float = 0.0, chunk: int 
 
 
 def evaluate_bpd(flow: CouplingFlows, data: Tensor, log_det: float = 0.0, chunk: int = 8192,
-                 threads: int = 1) -> Tensor:
+                 threads: int = 1, kernel: str = "native") -> Tensor:
     """Mean bpd (raw units) of each model on the whole of ``data`` ``[n, d]``: ``[K]`` float64,
-    ``inf`` where not finite."""
-    return mean_bpd(row_bpd(flow, data, log_det, chunk, threads))
+    ``inf`` where not finite (:func:`row_bpd` says which kernel scores the rows)."""
+    return mean_bpd(row_bpd(flow, data, log_det, chunk, threads, kernel))
 
 
 def mean_bpd(rows: Tensor) -> Tensor:

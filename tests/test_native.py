@@ -1,4 +1,4 @@
-"""The native training step held to the reference model (autograd) for every variant it covers, and its build."""
+"""The native training step and evaluation held to the reference model (autograd) for every variant they cover, and the build."""
 
 import os
 import subprocess
@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from flowsweep.model import CouplingFlows, ModelSpec
-from flowsweep.native import NativeStep, covers, lanes, native_available
+from flowsweep.native import NativeStep, covers, lanes, native_available, native_log_prob
 from flowsweep.structure import random_structure
-from flowsweep.training import train
+from flowsweep.training import evaluate_bpd, row_bpd, train
 
 from .conftest import train_recipe
 from tests.test_model import MATRIX
@@ -80,6 +80,37 @@ def test_native_step_equals_the_reference_in_float64(k, d, m, depth, n, variant)
     grad_ref = exact.theta.grad
     torch.testing.assert_close(nll.double(), nll_ref, rtol=2e-6, atol=1e-5)
     torch.testing.assert_close(grad.double(), grad_ref, rtol=1e-4, atol=1e-4 * float(grad_ref.abs().max()))
+
+
+@pytest.mark.parametrize("variant", COVERED, ids=lambda v: v["constant"])
+@pytest.mark.parametrize("k, d, m, depth, n", [(3, 10, 5, 8, 381), (2, 60, 30, 2, 17), (4, 8, 4, 3, 29), (1, 2, 1, 1, 1)])
+def test_native_evaluation_equals_the_reference_log_prob_in_float64(k, d, m, depth, n, variant):
+    flow = make_flow(k, d, m, depth, **variant)
+    x = torch.randn(n, d, generator=torch.Generator().manual_seed(9)) * 2
+    logp = native_log_prob(flow.spec, x, flow.theta, flow.perm)
+    assert logp.shape == (k, n) and logp.dtype == torch.float32
+    with torch.no_grad():
+        exact = flow.double().log_prob(x.double())
+    # Rows far out reach |log p| ~ 1e6, where float32 resolves 0.06: the tolerance is relative.
+    torch.testing.assert_close(logp.double(), exact, rtol=1e-5, atol=1e-4)
+
+
+def test_native_evaluation_of_a_row_depends_on_nothing_else_and_row_bpd_uses_it():
+    flow = make_flow(5, 10, 5, 4, seed=4)
+    x = torch.randn(100, 10, generator=torch.Generator().manual_seed(2))
+    logp = native_log_prob(flow.spec, x, flow.theta, flow.perm, threads=1)
+    assert torch.equal(native_log_prob(flow.spec, x, flow.theta, flow.perm, threads=2), logp)
+    assert torch.equal(native_log_prob(flow.spec, x[37:38], flow.theta, flow.perm)[:, 0], logp[:, 37])  # bitwise
+    assert torch.equal(native_log_prob(flow.spec, x, flow.theta[2:3], flow.perm[2:3])[0], logp[2])
+    rows = row_bpd(flow, x, log_det=1.5)
+    torch.testing.assert_close(rows, (-logp.double() + 1.5) / (10 * np.log(2.0)))  # the native path, in float64
+    reference = row_bpd(flow, x, log_det=1.5, kernel="torch")
+    assert not torch.equal(rows, reference)  # the two round differently ...
+    torch.testing.assert_close(rows, reference, rtol=1e-5, atol=1e-5)  # ... by float32 error only
+    with torch.no_grad():
+        flow.params()["weight"][1, 0, 0, 0] = float("nan")
+    scores = evaluate_bpd(flow, x)
+    assert scores[1] == float("inf") and torch.isfinite(scores[[0, 2, 3, 4]]).all()
 
 
 def test_models_are_independent_of_the_batch_and_of_threads():

@@ -130,7 +130,7 @@ def run_job(job: Union[DictConfig, JobPlan], data: Optional[Dataset] = None) -> 
         live = LiveCurve(runs, data.d, data.log_det, cfg.tracking.progress_interval_s,
                          stride=math.ceil(cfg.train.steps / cfg.tracking.curve_points))
         if search is not None and search.trained_final:  # the search's last rung was the final training
-            result = _searched_final(spec, data, search)
+            result = _searched_final(cfg, spec, data, search)
         else:
             result = _train_final(cfg, spec, data, structures, seeds, start, on_progress=live)
         result["wall_time_s"] = time.perf_counter() - clock
@@ -179,13 +179,13 @@ def _train_final(cfg: DictConfig, spec: ModelSpec, data: Dataset, structures: li
     for i, champion in enumerate(start or []):
         if champion is not None:
             flow.copy_model(i, champion, 0)
-    began = time.perf_counter()
-    trained = train(flow, data.train, cfg.dataset.batch_size, Recipe.from_config(cfg.train), generators, data.log_det,
+    began, recipe = time.perf_counter(), Recipe.from_config(cfg.train)
+    trained = train(flow, data.train, cfg.dataset.batch_size, recipe, generators, data.log_det,
                     valid=data.valid, on_progress=on_progress)
-    return _final_result(flow, data, trained, time.perf_counter() - began)
+    return _final_result(flow, data, trained, time.perf_counter() - began, recipe)
 
 
-def _searched_final(spec: ModelSpec, data: Dataset, search: JobSearch) -> dict:
+def _searched_final(cfg: DictConfig, spec: ModelSpec, data: Dataset, search: JobSearch) -> dict:
     """The final models the search trained (its last rung), reported as :func:`_train_final` reports its own."""
     finals = [final for final in search.outcome.finals if final is not None]
     flow = CouplingFlows(spec, [final.structure for final in finals], [torch.Generator() for _ in finals])
@@ -195,17 +195,19 @@ def _searched_final(spec: ModelSpec, data: Dataset, search: JobSearch) -> dict:
                           torch.tensor([final.diverged for final in finals]),
                           torch.stack([final.val_curve for final in finals], 1), finals[0].val_steps,
                           torch.tensor([final.steps for final in finals]))
-    return _final_result(flow, data, trained, max(final.seconds for final in finals))
+    return _final_result(flow, data, trained, max(final.seconds for final in finals), Recipe.from_config(cfg.train))
 
 
-def _final_result(flow: CouplingFlows, data: Dataset, trained: TrainResult, train_time: float) -> dict:
-    """The splits' bpd of the trained ``flow`` and its training's curves, flags and model-steps."""
+def _final_result(flow: CouplingFlows, data: Dataset, trained: TrainResult, train_time: float, recipe: Recipe) -> dict:
+    """The splits' bpd of the trained ``flow`` (scored by ``recipe``'s kernel and threads) and its
+    training's curves, flags and model-steps."""
     # The training rows' bpd row by row: their mean is train_bpd, their quantiles go with the
     # saved models (the outlier flag), so the largest split is scored once.
-    train_rows = row_bpd(flow, data.train, data.log_det)
+    train_rows = row_bpd(flow, data.train, data.log_det, threads=recipe.threads, kernel=recipe.kernel)
     result = {"train_bpd": mean_bpd(train_rows).numpy()}
     splits = {"val": data.valid, "test": data.test}
-    result |= {f"{name}_bpd": evaluate_bpd(flow, rows, data.log_det).numpy() for name, rows in splits.items() if len(rows)}
+    result |= {f"{name}_bpd": evaluate_bpd(flow, rows, data.log_det, threads=recipe.threads, kernel=recipe.kernel).numpy()
+               for name, rows in splits.items() if len(rows)}
     diverged = trained.diverged.numpy() | ~flow.finite_models().numpy()
     for values in result.values():
         diverged = diverged | ~np.isfinite(values)

@@ -84,9 +84,9 @@ def trial_values(cfg, data: Dataset, structures: Sequence[Structure], probe: Pro
     models = [s for s in structures for _ in range(replicas)]
     seeds = [derive_seed(stream, i, r) for i in range(len(structures)) for r in range(replicas)]
     flow, generators = _flow(cfg, data, models, seeds)
-    result = train(flow, data.train, int(cfg.dataset.batch_size), evaluation.trial_recipe(cfg.train, steps),
-                   generators, data.log_det)
-    scores, _ = trial_scores(flow, result.curve, result.diverged, evaluation.value, data)  # as a search scores them
+    recipe = evaluation.trial_recipe(cfg.train, steps)
+    result = train(flow, data.train, int(cfg.dataset.batch_size), recipe, generators, data.log_det)
+    scores, _ = trial_scores(flow, result.curve, result.diverged, evaluation.value, data, recipe)  # as a search scores them
     scores = scores.view(len(structures), replicas)
     mean = torch.where(torch.isfinite(scores), scores, torch.nan).nanmean(1).numpy()
     return np.where(np.isnan(mean), np.inf, mean)

@@ -1,9 +1,10 @@
-"""The native training step: ``coupling_step.c`` compiled on first use, called through ctypes.
+"""The native training step and evaluation: ``coupling_step.c`` compiled on first use, called through ctypes.
 
 One call runs the forward and backward pass of K coupling flows on a minibatch, each
 model's samples in blocks of :func:`lanes` (one vector register per feature: 16 where
 the compiler targets AVX-512, else 8) with every intermediate kept in cache; see the C
-file for the shapes. It computes the model of
+file for the shapes. :func:`native_log_prob` runs the same forward pass alone, for every
+row of a split: the evaluation. Both compute the model of
 :class:`flowsweep.model.CouplingFlows` for the variants :func:`covers` accepts, with the
 parameter offsets of the spec's :class:`~flowsweep.model.ParamLayout`; the reference
 model, differentiated by autograd, is what the tests hold it to and the fallback where
@@ -36,7 +37,7 @@ from torch import Tensor
 
 from flowsweep.model.spec import ModelSpec
 
-__all__ = ["NativeStep", "native_available", "load_library", "lanes", "NativeBuildError", "covers"]
+__all__ = ["NativeStep", "native_log_prob", "native_available", "load_library", "lanes", "NativeBuildError", "covers"]
 
 _SOURCE = Path(__file__).with_name("coupling_step.c")
 _FLAGS = ["-O3", "-funroll-loops", "-march=native", "-fPIC", "-shared", "-fno-math-errno", "-std=gnu11"]
@@ -91,6 +92,8 @@ def load_library() -> ctypes.CDLL:
         raise NativeBuildError(f"cannot load {target}: {error}") from None
     library.coupling_step.restype = ctypes.c_int
     library.coupling_step.argtypes = [ctypes.c_int] * 12 + [ctypes.c_void_p] * 6
+    library.coupling_logp.restype = ctypes.c_int
+    library.coupling_logp.argtypes = [ctypes.c_int] * 12 + [ctypes.c_void_p] * 4
     library.coupling_lanes.restype = ctypes.c_int
     library.coupling_lanes.argtypes = []
     return library
@@ -118,6 +121,47 @@ def _pool(threads: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="flowsweep-native")
 
 
+def _shape(spec: ModelSpec) -> list[int]:
+    """The kernel's dimension arguments for ``spec``: d, m, L, P, the four block offsets, linear."""
+    layout = spec.layout()
+    return [spec.d, spec.m, spec.depth, layout.numel, *(layout.offset(b) for b in ("scale", "shift", "weight", "bias")),
+            int(spec.constant == "linear")]
+
+
+def _split(k: int, threads: int) -> list[tuple[int, int]]:
+    """Model ranges ``[a, b)`` of ``k`` models for ``threads`` threads."""
+    share = -(-k // max(1, threads))
+    return [(a, min(k, a + share)) for a in range(0, k, share)]
+
+
+def _in_threads(run, ranges: list[tuple[int, int]]) -> None:
+    """``run(range)`` for every range, the first in this thread (one hand-over to a worker per
+    call, not two), the others in the pool; raises :class:`MemoryError` where one ran out."""
+    others = [_pool(len(ranges) - 1).submit(run, r) for r in ranges[1:]] if len(ranges) > 1 else []
+    codes = [run(ranges[0])] + [future.result() for future in others]
+    if any(codes):
+        raise MemoryError("native kernel: out of memory")
+
+
+def native_log_prob(spec: ModelSpec, data: Tensor, theta: Tensor, perm: Tensor, threads: int = 1) -> Tensor:
+    """Log-density (nats, model space) of every row of ``data`` ``[n, d]`` float32 under each of
+    the models ``theta`` ``[K, P]`` float32 with permutations ``perm`` ``[K, L, d]`` int64:
+    ``[K, n]`` float32. Forward only, no graph; :func:`covers` must accept ``spec``. A row's
+    value does not depend on the other rows, on K or on ``threads``."""
+    if not covers(spec):
+        raise ValueError(f"the native kernel does not cover {spec}")
+    library = load_library()
+    data, theta, perm = data.contiguous(), theta.detach().contiguous(), perm.contiguous()
+    k, n = theta.shape[0], data.shape[0]
+    logp = torch.empty(k, n, dtype=torch.float32)
+    if k == 0 or n == 0:
+        return logp
+    shape = _shape(spec)
+    pointers = [t.data_ptr() for t in (data, theta, perm, logp)]
+    _in_threads(lambda bounds: library.coupling_logp(*bounds, n, *shape, *pointers), _split(k, threads))
+    return logp
+
+
 def covers(spec: ModelSpec) -> bool:
     """Whether the kernel computes ``spec``'s model: the paper's layer (the constant transform,
     then the affine coupling with the tanh conditioner), data to latent, either constant transform."""
@@ -140,13 +184,10 @@ class NativeStep:
             raise ValueError(f"the native kernel does not cover {spec}")
         self.library = load_library()
         self.spec, self.k, self.threads = spec, k, threads
-        layout = spec.layout()
-        self.shape = [spec.d, spec.m, spec.depth, layout.numel, *(layout.offset(b) for b in ("scale", "shift", "weight", "bias")),
-                      int(spec.constant == "linear")]
+        self.shape = _shape(spec)
         self.nll = torch.empty(k, dtype=torch.float32)
-        self.grad = torch.empty(k, layout.numel, dtype=torch.float32)
-        share = -(-k // max(1, threads))
-        self.ranges = [(a, min(k, a + share)) for a in range(0, k, share)]
+        self.grad = torch.empty(k, spec.layout().numel, dtype=torch.float32)
+        self.ranges = _split(k, threads)
 
     def __call__(self, data: Tensor, rows: Tensor, theta: Tensor, perm: Tensor) -> tuple[Tensor, Tensor]:
         """Model ``k``'s minibatch is ``data[rows[k]]``: ``data`` ``[n, d]`` and ``theta`` ``[K, P]``
@@ -161,9 +202,5 @@ class NativeStep:
         def run(bounds: tuple[int, int]) -> int:
             return self.library.coupling_step(*bounds, n, *self.shape, *pointers)
 
-        # The first share runs in this thread: one hand-over to a worker per step, not two.
-        others = [_pool(len(self.ranges) - 1).submit(run, r) for r in self.ranges[1:]] if len(self.ranges) > 1 else []
-        codes = [run(self.ranges[0])] + [future.result() for future in others]
-        if any(codes):
-            raise MemoryError("native training step: out of memory")
+        _in_threads(run, self.ranges)
         return self.nll, self.grad

@@ -1,4 +1,5 @@
-/* One training step of K affine coupling flows: mean NLL per model and its gradient.
+/* One training step of K affine coupling flows: mean NLL per model and its gradient; and
+ * (coupling_logp, at the end) the forward pass alone: log p of every row, the evaluation.
  *
  * The model of flowsweep/model/flow.py (the reference this kernel is tested against) for
  * the variants it covers: each layer the affine constant transform, then the coupling with
@@ -185,6 +186,49 @@ static void outer_chunk(int blocks, int h2, int m, const vf *gh, const vf *vc, s
     }
 }
 
+/* e[i] = the constant transform's factor per layer and feature ([L, d]); returns the terms
+ * of log p every sample shares: -d/2 log(2 pi) plus the constant transforms' log-det. */
+static float constant_factors(const Dims *D, const float *scale, float *e) {
+    float constant = -0.5f * (float)D->d * 1.8378770664093453f; /* -d/2 log(2 pi) */
+    for (int i = 0; i < D->L * D->d; i++) {
+        e[i] = D->linear ? scale[i] : expf(scale[i]);
+        constant += D->linear ? logf(fabsf(scale[i])) : scale[i];
+    }
+    return constant;
+}
+
+/* One block's forward pass, data to latent: y [d] holds the block's rows on entry and the
+ * latent on return; returns log p per lane. With `keep` each layer's activations stay in
+ * its own slots of V [L][d], T [L][2dm], EX [L][dm] and VC [L][m] for the backward pass;
+ * without, every layer reuses the first slot (the forward-only evaluation). Inlined with a
+ * constant `keep`, so each caller gets its own loop. */
+static inline vf forward_block(const Dims *D, const float *e, const float *shift, const float *weight,
+                               const float *bias, const int64_t *perm, float constant, vf *y, vf *V, vf *T, vf *EX,
+                               vf *VC, int keep) {
+    const int d = D->d, m = D->m, dm = D->dm, L = D->L, h2 = 2 * D->dm;
+    vf logdet = splat(0.0f);
+    for (int l = 0; l < L; l++) {
+        const int64_t *cond = perm + (size_t)l * d, *trans = cond + m;
+        const float *el = e + l * d, *cl = shift + l * d;
+        const float *wl = weight + (size_t)l * h2 * m, *bl = bias + l * h2;
+        const size_t slot = keep ? (size_t)l : 0;
+        vf *restrict Vl = V + slot * d, *restrict Tl = T + slot * h2, *restrict El = EX + slot * dm;
+        vf *restrict VCl = VC + slot * m; /* the conditioning rows, contiguous */
+        for (int i = 0; i < d; i++) Vl[i] = splat(el[i]) * y[i] + splat(cl[i]);
+        for (int q = 0; q < m; q++) VCl[q] = y[cond[q]] = Vl[cond[q]];
+        affine_rows(h2, m, wl, bl, VCl, Tl);
+        for (int r = 0; r < h2; r++) Tl[r] = vtanh(Tl[r]);
+        for (int j = 0; j < dm; j++) {
+            El[j] = vexp(Tl[j]);
+            y[trans[j]] = Vl[trans[j]] * El[j] + Tl[dm + j];
+            logdet += Tl[j];
+        }
+    }
+    vf sq = splat(0.0f);
+    for (int i = 0; i < d; i++) sq += y[i] * y[i];
+    return splat(constant) + logdet - splat(0.5f) * sq;
+}
+
 /* One model: forward and backward over all N samples. Returns 0, or -1 without memory. */
 static int one_model(const Dims *D, int N, const float *data, const int64_t *rows, const float *theta,
                      const int64_t *perm, float *nll, float *grad) {
@@ -215,11 +259,7 @@ static int one_model(const Dims *D, int N, const float *data, const int64_t *row
     vf *acc_b = acc_w + (size_t)L * h2 * m, *acc_logp = acc_b + (size_t)L * h2;
     memset(acc, 0, sizeof(vf) * (n_acc + 1));
 
-    float constant = -0.5f * (float)d * 1.8378770664093453f; /* -d/2 log(2 pi) */
-    for (int i = 0; i < L * d; i++) {
-        e[i] = D->linear ? scale[i] : expf(scale[i]);
-        constant += D->linear ? logf(fabsf(scale[i])) : scale[i];
-    }
+    const float constant = constant_factors(D, scale, e);
     const float inv_n = 1.0f / (float)N;
     const int blocks = (N + LANES - 1) / LANES;
 
@@ -236,26 +276,7 @@ static int one_model(const Dims *D, int N, const float *data, const int64_t *row
             for (int i = 0; i < d; i++) xs[i * LANES + s] = row ? row[i] : 0.0f;
         }
         for (int i = 0; i < d; i++) y[i] = xt[i];
-        vf logdet = splat(0.0f);
-        for (int l = 0; l < L; l++) {
-            const int64_t *cond = perm + (size_t)l * d, *trans = cond + m;
-            const float *el = e + l * d, *cl = shift + l * d;
-            const float *wl = weight + (size_t)l * h2 * m, *bl = bias + l * h2;
-            vf *restrict Vl = V + (size_t)l * d, *restrict Tl = T + (size_t)l * h2, *restrict El = EX + (size_t)l * dm;
-            vf *restrict VCl = VC + (size_t)l * m; /* the conditioning rows, contiguous */
-            for (int i = 0; i < d; i++) Vl[i] = splat(el[i]) * y[i] + splat(cl[i]);
-            for (int q = 0; q < m; q++) VCl[q] = y[cond[q]] = Vl[cond[q]];
-            affine_rows(h2, m, wl, bl, VCl, Tl);
-            for (int r = 0; r < h2; r++) Tl[r] = vtanh(Tl[r]);
-            for (int j = 0; j < dm; j++) {
-                El[j] = vexp(Tl[j]);
-                y[trans[j]] = Vl[trans[j]] * El[j] + Tl[dm + j];
-                logdet += Tl[j];
-            }
-        }
-        vf sq = splat(0.0f);
-        for (int i = 0; i < d; i++) sq += y[i] * y[i];
-        *acc_logp += valid * (splat(constant) + logdet - splat(0.5f) * sq);
+        *acc_logp += valid * forward_block(D, e, shift, weight, bias, perm, constant, y, V, T, EX, VC, 1);
 
         /* Backward: g = d(nll)/d(log p) per sample, zero on padding lanes. */
         const vf g = valid * splat(-inv_n);
@@ -317,5 +338,42 @@ int coupling_step(int k0, int k1, int N, int d, int m, int L, int P, int off_sca
                       nll + k, grad + (size_t)k * D.P))
             return -1;
     }
+    return 0;
+}
+
+/* Forward only: logp [K, N] (out, nats) = log p of every row of data [N, d] under models
+ * [k0, k1), in the row order of data. Each row's value depends on that row and its model
+ * alone (lanes never mix), so it is the same whatever N, K or the thread split. Returns 0,
+ * or -1 when memory ran out. */
+int coupling_logp(int k0, int k1, int N, int d, int m, int L, int P, int off_scale, int off_shift, int off_weight,
+                  int off_bias, int linear, const float *data, const float *theta, const int64_t *perm, float *logp) {
+    Dims D = {d, m, d - m, L, P, off_scale, off_shift, off_weight, off_bias, linear};
+    const int dm = d - m, h2 = 2 * dm;
+    vf *buf = aligned_alloc(sizeof(vf), sizeof(vf) * ((size_t)3 * d + h2 + dm + m + 1));
+    float *e = malloc(sizeof(float) * (size_t)L * d);
+    if (!buf || !e) {
+        free(buf);
+        free(e);
+        return -1;
+    }
+    vf *y = buf, *xt = y + d, *V = xt + d, *T = V + d, *EX = T + h2, *VC = EX + dm;
+    for (int k = k0; k < k1; k++) {
+        const float *model = theta + (size_t)k * P;
+        const int64_t *pk = perm + (size_t)k * L * d;
+        const float constant = constant_factors(&D, model + off_scale, e);
+        float *out = logp + (size_t)k * N;
+        for (int n0 = 0; n0 < N; n0 += LANES) {
+            const int lanes = N - n0 < LANES ? N - n0 : LANES;
+            float *xs = (float *)xt;
+            for (int s = 0; s < LANES; s++)
+                for (int i = 0; i < d; i++) xs[i * LANES + s] = s < lanes ? data[(size_t)(n0 + s) * d + i] : 0.0f;
+            for (int i = 0; i < d; i++) y[i] = xt[i];
+            vf lp = forward_block(&D, e, model + off_shift, model + off_weight, model + off_bias, pk, constant, y, V, T,
+                                  EX, VC, 0);
+            for (int s = 0; s < lanes; s++) out[n0 + s] = lp[s];
+        }
+    }
+    free(buf);
+    free(e);
     return 0;
 }

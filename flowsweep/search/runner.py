@@ -82,10 +82,11 @@ class SearchOutcome:
 
 
 def trial_scores(flow: CouplingFlows, curve: torch.Tensor, diverged: torch.Tensor, value: str,
-            data: Dataset) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """Each model's value ``[K]`` (``inf`` where it diverged) and, scored on the validation split,
-    the bpd of every validation row ``[K, v]``."""
-    rows = None if value == "last_batch" else row_bpd(flow, data.valid, data.log_det)
+                 data: Dataset, recipe: Recipe) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Each model's value ``[K]`` (``inf`` where it diverged) and, scored on the validation split
+    with ``recipe``'s kernel and threads, the bpd of every validation row ``[K, v]``."""
+    rows = None if value == "last_batch" else row_bpd(flow, data.valid, data.log_det, threads=recipe.threads,
+                                                      kernel=recipe.kernel)
     scores = curve[-1].double() if rows is None else rows.mean(1)
     return torch.where(diverged | ~torch.isfinite(scores), torch.full_like(scores, math.inf), scores), rows
 
@@ -172,7 +173,7 @@ def _evaluate(group: list[tuple[int, Trial]], optimizers: Sequence[StructureOpti
     recipe = evaluation.trial_recipe(settings.train, steps)
     valid = data.valid if evaluation.early_stopping else None
     result = train(flow, data.train, settings.batch_size, recipe, generators, data.log_det, valid=valid)
-    scores, rows = trial_scores(flow, result.curve, result.diverged, evaluation.value, data)
+    scores, rows = trial_scores(flow, result.curve, result.diverged, evaluation.value, data, recipe)
     shape = (len(group), replicas)
     return flow, scores.view(shape), None if rows is None else rows.view(*shape, -1), result, set()
 
@@ -203,10 +204,11 @@ def _train_finals(group: list[tuple[int, Trial]], optimizers: Sequence[Structure
                     pruned.add((i, group[j][1].number))
         return stop
 
-    result = train(flow, data.train, settings.batch_size, Recipe.from_config(settings.train), generators,
-                   data.log_det, valid=data.valid, prune=prune if len(data.valid) else None)
+    recipe = Recipe.from_config(settings.train)
+    result = train(flow, data.train, settings.batch_size, recipe, generators, data.log_det, valid=data.valid,
+                   prune=prune if len(data.valid) else None)
     value = "validation" if len(data.valid) else "last_batch"
-    scores, rows = trial_scores(flow, result.curve, result.diverged, value, data)
+    scores, rows = trial_scores(flow, result.curve, result.diverged, value, data, recipe)
     return (flow, scores.view(len(group), 1), None if rows is None else rows.view(len(group), 1, -1), result,
             pruned)
 
