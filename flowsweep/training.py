@@ -10,7 +10,8 @@ best evaluation (early stopping, per model).
 
 The gradient comes from the native kernel where it covers the model (float32, see
 :func:`flowsweep.native.covers`) and ``kernel=native``, else from autograd through the
-reference model. Optimizers and schedules are PyTorch's; every one of them works
+reference model, whose spline couplings then run the fused native spline
+(:mod:`flowsweep.native.spline`) with ``kernel=native``. Optimizers and schedules are PyTorch's; every one of them works
 element-wise, so model ``k``'s row of parameters evolves as it would alone.
 """
 
@@ -26,7 +27,9 @@ from torch import Tensor
 
 from flowsweep.config import CHOICES
 from flowsweep.model import CouplingFlows
+from flowsweep.model.spline import SplineKernel, spline_kernel
 from flowsweep.native import NativeStep, covers, native_available, native_log_prob
+from flowsweep.native.spline import native_spline
 
 __all__ = ["OPTIMIZERS", "SCHEDULES", "Recipe", "TrainResult", "make_optimizer", "train", "evaluate_bpd", "nats_to_bpd",
            "minibatch_rows", "gather", "torch_threads", "row_bpd", "mean_bpd"]
@@ -164,6 +167,7 @@ def _gradient_source(flow: CouplingFlows, data: Tensor, recipe: Recipe
         return _moving_only(flow, native_part), True
 
     parts: dict[tuple[int, ...], CouplingFlows] = {}  # a flow of the moving models, while they are the same
+    fused = _fused_spline(recipe.kernel)
 
     def autograd_part(index: Optional[Tensor], rows: Tensor) -> tuple[Tensor, Tensor]:
         part = flow
@@ -176,13 +180,19 @@ def _gradient_source(flow: CouplingFlows, data: Tensor, recipe: Recipe
             with torch.no_grad():
                 part.theta.copy_(flow.theta.detach()[index])
         part.theta.grad = None
-        nll = part.nll(gather(data, rows))
+        with spline_kernel(fused):
+            nll = part.nll(gather(data, rows))
         # Each model's loss depends on its own row only: one backward gives every model's gradient.
         torch.where(torch.isfinite(nll), nll, 0.0).sum().backward()
         assert part.theta.grad is not None  # theta is a leaf that the loss reaches
         return nll.detach(), part.theta.grad
 
     return _moving_only(flow, autograd_part), False
+
+
+def _fused_spline(kernel: str) -> Optional[SplineKernel]:
+    """The native spline for the reference model's spline couplings where ``kernel`` is ``native``."""
+    return native_spline if kernel == "native" else None
 
 
 def _moving_only(flow: CouplingFlows, part_step: Callable[[Optional[Tensor], Tensor], tuple[Tensor, Tensor]]
@@ -337,7 +347,7 @@ def row_bpd(flow: CouplingFlows, data: Tensor, log_det: float = 0.0, chunk: int 
         perm: Tensor = flow.perm  # a registered buffer
         logp = native_log_prob(flow.spec, data, flow.theta, perm, threads)
         return nats_to_bpd(-logp.double(), flow.d, log_det)
-    with torch_threads(threads):
+    with torch_threads(threads), spline_kernel(_fused_spline(kernel)):
         nll = torch.cat([-flow.log_prob(data[start : start + chunk]).double()
                          for start in range(0, data.shape[0], chunk)], dim=1)
     return nats_to_bpd(nll, flow.d, log_det)

@@ -178,3 +178,13 @@ def test_the_zuko_command_prints_each_flows_test_bpd_with_its_n(data_dir, capsys
     rows = [line for line in out.splitlines() if line.startswith("| yeast")]
     assert [row.split("|")[2].strip() for row in rows] == ["zuko NSF (1 transforms, 8)", "zuko MAF (1 transforms, 8)"]
     assert all(row.split("|")[4].strip() == "2" and " ± " in row.split("|")[5] for row in rows)
+
+
+def test_the_spline_command_times_the_fused_and_reference_splines_and_zuko(data_dir, capsys):
+    pytest.importorskip("zuko")
+    main(["spline", "--data-dir", str(data_dir), "--models", "2", "--steps", "2", "--depth", "2", "--hidden", "8"])
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| (")]
+    assert [row.split(")")[0] for row in rows] == ["| (a", "| (r", "| (z"]
+    assert all(float(row.split("|")[3]) > 0 for row in rows)  # ms / model-step
+    assert "over the reference spline" in out

@@ -143,7 +143,8 @@ def test_model_trained_in_a_batch_equals_model_trained_alone(kernel, optimizer):
         torch.testing.assert_close(alone_bpd[0], batch_bpd[i], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("kernel, coupling", [("native", "affine"), ("torch", "affine"), ("torch", "spline")])
+@pytest.mark.parametrize("kernel, coupling", [("native", "affine"), ("torch", "affine"), ("torch", "spline"),
+                                              ("native", "spline")])
 def test_diverging_model_is_frozen_and_others_unaffected(kernel, coupling):
     # (the torch path then trains the two moving models as a flow of their own: the same numbers)
     d, m, depth = 4, 2, 2

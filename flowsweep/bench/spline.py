@@ -1,7 +1,9 @@
 """Spline flows: flowsweep's batched engine against a per-model zuko loop of the same architecture.
 
 (a) trains K spline-coupling flows (``model.coupling=spline``) in one
-:func:`flowsweep.training.train` call; (z) trains, one after another, K zuko flows of
+:func:`flowsweep.training.train` call with the fused native spline (``train.kernel=native``),
+(r) the same with the reference spline differentiated by autograd (``train.kernel=torch``);
+(z) trains, one after another, K zuko flows of
 ``GeneralCouplingTransform`` layers with ``MonotonicRQSTransform`` (the same masks, bins,
 bound and conditioner widths; zuko has no constant transform between them), Adam, the
 same batch size. Only the training loops are timed; the ratio is per model-step.
@@ -46,12 +48,15 @@ def spline_speed(work: Workload, steps: int, hidden: tuple[int, ...] = (64, 64),
     spec = dataclasses.replace(work.spec, coupling="spline", conditioner="mlp" if hidden else "tanh",
                                hidden=hidden or (1,), bins=bins, tail_bound=bound)
     recipe = dataclasses.replace(work.recipe(steps), optimizer="adam", schedule="constant", max_lr=1e-3)
-    train(CouplingFlows(spec, work.structures, work.generators()), work.data.train, work.batch_size,
-          dataclasses.replace(recipe, steps=3), work.generators())  # warm up
-    flow = CouplingFlows(spec, work.structures, work.generators())
-    start = time.perf_counter()
-    train(flow, work.data.train, work.batch_size, recipe, work.generators())
-    batched = time.perf_counter() - start
+    batched = {}
+    for kernel in ("native", "torch"):
+        kernel_recipe = dataclasses.replace(recipe, kernel=kernel)
+        train(CouplingFlows(spec, work.structures, work.generators()), work.data.train, work.batch_size,
+              dataclasses.replace(kernel_recipe, steps=3), work.generators())  # warm up
+        flow = CouplingFlows(spec, work.structures, work.generators())
+        start = time.perf_counter()
+        train(flow, work.data.train, work.batch_size, kernel_recipe, work.generators())
+        batched[kernel] = time.perf_counter() - start
     zuko_seconds = 0.0
     for k, generator in enumerate(work.generators()):
         model = _zuko_flow(work, k, hidden, bins, bound)
@@ -66,10 +71,11 @@ def spline_speed(work: Workload, steps: int, hidden: tuple[int, ...] = (64, 64),
             optimizer.step()
         zuko_seconds += time.perf_counter() - start
     model_steps = steps * work.k
-    a, z = 1e3 * batched / model_steps, 1e3 * zuko_seconds / model_steps
+    a, r, z = (1e3 * seconds / model_steps for seconds in (batched["native"], batched["torch"], zuko_seconds))
     return pd.DataFrame({
-        "engine": [f"(a) flowsweep batched, K={work.k}, one train() call", "(z) zuko, model by model"],
-        "model-steps": [model_steps, model_steps],
-        "ms / model-step": [round(a, 3), round(z, 3)],
-        "speed-up of (a)": [1.0, round(z / a, 1)],
+        "engine": [f"(a) flowsweep batched, K={work.k}, one train() call, fused native spline",
+                   "(r) the same, reference spline (train.kernel=torch)", "(z) zuko, model by model"],
+        "model-steps": [model_steps] * 3,
+        "ms / model-step": [round(a, 3), round(r, 3), round(z, 3)],
+        "speed-up of (a)": [1.0, round(r / a, 1), round(z / a, 1)],
     })

@@ -102,7 +102,7 @@ RULES: dict[str, Rule] = {
     "dataset.test_fraction": _real(0.0, 1.0, open_low=True, open_high=True),
     "dataset.validation_fraction": _real(0.0, 1.0, open_high=True),
     "model.m": _int(1, null=True),
-    "model.bins": _int(1, 10_000),
+    "model.bins": _int(2, 10_000),  # one bin on [-B, B] with unit end derivatives is the identity
     "model.tail_bound": _real(0.0, open_low=True),
     "dependence.rows": _int(2),
     "dependence.discount": _SHARE,

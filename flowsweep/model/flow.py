@@ -130,13 +130,14 @@ class CouplingFlows(nn.Module):
         first, second = ("constant", "coupling") if self.spec.order == "constant_first" else ("coupling", "constant")
         return [(kind, l) for l in range(self.depth) for kind in (first, second)]
 
-    def _step(self, kind: str, layer: int, x: Tensor, inverse: bool, views: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    def _step(self, kind: str, layer: int, x: Tensor, inverse: bool, views: dict[str, tuple[Tensor, ...]]
+              ) -> tuple[Tensor, Tensor]:
         if kind == "constant":
-            return affine_constant(x, views["scale"][:, layer], views["shift"][:, layer], self.spec.constant, inverse)
+            return affine_constant(x, views["scale"][layer], views["shift"][layer], self.spec.constant, inverse)
         n = x.shape[1]
         order = self.perm[:, layer].unsqueeze(1)
         cond, trans = order[..., : self.m].expand(-1, n, -1), order[..., self.m :].expand(-1, n, -1)
-        params = {name: view[:, layer] for name, view in views.items() if name not in ("scale", "shift")}
+        params = {name: view[layer] for name, view in views.items() if name not in ("scale", "shift")}
         return coupling(x, cond, trans, params, self.spec, inverse)
 
     def _run(self, x: Tensor, to_latent: bool) -> tuple[Tensor, Tensor]:
@@ -148,7 +149,9 @@ class CouplingFlows(nn.Module):
         steps = self._steps()
         if inverse:
             steps.reverse()
-        views = self.params()
+        # Each block's layers by one unbind: its backward writes the block's gradient once (one
+        # stack), where an index per layer would write a zero-filled copy of the block per layer.
+        views = {name: view.unbind(1) for name, view in self.params().items()}
         logdet = x.new_zeros(self.k, x.shape[1])
         for kind, layer in steps:
             x, step_logdet = self._step(kind, layer, x, inverse, views)

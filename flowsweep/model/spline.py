@@ -16,18 +16,30 @@ identity, as with the affine coupling. Inverse and log-determinant are closed-fo
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Callable, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["MIN_BIN_WIDTH", "MIN_BIN_HEIGHT", "MIN_DERIVATIVE", "rational_quadratic_spline"]
+__all__ = ["MIN_BIN_WIDTH", "MIN_BIN_HEIGHT", "MIN_DERIVATIVE", "DERIVATIVE_OFFSET", "rational_quadratic_spline",
+           "spline", "spline_kernel", "SplineKernel"]
 
 #: The least width and height of a bin, as shares of ``2 B``.
 MIN_BIN_WIDTH = MIN_BIN_HEIGHT = 1e-3
 MIN_DERIVATIVE = 1e-3
-#: ``softplus(_UNIT) + MIN_DERIVATIVE == 1``: the outer knots' derivative, and the inner ones' at zero.
-_UNIT = math.log(math.expm1(1.0 - MIN_DERIVATIVE))
+#: ``softplus(DERIVATIVE_OFFSET) + MIN_DERIVATIVE == 1``: the outer knots' derivative, and the inner ones' at zero.
+DERIVATIVE_OFFSET = math.log(math.expm1(1.0 - MIN_DERIVATIVE))
+
+#: A faster forward spline (data to latent): ``kernel(x, phi, bins, bound)`` with ``phi``
+#: ``[..., 3 bins - 1]`` returns ``(y, logabsdet)`` like :func:`rational_quadratic_spline`, or
+#: ``None`` where it does not apply. :func:`flowsweep.native.spline.native_spline` is one.
+SplineKernel = Callable[[Tensor, Tensor, int, float], Optional[tuple[Tensor, Tensor]]]
+# A context variable, not a module global: the training loop installs the native kernel for
+# the block it runs (train.kernel=native) and the reference stays the reference elsewhere.
+_KERNEL: ContextVar[Optional[SplineKernel]] = ContextVar("flowsweep_spline_kernel", default=None)
 
 
 def _knots(unnormalized: Tensor, bound: float, minimum: float) -> tuple[Tensor, Tensor]:
@@ -61,7 +73,7 @@ def rational_quadratic_spline(x: Tensor, widths: Tensor, heights: Tensor, deriva
     # never see a bin they are not in, and their gradient through the spline is exactly zero.
     xin = x.clamp(-bound, bound)
     knots, sizes = _knots(torch.stack([widths, heights], dim=-2), bound, MIN_BIN_WIDTH)  # [..., 2, bins (+1)]
-    d = F.pad(MIN_DERIVATIVE + F.softplus(derivatives + _UNIT), (1, 1), value=1.0)  # [..., bins + 1]
+    d = F.pad(MIN_DERIVATIVE + F.softplus(derivatives + DERIVATIVE_OFFSET), (1, 1), value=1.0)  # [..., bins + 1]
     search = knots[..., 1 if inverse else 0, 1:-1]
     index = (xin.unsqueeze(-1) >= search).sum(-1, keepdim=True)  # the bin, 0..bins-1
     # Every per-bin quantity in one table, so one gather (and one backward scatter) picks the bin's.
@@ -88,3 +100,27 @@ def rational_quadratic_spline(x: Tensor, widths: Tensor, heights: Tensor, deriva
     else:
         logabsdet = -logabsdet
     return torch.where(inside, y, x), torch.where(inside, logabsdet, torch.zeros_like(logabsdet))
+
+
+@contextmanager
+def spline_kernel(kernel: Optional[SplineKernel]) -> Iterator[None]:
+    """Inside the block, :func:`spline` computes the forward direction with ``kernel`` where it
+    applies (``None``: the reference everywhere)."""
+    token = _KERNEL.set(kernel)
+    try:
+        yield
+    finally:
+        _KERNEL.reset(token)
+
+
+def spline(x: Tensor, phi: Tensor, bins: int, bound: float, inverse: bool = False) -> tuple[Tensor, Tensor]:
+    """:func:`rational_quadratic_spline` of ``x`` ``[...]`` with its parameters in one tensor,
+    ``phi`` ``[..., 3 bins - 1]`` (widths, heights, inner derivatives), by the installed
+    :data:`SplineKernel` where there is one and it applies."""
+    kernel = _KERNEL.get()
+    if kernel is not None and not inverse:
+        fast = kernel(x, phi, bins, bound)
+        if fast is not None:
+            return fast
+    return rational_quadratic_spline(x, phi[..., :bins], phi[..., bins : 2 * bins], phi[..., 2 * bins :], bound,
+                                     inverse)

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from flowsweep.model.spec import ModelSpec
-from flowsweep.model.spline import rational_quadratic_spline
+from flowsweep.model.spline import spline
 
 __all__ = ["affine_constant", "conditioner", "affine_coupling", "spline_coupling", "coupling"]
 
@@ -60,12 +60,11 @@ def affine_coupling(x_a: Tensor, net: Tensor, inverse: bool = False) -> tuple[Te
 
 
 def spline_coupling(x_a: Tensor, net: Tensor, bins: int, bound: float, inverse: bool = False) -> tuple[Tensor, Tensor]:
-    """A rational-quadratic spline per transformed feature (:func:`~flowsweep.model.spline.rational_quadratic_spline`):
+    """A rational-quadratic spline per transformed feature (:func:`~flowsweep.model.spline.spline`):
     ``x_a`` ``[K, N, dm]``, ``net`` ``[K, N, dm (3 bins - 1)]`` (per feature: widths, heights, inner
     derivatives). Returns ``y_A`` and ``log|det J|`` ``[K, N]``."""
     phi = net.unflatten(2, (x_a.shape[2], 3 * bins - 1))
-    y, logabsdet = rational_quadratic_spline(x_a, phi[..., :bins], phi[..., bins : 2 * bins], phi[..., 2 * bins :],
-                                             bound, inverse)
+    y, logabsdet = spline(x_a, phi, bins, bound, inverse)
     return y, logabsdet.sum(2)
 
 

@@ -39,7 +39,10 @@ from flowsweep.model.spec import ModelSpec
 
 __all__ = ["NativeStep", "native_log_prob", "native_available", "load_library", "lanes", "NativeBuildError", "covers"]
 
-_SOURCE = Path(__file__).with_name("coupling_step.c")
+_HERE = Path(__file__).parent
+#: Compiled together into one library; the header is part of the build's key.
+_SOURCES = [_HERE / "coupling_step.c", _HERE / "rq_spline.c"]
+_HEADERS = [_HERE / "vector_math.h"]
 _FLAGS = ["-O3", "-funroll-loops", "-march=native", "-fPIC", "-shared", "-fno-math-errno", "-std=gnu11"]
 
 
@@ -74,17 +77,18 @@ def load_library() -> ctypes.CDLL:
     if compiler is None:
         raise NativeBuildError("no C compiler found (set $CC)")
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
-    key = hashlib.sha256("\0".join([_SOURCE.read_text(), *_FLAGS, version, _cpu_signature(), platform.machine()])
+    texts = [path.read_text() for path in _SOURCES + _HEADERS]
+    key = hashlib.sha256("\0".join([*texts, *_FLAGS, version, _cpu_signature(), platform.machine()])
                          .encode()).hexdigest()[:16]
-    target = _cache_dir() / f"coupling_step-{key}.so"
+    target = _cache_dir() / f"flowsweep-native-{key}.so"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, partial = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(fd)
-        built = subprocess.run([compiler, *_FLAGS, "-o", partial, str(_SOURCE)], capture_output=True, text=True)
+        built = subprocess.run([compiler, *_FLAGS, "-o", partial, *map(str, _SOURCES)], capture_output=True, text=True)
         if built.returncode != 0:
             os.unlink(partial)
-            raise NativeBuildError(f"{compiler} failed on {_SOURCE}:\n{built.stderr.strip()}")
+            raise NativeBuildError(f"{compiler} failed on {', '.join(map(str, _SOURCES))}:\n{built.stderr.strip()}")
         os.replace(partial, target)  # atomic: a parallel build of the same key writes the same bytes
     try:
         library = ctypes.CDLL(str(target))
@@ -96,6 +100,12 @@ def load_library() -> ctypes.CDLL:
     library.coupling_logp.argtypes = [ctypes.c_int] * 12 + [ctypes.c_void_p] * 4
     library.coupling_lanes.restype = ctypes.c_int
     library.coupling_lanes.argtypes = []
+    library.rq_spline_max_bins.restype = ctypes.c_int
+    library.rq_spline_max_bins.argtypes = []
+    for name, buffers in (("rq_spline_forward", 4), ("rq_spline_backward", 6)):
+        function = getattr(library, name)
+        function.restype = ctypes.c_int
+        function.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p] + [ctypes.c_void_p] * buffers
     return library
 
 

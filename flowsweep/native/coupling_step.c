@@ -29,89 +29,15 @@
  * Models are independent: the result of model k does not depend on K or on the others.
  * Numbers depend on LANES only through the order of float32 sums (and tanh's reciprocal).
  */
-#include <math.h>
-#include <stdint.h>
+#include "vector_math.h"
 #include <stdlib.h>
 #include <string.h>
-#if defined(__AVX512F__) || defined(__AVX__)
-#include <immintrin.h>
-#endif
 
-#if defined(__AVX512F__)
-#define LANES 16
-#else
-#define LANES 8
-#endif
 #define CHUNK 8 /* blocks whose weight-gradient terms are multiplied out together */
 #define TILE 4  /* register tile of the weight gradient and the conditioner: TILE x TILE */
 
-typedef float vf __attribute__((vector_size(4 * LANES)));
-typedef int32_t vi __attribute__((vector_size(4 * LANES)));
-typedef float v4f __attribute__((vector_size(16)));
-
 /* Exported so the caller can report the width it was built with. */
 int coupling_lanes(void) { return LANES; }
-
-static inline vf splat(float a) { return (vf){} + a; }
-
-static inline float hsum(vf a) {
-    /* A fixed order (halves added, down to four lanes), so results are bitwise reproducible. */
-#if LANES == 16
-    typedef float v8f __attribute__((vector_size(32)));
-    v8f h = __builtin_shufflevector(a, a, 0, 1, 2, 3, 4, 5, 6, 7) +
-            __builtin_shufflevector(a, a, 8, 9, 10, 11, 12, 13, 14, 15);
-#else
-    vf h = a;
-#endif
-    v4f q = __builtin_shufflevector(h, h, 0, 1, 2, 3) + __builtin_shufflevector(h, h, 4, 5, 6, 7);
-    return (q[0] + q[2]) + (q[1] + q[3]);
-}
-
-/* 1 / x to ~1 ulp: the hardware estimate and one Newton step (a division where there is none). */
-static inline vf vrecip(vf x) {
-#if LANES == 16
-    vf r = (vf)_mm512_rcp14_ps((__m512)x);
-#elif defined(__AVX__)
-    vf r = (vf)_mm256_rcp_ps((__m256)x);
-    r = r * (splat(2.0f) - x * r);
-#else
-    return splat(1.0f) / x;
-#endif
-    return r * (splat(2.0f) - x * r);
-}
-
-/* exp(x) for x <= 88 (Cephes' single-precision polynomial, ~1 ulp). NaN stays NaN:
- * the clamp below compares false for NaN and keeps x. Callers pass tanh outputs
- * (in [-1, 1]) or -2|h| (<= 0) only, so there is no overflow branch. */
-static inline vf vexp(vf x) {
-    const vf lo = splat(-87.3f);
-    vi below = x < lo;
-    x = (vf)(((vi)x & ~below) | ((vi)lo & below));
-    const vf magic = splat(12582912.0f); /* 1.5 * 2^23: adding it rounds to an integer */
-    vf t = x * splat(1.44269504088896341f) + magic;
-    vi n = (vi)t - (vi)magic;
-    vf fn = t - magic;
-    vf r = x - fn * splat(0.693359375f) - fn * splat(-2.12194440e-4f);
-    vf p = splat(1.9875691500e-4f);
-    p = p * r + splat(1.3981999507e-3f);
-    p = p * r + splat(8.3334519073e-3f);
-    p = p * r + splat(4.1665795894e-2f);
-    p = p * r + splat(1.6666665459e-1f);
-    p = p * r + splat(5.0000001201e-1f);
-    p = p * r * r + r + splat(1.0f);
-    vi scale = (n + 127) << 23;
-    return p * (vf)scale;
-}
-
-/* tanh(h) = sign(h) (1 - e) / (1 + e), e = exp(-2|h|). */
-static inline vf vtanh(vf h) {
-    const vi sign_bit = (vi){} + INT32_MIN;
-    vi bits = (vi)h;
-    vf a = (vf)(bits & ~sign_bit);
-    vf e = vexp(splat(-2.0f) * a);
-    vf t = (splat(1.0f) - e) * vrecip(splat(1.0f) + e);
-    return (vf)((vi)t | (bits & sign_bit));
-}
 
 typedef struct {
     int d, m, dm, L, P;

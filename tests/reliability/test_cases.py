@@ -172,7 +172,8 @@ def _bounds() -> dict[str, Case]:
              for key, values in rows.items() for value, expected in values}
     cases["model.hidden=0"] = _err("model.hidden=0", message="model.hidden: must be a layer width in 1..65536")
     cases["model.hidden=[8,0]"] = _err("model.hidden=[8,0]", message="model.hidden: must be a layer width in 1..65536")
-    cases["model.bins=0"] = _err("model.bins=0", message="model.bins: must be >= 1, got 0")
+    cases["model.bins=0"] = _err("model.bins=0", message="model.bins: must be >= 2, got 0")
+    cases["model.bins=1"] = _err("model.bins=1", message="model.bins: must be >= 2, got 1")
     cases["model.tail_bound=0"] = _err("model.tail_bound=0", message="model.tail_bound: must be > 0, got 0")
     cases["depth=-3"] = _err("depth=-3", message="depth.layers: must be >= 1, got -3")
     cases["depth=100000"] = _err("depth=100000", message="depth.layers: must be <= 256, got 100000")
