@@ -1,4 +1,5 @@
-"""The native training step and evaluation: ``coupling_step.c`` compiled on first use, called through ctypes.
+"""The native training step and evaluation: ``coupling_step.c`` (and ``rq_spline.c``, the fused
+spline of :mod:`flowsweep.native.spline`) compiled on first use into one library, called through ctypes.
 
 One call runs the forward and backward pass of K coupling flows on a minibatch, each
 model's samples in blocks of :func:`lanes` (one vector register per feature: 16 where
@@ -11,8 +12,8 @@ model, differentiated by autograd, is what the tests hold it to and the fallback
 no C compiler is found or a variant is not covered.
 
 The shared library is built with the system's C compiler (``$CC``, else ``cc``) into
-``native/`` of the cache (``$FLOWSWEEP_CACHE_DIR``, else the OS cache), named by a hash of the source,
-the flags, the compiler and the CPU, so a changed file or another machine builds anew.
+``native/`` of the cache (``$FLOWSWEEP_CACHE_DIR``, else the OS cache), named by a hash of the sources
+and ``vector_math.h``, the flags, the compiler and the CPU, so a changed file or another machine builds anew.
 Building takes about a second; parallel processes each write a private file and rename
 it into place.
 """
