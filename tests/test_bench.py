@@ -182,9 +182,15 @@ def test_the_zuko_command_prints_each_flows_test_bpd_with_its_n(data_dir, capsys
 
 def test_the_spline_command_times_the_fused_and_reference_splines_and_zuko(data_dir, capsys):
     pytest.importorskip("zuko")
-    main(["spline", "--data-dir", str(data_dir), "--models", "2", "--steps", "2", "--depth", "2", "--hidden", "8"])
+    main(["spline", "--data-dir", str(data_dir), "--models", "2", "--steps", "2", "--depth", "2", "--hidden", "8",
+          "--threads", "2"])
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| (")]
     assert [row.split(")")[0] for row in rows] == ["| (a", "| (r", "| (z"]
     assert all(float(row.split("|")[3]) > 0 for row in rows)  # ms / model-step
-    assert "over the reference spline" in out
+    # zuko timed at 1 and 2 threads; (a) is compared with the faster, the other listed below it
+    fastest = int(rows[2].split("at its fastest: ")[1].split(" thread")[0])
+    other = [line for line in out.splitlines() if line.startswith("| zuko, model by model, at ")]
+    assert fastest in (1, 2) and len(other) == 1 and f"at {3 - fastest} thread(s)" in other[0]
+    assert float(other[0].split("|")[3]) >= float(rows[2].split("|")[3])
+    assert "over zuko at its fastest thread count" in out and "over the reference spline" in out
