@@ -11,8 +11,12 @@ best evaluation (early stopping, per model).
 The gradient comes from the native kernel where it covers the model (float32, see
 :func:`flowsweep.native.covers`) and ``kernel=native``, else from autograd through the
 reference model, whose spline couplings then run the fused native spline
-(:mod:`flowsweep.native.spline`) with ``kernel=native``. Optimizers and schedules are PyTorch's; every one of them works
-element-wise, so model ``k``'s row of parameters evolves as it would alone.
+(:mod:`flowsweep.native.spline`) with ``kernel=native``. With ``kernel=cuda`` the reference
+model's forward and backward run on a CUDA GPU (a copy of the moving models' parameters goes
+there each step, their gradients come back); the parameters, the optimizer and all the
+bookkeeping stay on the CPU, so nothing else in a job changes. Optimizers and schedules are
+PyTorch's; every one of them works element-wise, so model ``k``'s row of parameters evolves
+as it would alone.
 """
 
 from __future__ import annotations
@@ -166,6 +170,8 @@ def _gradient_source(flow: CouplingFlows, data: Tensor, recipe: Recipe
 
         return _moving_only(flow, native_part), True
 
+    if recipe.kernel == "cuda":
+        return _moving_only(flow, _device_part(flow, data, torch.device("cuda"))), False
     parts: dict[tuple[int, ...], CouplingFlows] = {}  # a flow of the moving models, while they are the same
     fused = _fused_spline(recipe.kernel)
 
@@ -188,6 +194,31 @@ def _gradient_source(flow: CouplingFlows, data: Tensor, recipe: Recipe
         return nll.detach(), part.theta.grad
 
     return _moving_only(flow, autograd_part), False
+
+
+def _device_part(flow: CouplingFlows, data: Tensor, device: torch.device
+                 ) -> Callable[[Optional[Tensor], Tensor], tuple[Tensor, Tensor]]:
+    """The part step of :func:`_moving_only` on ``device``: the data is copied there once, the moving
+    models' parameters every step (a flow of them is made again when the set changes); returns
+    their nll and gradient on the CPU."""
+    on_device = data.to(device)
+    parts: dict[tuple[int, ...], CouplingFlows] = {}
+
+    def device_part(index: Optional[Tensor], rows: Tensor) -> tuple[Tensor, Tensor]:
+        key = tuple(range(flow.k)) if index is None else tuple(index.tolist())
+        if key not in parts:
+            parts.clear()
+            parts[key] = flow.select(key).to(device)
+        part = parts[key]
+        with torch.no_grad():
+            part.theta.copy_(flow.theta.detach() if index is None else flow.theta.detach()[index])
+        part.theta.grad = None
+        nll = part.nll(gather(on_device, rows.to(device)))
+        torch.where(torch.isfinite(nll), nll, 0.0).sum().backward()
+        assert part.theta.grad is not None
+        return nll.detach().cpu(), part.theta.grad.cpu()
+
+    return device_part
 
 
 def _fused_spline(kernel: str) -> Optional[SplineKernel]:
@@ -340,13 +371,20 @@ def row_bpd(flow: CouplingFlows, data: Tensor, log_det: float = 0.0, chunk: int 
 
     With ``kernel="native"``, float32 data and a model the native kernel covers, its forward
     pass scores the rows (about 20x the reference's speed per row; the two round differently);
-    otherwise the reference model does, ``chunk`` rows at a time. ``threads``: the native
+    with ``kernel="cuda"`` the reference model on the GPU; otherwise the reference model on
+    the CPU, ``chunk`` rows at a time. ``threads``: the native
     kernel's threads, or torch's meanwhile (the previous setting is restored)."""
     if kernel == "native" and data.dtype == torch.float32 and flow.theta.dtype == torch.float32 \
             and covers(flow.spec) and native_available():
         perm: Tensor = flow.perm  # a registered buffer
         logp = native_log_prob(flow.spec, data, flow.theta, perm, threads)
         return nats_to_bpd(-logp.double(), flow.d, log_det)
+    if kernel == "cuda":  # a copy of the models on the GPU scores the rows there
+        device = torch.device("cuda")
+        scorer = flow.select(range(flow.k)).to(device)
+        nll = torch.cat([-scorer.log_prob(data[start : start + chunk].to(device)).double().cpu()
+                         for start in range(0, data.shape[0], chunk)], dim=1)
+        return nats_to_bpd(nll, flow.d, log_det)
     with torch_threads(threads), spline_kernel(_fused_spline(kernel)):
         nll = torch.cat([-flow.log_prob(data[start : start + chunk]).double()
                          for start in range(0, data.shape[0], chunk)], dim=1)

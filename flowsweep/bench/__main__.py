@@ -191,6 +191,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         print(f"\nspeed-up of (a) per model-step over zuko at its fastest thread count: "
               f"{table['speed-up of (a)'].iloc[2]:.1f}x, "
               f"over the reference spline: {table['speed-up of (a)'].iloc[1]:.1f}x")
+        if table["engine"].iloc[-1].startswith("(zg)"):
+            g, zg = table["ms / model-step"].iloc[-2:]
+            print(f"on the GPU: (g) {g:.3f} ms a model-step, {zg / g:.1f}x faster than zuko's loop there, "
+                  f"{table['ms / model-step'].iloc[0] / g:.1f}x faster than (a)")
     elif command == "zuko":
         import pandas as pd
 

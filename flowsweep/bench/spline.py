@@ -52,7 +52,8 @@ def spline_speed(work: Workload, steps: int, hidden: tuple[int, ...] = (64, 64),
                                hidden=hidden or (1,), bins=bins, tail_bound=bound)
     recipe = dataclasses.replace(work.recipe(steps), optimizer="adam", schedule="constant", max_lr=1e-3)
     batched = {}
-    for kernel in ("native", "torch"):
+    gpu = torch.cuda.is_available()
+    for kernel in ("native", "torch") + (("cuda",) if gpu else ()):
         kernel_recipe = dataclasses.replace(recipe, kernel=kernel)
         train(CouplingFlows(spec, work.structures, work.generators()), work.data.train, work.batch_size,
               dataclasses.replace(kernel_recipe, steps=3), work.generators())  # warm up
@@ -76,6 +77,10 @@ def spline_speed(work: Workload, steps: int, hidden: tuple[int, ...] = (64, 64),
             ("(r) the same, reference spline (train.kernel=torch)", r),
             (f"(z) zuko, model by model, at its fastest: {fastest} thread(s)", zuko[fastest])]
     rows += [(f"zuko, model by model, at {count} thread(s)", ms) for count, ms in zuko.items() if count != fastest]
+    if gpu:  # both sides on the GPU: (g) against zuko's loop there
+        rows += [("(g) flowsweep batched on the GPU (train.kernel=cuda)", 1e3 * batched["cuda"] / model_steps),
+                 ("(zg) zuko, model by model, on the GPU",
+                  1e3 * _zuko_loop(work, steps, hidden, bins, bound, "cuda") / model_steps)]
     return pd.DataFrame({
         "engine": [name for name, _ in rows],
         "model-steps": [model_steps] * len(rows),
@@ -84,19 +89,24 @@ def spline_speed(work: Workload, steps: int, hidden: tuple[int, ...] = (64, 64),
     })
 
 
-def _zuko_loop(work: Workload, steps: int, hidden: tuple[int, ...], bins: int, bound: float) -> float:
-    """Seconds to train ``work``'s K zuko flows one after another, ``steps`` Adam steps each."""
+def _zuko_loop(work: Workload, steps: int, hidden: tuple[int, ...], bins: int, bound: float,
+               device: str = "cpu") -> float:
+    """Seconds to train ``work``'s K zuko flows one after another, ``steps`` Adam steps each, on ``device``."""
     seconds = 0.0
     for k, generator in enumerate(work.generators()):
-        model = _zuko_flow(work, k, hidden, bins, bound)
+        model = _zuko_flow(work, k, hidden, bins, bound).to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-        batches = [gather(work.data.train, rows)[0]
+        batches = [gather(work.data.train, rows)[0].to(device)
                    for rows in minibatch_rows(work.data.train.shape[0], work.batch_size, steps, [generator])]
+        if device == "cuda":
+            torch.cuda.synchronize()
         start = time.perf_counter()
         for batch in batches:
             loss = -model().log_prob(batch).mean()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
         seconds += time.perf_counter() - start
     return seconds

@@ -50,6 +50,18 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("train.base_lr", "needs 0 < train.base_lr <= train.max_lr")
     if not str(cfg.tracking.experiment).strip():
         raise ConfigError("tracking.experiment", "must be a non-empty experiment name")
+    for key in ("train.kernel", "search.evaluation.recipe.kernel"):
+        if OmegaConf.select(cfg, key) == "cuda":
+            _check_cuda(key)
+
+
+def _check_cuda(key: str) -> None:
+    import torch  # only where a GPU is asked for: the other checks run before torch loads
+
+    if not torch.cuda.is_available():
+        built = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        raise ConfigError(key, f"cuda: PyTorch {torch.__version__} ({built}) sees no CUDA GPU; "
+                               "use native or torch, or install a CUDA build of PyTorch where a GPU is")
 
 
 def validate_against_data(cfg: DictConfig, d: int, n_train: int, n_valid: int | None = None) -> int:

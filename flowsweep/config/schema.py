@@ -188,7 +188,7 @@ class TrainConfig:
     #: for any count); PyTorch's kernel uses them inside its operations (sums may round differently).
     threads: int = MISSING
     #: The training step's kernel: ``native`` (C, built on first use; PyTorch's where no
-    #: compiler is found) or ``torch``.
+    #: compiler is found), ``torch`` or ``cuda`` (PyTorch's on a CUDA GPU).
     kernel: str = MISSING
 
 
@@ -256,6 +256,6 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.optimizer": ("sgd", "adam"),
     "train.schedule": ("cyclic", "constant", "cosine"),
     "train.mode": ("triangular", "triangular2", "exp_range"),
-    "train.kernel": ("native", "torch"),
+    "train.kernel": ("native", "torch", "cuda"),
     "dataset.validation_rows": ("random", "last"),
 }

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from .conftest import all_runs, tiny
@@ -174,6 +175,8 @@ def _bounds() -> dict[str, Case]:
     cases["model.hidden=[8,0]"] = _err("model.hidden=[8,0]", message="model.hidden: must be a layer width in 1..65536")
     cases["model.bins=0"] = _err("model.bins=0", message="model.bins: must be >= 2, got 0")
     cases["model.bins=1"] = _err("model.bins=1", message="model.bins: must be >= 2, got 1")
+    if not torch.cuda.is_available():  # the one line a CPU-only PyTorch gives where a GPU is asked for
+        cases["train.kernel=cuda"] = _err("train.kernel=cuda", message="train.kernel: cuda: PyTorch ")
     cases["model.tail_bound=0"] = _err("model.tail_bound=0", message="model.tail_bound: must be > 0, got 0")
     cases["depth=-3"] = _err("depth=-3", message="depth.layers: must be >= 1, got -3")
     cases["depth=100000"] = _err("depth=100000", message="depth.layers: must be <= 256, got 100000")
