@@ -170,55 +170,40 @@ def _gradient_source(flow: CouplingFlows, data: Tensor, recipe: Recipe
 
         return _moving_only(flow, native_part), True
 
-    if recipe.kernel == "cuda":
-        return _moving_only(flow, _device_part(flow, data, torch.device("cuda"))), False
+    device = torch.device("cuda" if recipe.kernel == "cuda" else "cpu")
+    return _moving_only(flow, _autograd_part(flow, data, device, _fused_spline(recipe.kernel))), False
+
+
+def _autograd_part(flow: CouplingFlows, data: Tensor, device: torch.device, fused: Optional[SplineKernel]
+                   ) -> Callable[[Optional[Tensor], Tensor], tuple[Tensor, Tensor]]:
+    """The part step of :func:`_moving_only` by autograd through the reference model on ``device``.
+
+    On the CPU all K models train in ``flow`` itself, and the moving ones, while some have
+    stopped, in a flow of their own (made again when the set changes). On another device the
+    data is copied there once and the models' parameters every step, into such a flow there;
+    their nll and gradient come back to the CPU, where the optimizer keeps ``flow.theta``."""
+    on_device = data.to(device)
     parts: dict[tuple[int, ...], CouplingFlows] = {}  # a flow of the moving models, while they are the same
-    fused = _fused_spline(recipe.kernel)
 
     def autograd_part(index: Optional[Tensor], rows: Tensor) -> tuple[Tensor, Tensor]:
         part = flow
-        if index is not None:  # the moving models as a flow of their own, made again when the set changes
-            key = tuple(index.tolist())
+        if index is not None or device.type != "cpu":
+            key = tuple(range(flow.k)) if index is None else tuple(index.tolist())
             if key not in parts:
                 parts.clear()
-                parts[key] = flow.select(key)
+                parts[key] = flow.select(key).to(device)
             part = parts[key]
             with torch.no_grad():
-                part.theta.copy_(flow.theta.detach()[index])
+                part.theta.copy_(flow.theta.detach() if index is None else flow.theta.detach()[index])
         part.theta.grad = None
         with spline_kernel(fused):
-            nll = part.nll(gather(data, rows))
+            nll = part.nll(gather(on_device, rows.to(device)))
         # Each model's loss depends on its own row only: one backward gives every model's gradient.
         torch.where(torch.isfinite(nll), nll, 0.0).sum().backward()
         assert part.theta.grad is not None  # theta is a leaf that the loss reaches
-        return nll.detach(), part.theta.grad
-
-    return _moving_only(flow, autograd_part), False
-
-
-def _device_part(flow: CouplingFlows, data: Tensor, device: torch.device
-                 ) -> Callable[[Optional[Tensor], Tensor], tuple[Tensor, Tensor]]:
-    """The part step of :func:`_moving_only` on ``device``: the data is copied there once, the moving
-    models' parameters every step (a flow of them is made again when the set changes); returns
-    their nll and gradient on the CPU."""
-    on_device = data.to(device)
-    parts: dict[tuple[int, ...], CouplingFlows] = {}
-
-    def device_part(index: Optional[Tensor], rows: Tensor) -> tuple[Tensor, Tensor]:
-        key = tuple(range(flow.k)) if index is None else tuple(index.tolist())
-        if key not in parts:
-            parts.clear()
-            parts[key] = flow.select(key).to(device)
-        part = parts[key]
-        with torch.no_grad():
-            part.theta.copy_(flow.theta.detach() if index is None else flow.theta.detach()[index])
-        part.theta.grad = None
-        nll = part.nll(gather(on_device, rows.to(device)))
-        torch.where(torch.isfinite(nll), nll, 0.0).sum().backward()
-        assert part.theta.grad is not None
         return nll.detach().cpu(), part.theta.grad.cpu()
 
-    return device_part
+    return autograd_part
 
 
 def _fused_spline(kernel: str) -> Optional[SplineKernel]:
@@ -379,14 +364,11 @@ def row_bpd(flow: CouplingFlows, data: Tensor, log_det: float = 0.0, chunk: int 
         perm: Tensor = flow.perm  # a registered buffer
         logp = native_log_prob(flow.spec, data, flow.theta, perm, threads)
         return nats_to_bpd(-logp.double(), flow.d, log_det)
-    if kernel == "cuda":  # a copy of the models on the GPU scores the rows there
-        device = torch.device("cuda")
-        scorer = flow.select(range(flow.k)).to(device)
-        nll = torch.cat([-scorer.log_prob(data[start : start + chunk].to(device)).double().cpu()
-                         for start in range(0, data.shape[0], chunk)], dim=1)
-        return nats_to_bpd(nll, flow.d, log_det)
+    # With kernel=cuda a copy of the models on the GPU scores the rows there.
+    device = torch.device("cuda" if kernel == "cuda" else "cpu")
+    scorer = flow if device.type == "cpu" else flow.select(range(flow.k)).to(device)
     with torch_threads(threads), spline_kernel(_fused_spline(kernel)):
-        nll = torch.cat([-flow.log_prob(data[start : start + chunk]).double()
+        nll = torch.cat([-scorer.log_prob(data[start : start + chunk].to(device)).double().cpu()
                          for start in range(0, data.shape[0], chunk)], dim=1)
     return nats_to_bpd(nll, flow.d, log_det)
 
