@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from omegaconf import OmegaConf
 
-from flowsweep.config.compose import CONF_DIR
+from flowsweep.config.paths import CONF_DIR
 from multirun_analysis.aggregate import DEFAULT_GROUP_BY, SPLITS, aggregate, mixed_params
 from multirun_analysis.figures import FIGURE_FORMATS
 from multirun_analysis.calibration import best_cells, calibration, load_baselines, reading_keys

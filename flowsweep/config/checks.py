@@ -13,7 +13,7 @@ from typing import Any, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from flowsweep.config import ConfigError
-from flowsweep.config.compose import CONF_DIR
+from flowsweep.config.paths import CONF_DIR
 from flowsweep.config.rules import RULES, rule_for
 
 __all__ = ["validate", "validate_against_data", "validate_overrides", "unknown_key", "MIN_VALIDATION_ROWS"]

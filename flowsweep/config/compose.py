@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Sequence
 
 from omegaconf import DictConfig
 
-__all__ = ["CONF_DIR", "compose_config", "build"]
+from flowsweep.config.overrides import unknown_option
+from flowsweep.config.paths import CONF_DIR
 
-#: The project's config folder (the repository's ``conf/``).
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+__all__ = ["CONF_DIR", "compose_config", "build"]
 
 
 def compose_config(overrides: Sequence[str]) -> DictConfig:
-    """The job config ``main.py`` would compose from ``overrides``."""
+    """The job config ``main.py`` would compose from ``overrides``; an option ``conf/`` does not
+    hold (``dataset=nope``) is the :class:`~flowsweep.config.schema.ConfigError` main.py's line
+    says, before Hydra's page of every option."""
     from hydra import compose, initialize_config_dir
 
     from flowsweep.config import register_schema
+    from flowsweep.config.schema import ConfigError
 
+    unknown = unknown_option(overrides)
+    if unknown:
+        key, message = unknown.split(": ", 1)
+        raise ConfigError(key, message)
     register_schema()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name="config", overrides=list(overrides))

@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 from typing import Optional, Sequence
 
-from flowsweep.config.compose import CONF_DIR
+from flowsweep.config.paths import CONF_DIR
 
 __all__ = ["quote_depth", "unknown_option"]
 
