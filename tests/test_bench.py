@@ -203,3 +203,18 @@ def test_the_spline_command_times_the_fused_and_reference_splines_and_zuko(data_
     assert fastest in (1, 2) and len(other) == 1 and f"at {3 - fastest} thread(s)" in other[0]
     assert float(other[0].split("|")[3]) >= float(rows[2].split("|")[3])
     assert "over zuko at its fastest thread count" in out and "over the reference spline" in out
+
+
+@pytest.mark.parametrize("depth, shipped", [(2, False), (4, True)])
+def test_structure_bench_leaves_out_the_best_known_row_where_none_is_shipped(depth, shipped):
+    from flowsweep.bench.structure import ENTRIES, structure_tables
+
+    # `bench structure --depth 8` stopped at its first dataset: best known structures exist at depth 4 only.
+    entries = [e for e in ENTRIES if e.label in ("parity", "best known", "dependence", "default search")]
+    tables, shares = structure_tables(["synthetic_pairs"], depth=depth, instances=2, entries=entries,
+                                      extra=["train.steps=20"], echo=False)
+    labels = list(tables["synthetic_pairs"]["layout / search"])
+    assert ("best known" in labels) == shipped and ("best known, at that total" in labels) == shipped
+    assert "dependence, at that total" in labels
+    share = tables["synthetic_pairs"].set_index("layout / search")["share of best known"]
+    assert share.notna().any() == shipped and np.isfinite(tables["synthetic_pairs"]["test bpd"]).all()
