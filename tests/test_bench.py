@@ -147,6 +147,36 @@ def test_a_cut_replay_loses_a_slow_starter_to_an_early_cut_and_keeps_it_with_lat
     assert replay_cuts(curve, [[700, 1]]) == (pytest.approx(0.4), 700 + 1000 + 700)
 
 
+def test_the_margin_replay_picks_what_the_search_picks_and_margins_order_the_winners(data_dir):
+    import math
+
+    from flowsweep.app.plan import plan_job
+    from flowsweep.bench.margins import margin_table, run_race, winner
+    from flowsweep.config.compose import compose_config
+    from flowsweep.search.base import TrialState
+    from flowsweep.search.job import job_dependence, search_job
+
+    # 300 steps: the first cut (step 150) prunes half of each field, the rest stop early or at the end.
+    extra = ["train.steps=300", "train.threads=1", f"data_dir={data_dir}"]
+    race = run_race("yeast", 2, 3, extra)
+    plan = plan_job(compose_config(["layout=opt", "dataset=yeast", "depth.layers=2", "instances=3",
+                                    "progress=false", *extra]))
+    searched = search_job(plan.cfg, plan.spec, plan.data, list(plan.seeds), job_dependence(plan.cfg, plan.data))
+    margin = float(plan.cfg.search.margin)
+    assert [trials[winner(o, trials, margin)].structure for o, trials in zip(race.optimizers, race.trials)] \
+        == searched.structures  # the race trained once is the search's race
+    for optimizer, trials in zip(race.optimizers, race.trials):
+        assert any(t.state is TrialState.PRUNED for t in trials) and optimizer.margin == margin  # left as it was
+        complete = [t for t in trials if t.state is TrialState.COMPLETE]
+        assert trials[winner(optimizer, trials, 0.0)] == min(complete, key=lambda t: (t.value, t.number))
+        kept = trials[winner(optimizer, trials, math.inf)].structure  # no challenger is infinitely better
+        assert kept in (optimizer.dependence.structure(optimizer.m, optimizer.depth, optimizer.seed),
+                        trials[1].structure)  # the start or parity, the field's first two
+    table = margin_table(race, [0.0, margin])
+    assert list(table["margin"]) == [0.0, margin]
+    assert all(sum(map(int, kinds.split("/"))) == 3 for kinds in table["winner: start / parity / other"])
+
+
 @pytest.mark.parametrize("text", ["150:8,150:4", "150:4,600:8", "150", "a:b", "0:2"])
 def test_a_bad_cut_schedule_is_argparses_one_line(text, capsys):
     with pytest.raises(SystemExit) as exit_:

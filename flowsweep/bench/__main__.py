@@ -6,6 +6,7 @@
     python -m flowsweep.bench scaling               # wall time against K, d and depth
     python -m flowsweep.bench structure             # layouts and searches on the synthetic benchmarks
     python -m flowsweep.bench evaluation            # does a trial's value predict the final model?
+    python -m flowsweep.bench margins               # who wins the race at each search.margin
     python -m flowsweep.bench best-known --dataset synthetic_scale --depth 4 --write   # the shipped best known
     python -m flowsweep.bench job dataset=magic layout=opt depth=8     # one whole job, by phase
     python -m flowsweep.bench job -- -m +experiment=paper              # the paper's grid
@@ -26,7 +27,8 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 
-_COMMANDS = ("spline", "zuko", "compare", "scaling", "job", "structure", "evaluation", "field", "best-known")
+_COMMANDS = ("spline", "zuko", "compare", "scaling", "job", "structure", "evaluation", "field", "margins",
+             "best-known")
 
 
 
@@ -41,6 +43,17 @@ def _at_least(low: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
         return value
     return parse
+
+
+def _non_negative(text: str) -> float:
+    """An argparse type: a finite number >= 0 (a margin in standard errors)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
 
 
 def _cut_schedule(text: str) -> list[list[int]]:
@@ -117,6 +130,13 @@ def _parser() -> argparse.ArgumentParser:
                         help="cut schedules to replay on the curves, each step:k,step:k,... "
                              "(default: search.cuts of conf/search/halving.yaml)")
     field_.add_argument("overrides", nargs="*", help="further overrides, e.g. depth=8 search.candidates=24")
+    margins = sub.add_parser("margins", parents=[common],
+                             help="the default race trained once, its winner replayed at each search.margin")
+    margins.add_argument("--datasets", nargs="+", default=None, help="default: synthetic_hetero, _pairs, yeast, sonar")
+    margins.add_argument("--depth", type=_at_least(1), default=4)
+    margins.add_argument("--instances", type=_at_least(2), default=20, help="default: a job's (instances in conf/)")
+    margins.add_argument("--margins", nargs="+", type=_non_negative, default=None, help="default: 0 0.5 1 1.5 2 3")
+    margins.add_argument("overrides", nargs="*", help="further overrides, e.g. train.threads=1")
     best = sub.add_parser("best-known", parents=[common],
                           help="the long search for a synthetic benchmark's best known structure (layout=best_known)")
     best.add_argument("--dataset", required=True)
@@ -224,6 +244,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         print(f"# python -m flowsweep.bench field; {load_note()}", flush=True)
         table = field_table(args.datasets or DATASETS, args.depth, args.instances, args.overrides, args.cuts)
         print("\n" + table.to_markdown(index=False))
+        print(f"\n{load_note()}")
+    elif command == "margins":
+        from flowsweep.bench.margins import DATASETS, MARGINS, margin_table, run_race
+
+        print(f"# python -m flowsweep.bench margins; {load_note()}", flush=True)
+        for dataset in args.datasets or DATASETS:
+            race = run_race(dataset, args.depth, args.instances, args.overrides)
+            print(f"\n## {dataset}, depth {args.depth}, {args.instances} instances\n", flush=True)
+            print(margin_table(race, args.margins or MARGINS).to_markdown(index=False), flush=True)
         print(f"\n{load_note()}")
     elif command == "best-known":
         import json

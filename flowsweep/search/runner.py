@@ -35,7 +35,7 @@ from flowsweep.seeding import derive_seed, torch_generator
 from flowsweep.structure import Structure
 from flowsweep.training import Recipe, TrainResult, row_bpd, train
 
-__all__ = ["SearchSettings", "FinalModel", "SearchOutcome", "run_searches", "trial_scores"]
+__all__ = ["SearchSettings", "FinalModel", "SearchOutcome", "run_searches", "trial_scores", "train_finals"]
 
 
 @dataclass(frozen=True)
@@ -159,7 +159,7 @@ def _evaluate(group: list[tuple[int, Trial]], optimizers: Sequence[StructureOpti
     ``[trials, replicas, v]``, the training's result and the (instance, trial number) of the
     final trials their optimizers pruned."""
     if group[0][1].final:
-        return _train_finals(group, optimizers, data, settings)
+        return train_finals(group, optimizers, data, settings)
     evaluation, replicas = settings.evaluation, settings.evaluation.replicas
     models = [(i, trial, r) for i, trial in group for r in range(replicas)]
     generators = [torch_generator(derive_seed(*evaluation.stream(optimizers[i].seed, trial, r)))
@@ -178,7 +178,7 @@ def _evaluate(group: list[tuple[int, Trial]], optimizers: Sequence[StructureOpti
     return flow, scores.view(shape), None if rows is None else rows.view(*shape, -1), result, set()
 
 
-def _train_finals(group: list[tuple[int, Trial]], optimizers: Sequence[StructureOptimizer], data: Dataset,
+def train_finals(group: list[tuple[int, Trial]], optimizers: Sequence[StructureOptimizer], data: Dataset,
                   settings: SearchSettings
                   ) -> tuple[CouplingFlows, torch.Tensor, Optional[torch.Tensor], TrainResult, set[tuple[int, int]]]:
     """The final trials of ``group``, trained and scored as the final training trains a fixed
