@@ -69,10 +69,11 @@ def run_race(dataset: str, depth: int, instances: int, extra: Sequence[str] = ()
                           "progress=false", *extra])
     plan = plan_job(cfg)
     data, spec, seeds = plan.data, plan.spec, list(plan.seeds)
-    if not len(data.valid):
+    if data.valid is None or not len(data.valid):
         raise ConfigError("dataset.validation_fraction", "the race needs a validation split")
-    optimizers = build_optimizers(plan.cfg, spec.d, spec.m, seeds, job_dependence(plan.cfg, data))
-    if not all(isinstance(o, Halving) for o in optimizers):
+    built = build_optimizers(plan.cfg, spec.d, spec.m, seeds, job_dependence(plan.cfg, data))
+    optimizers = [o for o in built if isinstance(o, Halving)]
+    if len(optimizers) != len(built):
         raise ConfigError("search", "bench margins replays search=halving's race")
     asked = [(i, trial) for i, optimizer in enumerate(optimizers) for trial in optimizer.ask()]
     if not all(trial.final for _, trial in asked):
