@@ -421,6 +421,27 @@ def test_halving_keeps_a_kept_finalist_unless_a_challenger_is_clearly_better():
     assert noisy.best.structure in noisy._kept and clear.best.structure not in clear._kept
 
 
+@pytest.mark.parametrize("small_split_rows, challenger_wins", [(0, True), (200, True), (201, False)])
+def test_a_small_validation_split_asks_a_challenger_for_the_small_split_margin(small_split_rows, challenger_wins):
+    # 200 validation rows; the challenger is lower than the start by 1.5 standard errors of the
+    # paired difference: enough at margin 1, not at the small split's 2 (below 201 rows, not 200).
+    opt = Halving(d=6, m=3, depth=2, seed=0, candidates=3, finalists=3, rungs=[], keep=["dependence"],
+                  references=["dependence"], margin=1.0, small_split_rows=small_split_rows, small_split_margin=2.0,
+                  dependence=random_dependence(6))
+    final = opt.ask()
+    start = opt.dependence.structure(opt.m, opt.depth, opt.seed)
+    base = np.random.default_rng(0).normal(1.0, 0.5, size=200)
+    noise = np.random.default_rng(1).normal(0.0, 1.0, size=200)
+    noise = (noise - noise.mean()) / noise.std(ddof=1)  # mean 0, std 1: the gap's se is 1 / sqrt(200)
+    for t in final:
+        t.rows = base if t.structure == start else base + 0.1 * noise - 1.5 * 0.1 / np.sqrt(200) + 1e-6 * t.number
+        t.value, t.state = float(t.rows.mean()), TrialState.COMPLETE
+    challenger = min((t for t in final if t.structure != start), key=lambda t: t.value)
+    assert opt.margin_for(final) == (2.0 if small_split_rows > 200 else 1.0)
+    opt.tell(final)
+    assert (opt.best is challenger) == challenger_wins and (opt.best.structure == start) != challenger_wins
+
+
 @pytest.mark.parametrize("challenger_shift, winner", [(-0.05, "parity"), (-0.5, "challenger")])
 def test_the_references_stand_in_turn_and_a_pruned_parity_still_stands(challenger_shift, winner):
     # The default's final rung: parity stands, the start takes its place only if clearly better,

@@ -9,13 +9,17 @@ models, and prints per dataset and margin:
 
 - how often the winner is the start (``layout=dependence``'s own model), parity, or another;
 - **validation only**: the rule applied to a random half of the validation rows (A) and the
-  winner scored on the other half (B), against the start: what a user may choose the margin by;
+  winner scored on the other half (B), against the start and against ``layout=parity``: what a
+  user may choose the margin by;
 - on the test rows, for the record: the winner against the start (paired by instance, the
   standard error of the difference and z) and against ``layout=parity`` trained alone.
 
 The models are trained once for all margins, so the rows differ by the rule alone. A margin
 of 0 takes the lowest validation value; a large one keeps the references (parity, then the
-start). See docs/structure-search.md for what it measured.
+start). The margin replayed is ``search.margin``: where the validation split holds fewer than
+``search.small_split_rows`` rows, ``search.small_split_margin`` stands whatever it is (replay a
+small split's with ``search.small_split_rows=0``). See docs/structure-search.md for what it
+measured.
 """
 
 from __future__ import annotations
@@ -53,13 +57,14 @@ MARGINS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
 class Race:
     """One dataset's races, trained: per instance its optimizer and told final trials, the bpd of
     every trial's validation rows ``[trials, v]`` and test rows ``[trials, t]`` at the parameters
-    the race left it (a pruned trial: its best before the cut), and ``layout=parity``'s test rows
-    ``[t]`` trained alone."""
+    the race left it (a pruned trial: its best before the cut), and ``layout=parity``'s
+    validation and test rows ``[v]``, ``[t]``, trained alone."""
 
     optimizers: list[Halving]
     trials: list[list[Trial]]
     valid: list[np.ndarray]
     test: list[np.ndarray]
+    parity_valid: list[np.ndarray]
     parity_test: list[np.ndarray]
 
 
@@ -94,10 +99,11 @@ def run_race(dataset: str, depth: int, instances: int, extra: Sequence[str] = ()
                            [torch_generator(s) for s in seeds])
     train(parity, data.train, settings.batch_size, recipe, [torch_generator(s) for s in seeds], data.log_det,
           valid=data.valid)
-    parity_test = row_bpd(parity, data.test, data.log_det, threads=recipe.threads, kernel=recipe.kernel).numpy()
+    parity_valid, parity_test = (row_bpd(parity, rows_, data.log_det, threads=recipe.threads, kernel=recipe.kernel).numpy()
+                                 for rows_ in (data.valid, data.test))
     mine = [[j for j, (i, _) in enumerate(asked) if i == k] for k in range(len(optimizers))]
     return Race(optimizers, [[asked[j][1] for j in js] for js in mine], [rows[js, 0].numpy() for js in mine],
-                [test[js] for js in mine], list(parity_test))
+                [test[js] for js in mine], list(parity_valid), list(parity_test))
 
 
 def winner(optimizer: Halving, trials: list[Trial], margin: float) -> int:
@@ -134,7 +140,7 @@ def margin_table(race: Race, margins: Sequence[float] = MARGINS, seed: int = 0) 
     """One row per margin of ``race`` (see the module docstring)."""
     rows = []
     for margin in margins:
-        kinds, val_b, test_start, test_parity, test_bpd = [0, 0, 0], [], [], [], []
+        kinds, val_b, val_b_parity, test_start, test_parity, test_bpd = [0, 0, 0], [], [], [], [], []
         for k, (optimizer, trials) in enumerate(zip(race.optimizers, race.trials)):
             assert optimizer.dependence is not None  # halving reads it
             start_structure = optimizer.dependence.structure(optimizer.m, optimizer.depth, optimizer.seed)
@@ -147,11 +153,13 @@ def margin_table(race: Race, margins: Sequence[float] = MARGINS, seed: int = 0) 
             a, b = half[: len(half) // 2], half[len(half) // 2:]
             on_a = _half_winner(optimizer, trials, valid, a, margin)
             val_b.append(valid[on_a, b].mean() - valid[start, b].mean())
+            val_b_parity.append(valid[on_a, b].mean() - race.parity_valid[k][b].mean())
             test_start.append(test[chosen].mean() - test[start].mean())
             test_parity.append(test[chosen].mean() - race.parity_test[k].mean())
             test_bpd.append(test[chosen].mean())
         rows.append({"margin": margin, "winner: start / parity / other": "/".join(map(str, kinds)),
                      "validation B − start (rule on A)": _paired(np.array(val_b)),
+                     "validation B − layout=parity": _paired(np.array(val_b_parity)),
                      "test − start": _paired(np.array(test_start)),
                      "test − layout=parity": _paired(np.array(test_parity)),
                      "test bpd": f"{np.mean(test_bpd):.4f}"})

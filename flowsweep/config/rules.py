@@ -130,6 +130,8 @@ RULES: dict[str, Rule] = {
     "search.keep": Rule(list, item=_WORD),
     "search.references": Rule(list, item=_WORD, null=True),
     "search.margin": _real(0.0, 1_000.0),
+    "search.small_split_rows": _int(0, 1_000_000_000),
+    "search.small_split_margin": _real(0.0, 1_000.0),
     "search.random_share": _SHARE,
     "search.swap_p": _PROBABILITY,
     "search.geometric_p": _PROBABILITY,

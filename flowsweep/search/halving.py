@@ -73,8 +73,11 @@ class Halving(StructureOptimizer):
             one standing. A reference the cuts pruned stands with its best value before the cut.
         margin: In the last rung, a structure that is not a reference wins over the reference only
             if its validation bpd is lower by more than ``margin`` standard errors of the paired
-            per-row difference (0: the lowest value wins): a small validation split (sonar's 19
-            rows) cannot tell a lucky challenger from a better one.
+            per-row difference (0: the lowest value wins).
+        small_split_rows, small_split_margin: Where the validation split holds fewer than
+            ``small_split_rows`` rows, the margin is ``small_split_margin`` instead: a small split
+            (sonar's 19 rows) cannot tell a lucky challenger from a better one, and the rows that
+            would show it are not there (``python -m flowsweep.bench margins``).
         random_share: Share of the first rung drawn uniformly at random (the rest: other readings
             of the dependence and swaps of the start).
         swap_p: Swaps per candidate ``~ Geometric(swap_p)``.
@@ -92,6 +95,8 @@ class Halving(StructureOptimizer):
     keep: list[str] = field(default_factory=lambda: ["dependence", "parity"])
     references: Optional[list[str]] = None
     margin: float = 2.0
+    small_split_rows: int = 0
+    small_split_margin: float = 2.0
     random_share: float = 0.25
     swap_p: float = 0.5
     explore: float = 0.25
@@ -132,8 +137,11 @@ class Halving(StructureOptimizer):
 
     def check(self) -> None:
         super().check()
-        if self.margin < 0:
-            raise ConfigError("search.margin", f"must be >= 0, got {self.margin}")
+        for key in ("margin", "small_split_margin"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"search.{key}", f"must be >= 0, got {getattr(self, key)}")
+        if self.small_split_rows < 0:
+            raise ConfigError("search.small_split_rows", f"must be >= 0, got {self.small_split_rows}")
         if self.candidates < 1:
             raise ConfigError("search.candidates", f"must be >= 1, got {self.candidates}")
         if not isinstance(self.final, bool):
@@ -248,7 +256,8 @@ class Halving(StructureOptimizer):
         # standing only if clearly better. A reference the cuts stopped with a finite value
         # still stands (its value is its best, final): a cut is a guess, the margin a test.
         finishers = sorted(complete, key=lambda t: (t.value, t.number))[:1]
-        if self.iteration < self.iterations or not self.margin:
+        margin = self.margin_for(complete)
+        if self.iteration < self.iterations or not margin:
             return finishers[0] if finishers else None
         told = {t.number: t for t in chain(self._pending, complete)}.values()
         standing = [t for structure in self._references for t in told
@@ -258,24 +267,31 @@ class Halving(StructureOptimizer):
             return finishers[0] if finishers else None
         winner = standing[0]
         for challenger in [*standing[1:], *finishers]:
-            if challenger is not winner and self._clearly_better(challenger, winner):
+            if challenger is not winner and _clearly_better(challenger, winner, margin):
                 winner = challenger
         return winner
 
-    def _clearly_better(self, challenger: Trial, incumbent: Trial) -> bool:
-        """Whether ``challenger``'s validation bpd is lower than ``incumbent``'s by more than
-        ``margin`` standard errors of their paired per-row difference (by value where no rows)."""
-        if challenger.rows is None or incumbent.rows is None or len(challenger.rows) < 2:
-            return challenger.value < incumbent.value
-        gap = challenger.rows.astype(float) - incumbent.rows.astype(float)
-        error = gap.std(ddof=1) / math.sqrt(len(gap))
-        return bool(gap.mean() < -self.margin * error)
+    def margin_for(self, trials: Sequence[Trial]) -> float:
+        """The margin of the last rung for ``trials`` scored on the validation split: ``small_split_margin``
+        where their rows are fewer than ``small_split_rows``, else ``margin``."""
+        rows = next((t.rows for t in trials if t.rows is not None), None)
+        return self.small_split_margin if rows is not None and len(rows) < self.small_split_rows else self.margin
 
     @property
     def done(self) -> bool:
         ran_dry = self.iteration > 0 and not any(
             t.state is TrialState.COMPLETE for t in self.history if t.iteration == self.iteration - 1)
         return super().done or ran_dry
+
+
+def _clearly_better(challenger: Trial, incumbent: Trial, margin: float) -> bool:
+    """Whether ``challenger``'s validation bpd is lower than ``incumbent``'s by more than ``margin``
+    standard errors of their paired per-row difference (by value where no rows)."""
+    if challenger.rows is None or incumbent.rows is None or len(challenger.rows) < 2:
+        return challenger.value < incumbent.value
+    gap = challenger.rows.astype(float) - incumbent.rows.astype(float)
+    error = gap.std(ddof=1) / math.sqrt(len(gap))
+    return bool(gap.mean() < -margin * error)
 
 
 def cut_schedule_problem(cuts: Any) -> Optional[str]:
