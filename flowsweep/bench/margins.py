@@ -118,8 +118,11 @@ def winner(optimizer: Halving, trials: list[Trial], margin: float) -> int:
 
 
 def _half_winner(optimizer: Halving, trials: list[Trial], valid: np.ndarray, half: np.ndarray, margin: float) -> int:
-    """:func:`winner` with every trial's value and rows read from the validation rows ``half`` only."""
+    """:func:`winner` with every trial's value and rows read from the validation rows ``half`` only;
+    the margin is the one of the whole split (``search.small_split_rows`` counts its rows, not the half's)."""
     saved = [(t.value, t.rows) for t in trials]
+    small = optimizer.small_split_rows
+    optimizer.small_split_rows = 0 if valid.shape[1] >= small else valid.shape[1] + 1
     try:
         for t, rows in zip(trials, valid):
             if t.rows is not None:
@@ -127,6 +130,7 @@ def _half_winner(optimizer: Halving, trials: list[Trial], valid: np.ndarray, hal
                 t.value = float(rows[half].mean())
         return winner(optimizer, trials, margin)
     finally:
+        optimizer.small_split_rows = small
         for t, (value, rows) in zip(trials, saved):
             t.value, t.rows = value, rows
 
