@@ -177,6 +177,25 @@ def test_the_margin_replay_picks_what_the_search_picks_and_margins_order_the_win
     assert all(sum(map(int, kinds.split("/"))) == 3 for kinds in table["winner: start / parity / other"])
 
 
+@pytest.mark.parametrize("margins", [["nan"], ["-1"], ["inf"], ["abc"]])
+def test_a_bad_margin_is_argparses_one_line(margins, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["margins", "--margins", *margins])
+    assert exit_.value.code == 2 and "--margins" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, message", [
+    ((), "train.patience: early stopping needs a validation split"),  # the job's own check
+    (("train.patience=null",), "search.evaluation.value: validation needs a validation split"),
+])
+def test_margins_on_a_table_without_a_validation_split_is_one_line(extra, message, data_dir):
+    done = subprocess.run([sys.executable, "-m", "flowsweep.bench", "margins", "--datasets", "yeast", "--instances", "2",
+                           "dataset.validation_fraction=0.0", *extra, f"data_dir={data_dir}"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(f"flowsweep.bench: error: {message}"), done.stderr
+
+
 @pytest.mark.parametrize("text", ["150:8,150:4", "150:4,600:8", "150", "a:b", "0:2"])
 def test_a_bad_cut_schedule_is_argparses_one_line(text, capsys):
     with pytest.raises(SystemExit) as exit_:
