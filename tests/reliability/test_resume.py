@@ -15,10 +15,13 @@ from collections import Counter
 
 from .conftest import all_runs, instance_runs, tiny
 
-#: Job 1 trains long enough (15000 steps, several seconds) to be caught RUNNING; jobs 0 and 2 are tiny.
+#: Job 1 trains long enough (60000 steps, about 25 s) to be caught RUNNING on a loaded CI machine: the
+#: writer process may put a job's runs into the store seconds after the job starts training (with
+#: 15000 steps one CI run saw job 1's runs RUNNING only once it had finished, and the kill fell in
+#: job 2); jobs 0 and 2 are tiny.
 #: Early stopping is off: it ended job 1 within a few hundred milliseconds once stopped models
 #: cost nothing, before the test could catch it.
-SWEEP = ["-m", *tiny("train.steps=5,15000,6", "train.patience=null"), "hydra.sweep.dir=multirun"]
+SWEEP = ["-m", *tiny("train.steps=5,60000,6", "train.patience=null"), "hydra.sweep.dir=multirun"]
 
 
 def _statuses(uri: str) -> Counter:
@@ -56,14 +59,14 @@ def test_a_killed_sweep_resumes_where_it_stopped(flowsweep_with_store):
     app, uri = flowsweep_with_store, flowsweep_with_store.default_uri
     process = app.popen(*SWEEP, log=app.cwd / "first.log")
     _kill_when_second_job_runs(process, uri)
-    assert _by_steps(uri) == {"5": Counter(FINISHED=2), "15000": Counter(RUNNING=2)}
+    assert _by_steps(uri) == {"5": Counter(FINISHED=2), "60000": Counter(RUNNING=2)}
     finished_before = {r.info.run_id: r.data.metrics for r in all_runs(uri) if r.info.status == "FINISHED"}
 
     done = app(*SWEEP)
     assert done.returncode == 0, done.stderr
     assert "skipped: this config" in done.stdout + done.stderr
     # Job 0 skipped (its runs untouched), job 1 again (the killed attempt KILLED), job 2 new.
-    assert _by_steps(uri) == {"5": Counter(FINISHED=2), "15000": Counter(KILLED=2, FINISHED=2),
+    assert _by_steps(uri) == {"5": Counter(FINISHED=2), "60000": Counter(KILLED=2, FINISHED=2),
                               "6": Counter(FINISHED=2)}
     after = {r.info.run_id: r for r in all_runs(uri)}
     assert all(after[run_id].data.metrics == metrics for run_id, metrics in finished_before.items())
