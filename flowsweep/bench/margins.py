@@ -30,7 +30,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import torch
 
 from flowsweep.app.plan import plan_job
 from flowsweep.config import ConfigError
@@ -40,7 +39,7 @@ from flowsweep.search.base import Trial, TrialState
 from flowsweep.search.evaluation import Evaluation
 from flowsweep.search.halving import Halving
 from flowsweep.search.job import build_optimizers, job_dependence
-from flowsweep.search.runner import SearchSettings, train_finals
+from flowsweep.search.runner import SearchSettings, tell_scores, train_finals
 from flowsweep.seeding import torch_generator
 from flowsweep.structure import parity_structure
 from flowsweep.training import Recipe, row_bpd, train
@@ -90,11 +89,7 @@ def run_race(dataset: str, depth: int, instances: int, extra: Sequence[str] = ()
     test = row_bpd(flow, data.test, data.log_det, threads=recipe.threads, kernel=recipe.kernel).numpy()
     assert rows is not None  # the race scores on the validation split
     for j, (i, trial) in enumerate(asked):  # told as the runner tells them
-        finite = bool(torch.isfinite(scores[j]).all())
-        trial.value = float(scores[j, 0]) if finite else math.inf
-        trial.state = (TrialState.DIVERGED if not finite else
-                       TrialState.PRUNED if (i, trial.number) in pruned else TrialState.COMPLETE)
-        trial.rows = rows[j, 0].float().numpy() if finite else None
+        tell_scores(trial, scores[j], rows[j], (i, trial.number) in pruned)
     parity = CouplingFlows(spec, [parity_structure(spec.d, spec.m, spec.depth)] * len(seeds),
                            [torch_generator(s) for s in seeds])
     train(parity, data.train, settings.batch_size, recipe, [torch_generator(s) for s in seeds], data.log_det,
@@ -118,17 +113,17 @@ def winner(optimizer: Halving, trials: list[Trial], margin: float) -> int:
 
 
 def _half_winner(optimizer: Halving, trials: list[Trial], valid: np.ndarray, half: np.ndarray, margin: float) -> int:
-    """:func:`winner` with every trial's value and rows read from the validation rows ``half`` only;
-    the margin is the one of the whole split (``search.small_split_rows`` counts its rows, not the half's)."""
+    """:func:`winner` with every trial's value and rows read from the validation rows ``half`` only,
+    at the margin the whole split gets (``search.small_split_rows`` counts its rows, not the half's)."""
+    whole = optimizer.small_split_margin if valid.shape[1] < optimizer.small_split_rows else margin
     saved = [(t.value, t.rows) for t in trials]
-    small = optimizer.small_split_rows
-    optimizer.small_split_rows = 0 if valid.shape[1] >= small else valid.shape[1] + 1
+    small, optimizer.small_split_rows = optimizer.small_split_rows, 0
     try:
         for t, rows in zip(trials, valid):
             if t.rows is not None:
                 t.rows = rows[half]
                 t.value = float(rows[half].mean())
-        return winner(optimizer, trials, margin)
+        return winner(optimizer, trials, whole)
     finally:
         optimizer.small_split_rows = small
         for t, (value, rows) in zip(trials, saved):
@@ -143,18 +138,21 @@ def _paired(diff: np.ndarray) -> str:
 def margin_table(race: Race, margins: Sequence[float] = MARGINS, seed: int = 0) -> pd.DataFrame:
     """One row per margin of ``race`` (see the module docstring)."""
     rows = []
+    starts, halves = [], []  # per instance: the start's position, and the validation rows' halves A and B
+    for k, (optimizer, trials) in enumerate(zip(race.optimizers, race.trials)):
+        assert optimizer.dependence is not None  # halving reads it
+        start_structure = optimizer.dependence.structure(optimizer.m, optimizer.depth, optimizer.seed)
+        starts.append(next(j for j, t in enumerate(trials) if t.structure == start_structure))
+        half = np.random.default_rng(seed + k).permutation(race.valid[k].shape[1])
+        halves.append((half[: len(half) // 2], half[len(half) // 2:]))
     for margin in margins:
         kinds, val_b, val_b_parity, test_start, test_parity, test_bpd = [0, 0, 0], [], [], [], [], []
         for k, (optimizer, trials) in enumerate(zip(race.optimizers, race.trials)):
-            assert optimizer.dependence is not None  # halving reads it
-            start_structure = optimizer.dependence.structure(optimizer.m, optimizer.depth, optimizer.seed)
-            start = next(j for j, t in enumerate(trials) if t.structure == start_structure)
+            start, (a, b) = starts[k], halves[k]
             parity = parity_structure(optimizer.d, optimizer.m, optimizer.depth)
             chosen = winner(optimizer, trials, margin)
             kinds[0 if chosen == start else 1 if trials[chosen].structure == parity else 2] += 1
             valid, test = race.valid[k], race.test[k]
-            half = np.random.default_rng(seed + k).permutation(valid.shape[1])
-            a, b = half[: len(half) // 2], half[len(half) // 2:]
             on_a = _half_winner(optimizer, trials, valid, a, margin)
             val_b.append(valid[on_a, b].mean() - valid[start, b].mean())
             val_b_parity.append(valid[on_a, b].mean() - race.parity_valid[k][b].mean())

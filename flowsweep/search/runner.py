@@ -35,7 +35,8 @@ from flowsweep.seeding import derive_seed, torch_generator
 from flowsweep.structure import Structure
 from flowsweep.training import Recipe, TrainResult, row_bpd, train
 
-__all__ = ["SearchSettings", "FinalModel", "SearchOutcome", "run_searches", "trial_scores", "train_finals"]
+__all__ = ["SearchSettings", "FinalModel", "SearchOutcome", "run_searches", "trial_scores", "train_finals",
+           "tell_scores"]
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,18 @@ def trial_scores(flow: CouplingFlows, curve: torch.Tensor, diverged: torch.Tenso
     return torch.where(diverged | ~torch.isfinite(scores), torch.full_like(scores, math.inf), scores), rows
 
 
+def tell_scores(trial: Trial, scores: torch.Tensor, rows: Optional[torch.Tensor], pruned: bool) -> torch.Tensor:
+    """Set ``trial``'s value, state and validation rows from its replicas' ``scores`` ``[replicas]``
+    (``inf`` where one diverged) and rows ``[replicas, v]``: the mean over the finite replicas,
+    diverged where none is, pruned where its optimizer stopped it. Returns which replicas are finite."""
+    finite = torch.isfinite(scores)
+    trial.value = float(scores[finite].mean()) if finite.any() else math.inf
+    trial.state = (TrialState.DIVERGED if not finite.any() else TrialState.PRUNED if pruned else TrialState.COMPLETE)
+    if rows is not None and finite.any():
+        trial.rows = rows[finite].mean(0).float().numpy()
+    return finite
+
+
 def run_searches(optimizers: Sequence[StructureOptimizer], data: Dataset, settings: SearchSettings) -> SearchOutcome:
     """Run every optimizer to the end. Each replica trains with the generator seeded by its
     :meth:`Evaluation.stream <flowsweep.search.evaluation.Evaluation.stream>`."""
@@ -115,12 +128,7 @@ def run_searches(optimizers: Sequence[StructureOptimizer], data: Dataset, settin
             flow, scores, rows, result, pruned = _evaluate(group, optimizers, data, settings, steps, champions, reached)
             width = 1 if final else replicas
             for j, ((i, trial), row) in enumerate(zip(group, scores)):
-                finite = torch.isfinite(row)
-                trial.value = float(row[finite].mean()) if finite.any() else math.inf
-                trial.state = (TrialState.DIVERGED if not finite.any() else
-                               TrialState.PRUNED if (i, trial.number) in pruned else TrialState.COMPLETE)
-                if rows is not None and finite.any():
-                    trial.rows = rows[j][finite].mean(0).float().numpy()
+                finite = tell_scores(trial, row, None if rows is None else rows[j], (i, trial.number) in pruned)
                 reached[i][trial.number] = flow.theta.detach()[j * width:(j + 1) * width].clone()
                 trial.model_steps = int(result.steps[j * width:(j + 1) * width].sum())
                 spent[i] += trial.model_steps
